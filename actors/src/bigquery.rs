@@ -1,0 +1,397 @@
+//! The BigQuery port: one `tabledata.insertAll` call, its response, which failures are worth a
+//! retry, and the retry loop that turns a batch into an outcome per row.
+
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::BoxFuture;
+use serde::Deserialize;
+
+use crate::stage::transform::TableRef;
+
+/// Sends insertAll requests. Implemented over reqwest in the `bqsink` crate.
+pub trait BigQuery: Send + Sync + 'static {
+    /// POSTs an encoded insertAll body for `table`.
+    fn insert_all(
+        &self,
+        table: &TableRef,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>>;
+}
+
+/// The 200 response of insertAll: rows not listed were inserted.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InsertAllResponse {
+    #[serde(default)]
+    pub insert_errors: Vec<RowErrors>,
+}
+
+/// The errors of one row, by its index in the request.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RowErrors {
+    pub index: usize,
+    #[serde(default)]
+    pub errors: Vec<ErrorProto>,
+}
+
+/// BigQuery's ErrorProto.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ErrorProto {
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.reason)?;
+        if !self.location.is_empty() {
+            write!(f, " at {}", self.location)?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// A request that failed as a whole.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum BqError {
+    #[error("HTTP {status} from BigQuery ({reason}): {message}")]
+    Http {
+        status: u16,
+        reason: String,
+        message: String,
+    },
+    #[error("request to BigQuery timed out")]
+    Timeout,
+    #[error("cannot reach BigQuery: {0}")]
+    Transport(String),
+    #[error("unreadable response from BigQuery: {0}")]
+    Decode(String),
+}
+
+/// Error reasons worth a retry (BigQuery's error-message table).
+const RETRYABLE_REASONS: &[&str] = &[
+    "backendError",
+    "internalError",
+    "rateLimitExceeded",
+    "quotaExceeded",
+];
+
+impl BqError {
+    /// Timeouts, connection failures, 5xx, 429 and the retryable reasons; not 400/403/404.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BqError::Timeout | BqError::Transport(_) => true,
+            BqError::Decode(_) => false,
+            BqError::Http { status, reason, .. } => {
+                *status >= 500 || *status == 429 || RETRYABLE_REASONS.contains(&reason.as_str())
+            }
+        }
+    }
+
+    /// Short class for logs and dead-letter headers.
+    pub fn class(&self) -> &'static str {
+        match self {
+            BqError::Timeout => "timeout",
+            BqError::Transport(_) => "transport",
+            BqError::Decode(_) => "decode",
+            BqError::Http { .. } => "http",
+        }
+    }
+}
+
+/// How long a failing request is retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub timeout: Duration,
+    pub max_delay: Duration,
+    pub min_delay: Duration,
+}
+
+/// What became of each row of a batch, by index.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub written: Vec<usize>,
+    /// Rows that will not be written, with the reason (class, text).
+    pub failed: Vec<(usize, &'static str, String)>,
+    /// Requests that were retried.
+    pub retries: u32,
+}
+
+/// Sends `entries` (encoded rows) to `table`, retrying request failures and re-sending rows that
+/// BigQuery stopped because of another row, until each row is written or failed.
+pub async fn send_with_retry(
+    bq: &dyn BigQuery,
+    table: &TableRef,
+    entries: &[&[u8]],
+    policy: RetryPolicy,
+) -> Outcome {
+    let started = Instant::now();
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.min_delay)
+        .with_max_delay(policy.max_delay)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut outcome = Outcome::default();
+    // Indices (into `entries`) still to send.
+    let mut todo: Vec<usize> = (0..entries.len()).collect();
+    while !todo.is_empty() {
+        let size = todo.iter().map(|&i| entries[i].len() + 1).sum::<usize>() + 80;
+        let body = crate::stage::batch::encode_body(todo.iter().map(|&i| entries[i]), size);
+        let retry_reason = match bq.insert_all(table, body).await {
+            Ok(resp) => {
+                let (written, failed, stopped) = classify(&todo, &resp);
+                outcome.written.extend(written);
+                outcome.failed.extend(failed);
+                if stopped.is_empty() {
+                    return outcome;
+                }
+                // Rows stopped only because another row was invalid: send again at once, no backoff.
+                let progressed = stopped.len() < todo.len();
+                todo = stopped;
+                if progressed {
+                    continue;
+                }
+                BqError::Http {
+                    status: 200,
+                    reason: "stopped".into(),
+                    message: "every row was stopped without an invalid row".into(),
+                }
+            }
+            Err(e) if e.is_retryable() => e,
+            Err(e) => {
+                let text = e.to_string();
+                outcome
+                    .failed
+                    .extend(todo.iter().map(|&i| (i, e.class(), text.clone())));
+                return outcome;
+            }
+        };
+        let delay = backoff.next().unwrap_or(policy.max_delay);
+        if started.elapsed() + delay > policy.timeout {
+            let text = format!(
+                "gave up after {:?} of retries: {retry_reason}",
+                started.elapsed()
+            );
+            outcome
+                .failed
+                .extend(todo.iter().map(|&i| (i, "retries_exhausted", text.clone())));
+            return outcome;
+        }
+        tracing::warn!(table = %table, rows = todo.len(), error = %retry_reason, delay_ms = delay.as_millis() as u64, "insertAll failed, retrying");
+        outcome.retries += 1;
+        tokio::time::sleep(delay).await;
+    }
+    outcome
+}
+
+/// Splits the rows of one request (`sent[i]` is the entry index of request row `i`) by the response:
+/// written, failed for good, or stopped (to send again).
+fn classify(
+    sent: &[usize],
+    resp: &InsertAllResponse,
+) -> (Vec<usize>, Vec<(usize, &'static str, String)>, Vec<usize>) {
+    let mut state = vec![None::<&RowErrors>; sent.len()];
+    for row in &resp.insert_errors {
+        if let Some(s) = state.get_mut(row.index) {
+            *s = Some(row);
+        }
+    }
+    let (mut written, mut failed, mut stopped) = (Vec::new(), Vec::new(), Vec::new());
+    for (req_idx, errs) in state.into_iter().enumerate() {
+        let entry = sent[req_idx];
+        match errs {
+            None => written.push(entry),
+            Some(r)
+                if r.errors.iter().all(|e| {
+                    e.reason == "stopped" || RETRYABLE_REASONS.contains(&e.reason.as_str())
+                }) =>
+            {
+                stopped.push(entry)
+            }
+            Some(r) => {
+                let text = r
+                    .errors
+                    .iter()
+                    .filter(|e| e.reason != "stopped")
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                failed.push((
+                    entry,
+                    "insert_error",
+                    format!("BigQuery rejected the row: {text}"),
+                ));
+            }
+        }
+    }
+    (written, failed, stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Answers from a script and records the rows of each request.
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<InsertAllResponse, BqError>>>,
+        requests: Mutex<Vec<Vec<serde_json::Value>>>,
+    }
+
+    impl BigQuery for Scripted {
+        fn insert_all(
+            &self,
+            _: &TableRef,
+            body: Vec<u8>,
+        ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            self.requests
+                .lock()
+                .unwrap()
+                .push(v["rows"].as_array().unwrap().clone());
+            let answer = self
+                .answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Ok(InsertAllResponse::default()));
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn scripted(answers: Vec<Result<InsertAllResponse, BqError>>) -> Scripted {
+        Scripted {
+            answers: Mutex::new(answers.into()),
+            requests: Mutex::default(),
+        }
+    }
+
+    fn policy(timeout_ms: u64) -> RetryPolicy {
+        RetryPolicy {
+            timeout: Duration::from_millis(timeout_ms),
+            max_delay: Duration::from_millis(20),
+            min_delay: Duration::from_millis(1),
+        }
+    }
+
+    fn http(status: u16, reason: &str) -> BqError {
+        BqError::Http {
+            status,
+            reason: reason.into(),
+            message: "m".into(),
+        }
+    }
+
+    fn row_err(index: usize, reason: &str) -> RowErrors {
+        RowErrors {
+            index,
+            errors: vec![ErrorProto {
+                reason: reason.into(),
+                location: "n".into(),
+                message: "bad".into(),
+            }],
+        }
+    }
+
+    fn entries(n: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| format!("{{\"json\":{{\"i\":{i}}}}}").into_bytes())
+            .collect()
+    }
+
+    fn table() -> TableRef {
+        TableRef {
+            dataset: "d".into(),
+            table: "t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_success() {
+        let bq = scripted(vec![
+            Err(http(500, "backendError")),
+            Err(http(429, "")),
+            Err(BqError::Timeout),
+            Err(http(403, "quotaExceeded")),
+        ]);
+        let e = entries(3);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000)).await;
+        assert_eq!(out.written, vec![0, 1, 2]);
+        assert!(out.failed.is_empty());
+        assert_eq!(out.retries, 4);
+        assert_eq!(bq.requests.lock().unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_fail_every_row_at_once() {
+        let bq = scripted(vec![Err(http(404, "notFound"))]);
+        let e = entries(2);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000)).await;
+        assert!(out.written.is_empty());
+        assert_eq!(out.failed.len(), 2);
+        assert!(out.failed[0].2.contains("404"), "{:?}", out.failed);
+        assert_eq!(bq.requests.lock().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn invalid_rows_fail_and_stopped_rows_are_resent_alone() {
+        let resp = InsertAllResponse {
+            insert_errors: vec![
+                row_err(1, "invalid"),
+                row_err(0, "stopped"),
+                row_err(2, "stopped"),
+                row_err(3, "stopped"),
+            ],
+        };
+        let bq = scripted(vec![Ok(resp)]);
+        let e = entries(4);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000)).await;
+        assert_eq!(out.failed.len(), 1);
+        assert_eq!(out.failed[0].0, 1);
+        assert!(
+            out.failed[0].2.contains("invalid at n: bad"),
+            "{:?}",
+            out.failed
+        );
+        let mut written = out.written.clone();
+        written.sort();
+        assert_eq!(written, vec![0, 2, 3]);
+        let requests = bq.requests.lock().unwrap();
+        assert_eq!(requests.len(), 2);
+        let resent: Vec<i64> = requests[1]
+            .iter()
+            .map(|r| r["json"]["i"].as_i64().unwrap())
+            .collect();
+        assert_eq!(
+            resent,
+            vec![0, 2, 3],
+            "only the stopped rows are sent again"
+        );
+    }
+
+    #[tokio::test]
+    async fn retries_end_at_the_timeout() {
+        let bq = scripted((0..1000).map(|_| Err(http(503, ""))).collect());
+        let e = entries(2);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        let out = send_with_retry(&bq, &table(), &refs, policy(100)).await;
+        assert!(out.written.is_empty());
+        assert_eq!(out.failed.len(), 2);
+        assert_eq!(out.failed[0].1, "retries_exhausted");
+        assert!(out.retries >= 2);
+    }
+}

@@ -1,0 +1,438 @@
+//! The configuration tree.
+//!
+//! Every key has a documented default here; `config/default.toml` mirrors these values one to one
+//! (a unit test in the `bqsink` crate checks that). Unknown keys are rejected everywhere
+//! (`deny_unknown_fields`), so a typo is an error that names the key instead of a silently ignored
+//! setting. Loading and layering (files, environment) lives in the `bqsink` binary.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one bqsink instance.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub bigquery: BigQueryConfig,
+    pub transform: TransformConfig,
+    pub dedup: DedupConfig,
+    pub batch: BatchConfig,
+    pub errors: ErrorsConfig,
+    pub pipeline: PipelineConfig,
+    pub logging: LoggingConfig,
+}
+
+/// Where records come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Default `localhost:9092`.
+    pub brokers: String,
+    /// Consumer group; every instance of one deployment shares it. Default `bqsink`.
+    pub group_id: String,
+    /// Topics to consume. Default none (must be set).
+    pub topics: Vec<String>,
+    /// Where a partition without a committed offset starts: `earliest` (default) or `latest`.
+    pub auto_offset_reset: OffsetReset,
+    /// How often handled watermarks are committed, in ms. Default 5000.
+    pub commit_interval_ms: u64,
+    /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`,
+    /// `session.timeout.ms`). Default: none.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            group_id: "bqsink".into(),
+            topics: Vec::new(),
+            auto_offset_reset: OffsetReset::Earliest,
+            commit_interval_ms: 5_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+/// Where rows go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BigQueryConfig {
+    /// Base URL of the BigQuery REST API. Default `https://bigquery.googleapis.com`; point it at an
+    /// emulator or a test server to run without Google.
+    pub endpoint: String,
+    /// GCP project of the tables. Default none (must be set).
+    pub project: String,
+    /// Default dataset of the tables. Default none (must be set).
+    pub dataset: String,
+    /// Topic → table. A value `table` uses `dataset`; `dataset.table` names both. A topic not listed
+    /// goes to a table named after the topic, sanitized to BigQuery's rules. Default: none.
+    pub tables: BTreeMap<String, String>,
+    /// What is sent as each row's `insertId`: `dedup_key` (default) or `none`. BigQuery limits a table
+    /// to about 100k rows/s when insertIds are used; `none` lifts that and relies on bqsink's own dedup.
+    pub insert_id: InsertIdMode,
+    /// Static OAuth bearer token for the API (or env `BQSINK__BIGQUERY__TOKEN`). Default none:
+    /// requests carry no `Authorization` header (emulators, tests).
+    pub token: Option<String>,
+    /// Timeout of one insertAll request, in ms. Default 30000.
+    pub request_timeout_ms: u64,
+    /// insertAll requests in flight at once, over all tables. Default 4.
+    pub max_concurrent_requests: usize,
+}
+
+impl Default for BigQueryConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: "https://bigquery.googleapis.com".into(),
+            project: String::new(),
+            dataset: String::new(),
+            tables: BTreeMap::new(),
+            insert_id: InsertIdMode::DedupKey,
+            token: None,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 4,
+        }
+    }
+}
+
+/// `bigquery.insert_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InsertIdMode {
+    DedupKey,
+    None,
+}
+
+/// Declarative record transformation, applied in this order: drop, rename, metadata.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransformConfig {
+    /// Top-level fields removed from every record. Default: none.
+    pub drop: Vec<String>,
+    /// Top-level fields renamed, old name → new name. Default: none.
+    pub rename: BTreeMap<String, String>,
+    /// Kafka metadata columns added to every row.
+    pub metadata: MetadataConfig,
+}
+
+/// Which `_kafka_*` metadata columns are added.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetadataConfig {
+    /// `_kafka_topic` (STRING). Default true.
+    pub topic: bool,
+    /// `_kafka_partition` (INTEGER). Default true.
+    pub partition: bool,
+    /// `_kafka_offset` (INTEGER). Default true.
+    pub offset: bool,
+    /// `_kafka_timestamp` (TIMESTAMP, RFC 3339). Default true.
+    pub timestamp: bool,
+    /// `_kafka_key` (STRING, UTF-8 lossy). Default false.
+    pub key: bool,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        Self {
+            topic: true,
+            partition: true,
+            offset: true,
+            timestamp: true,
+            key: false,
+        }
+    }
+}
+
+/// Duplicate suppression.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DedupConfig {
+    /// What identifies a record: a JSON pointer into the record (`/event_id`, default), `kafka_key`,
+    /// `payload_hash`, or `none` (no dedup, no insertId). A record without the pointed field falls
+    /// back to its payload hash.
+    pub key: DedupKey,
+    /// Keys remembered at most (the cache evicts the least useful beyond). Default 1,000,000.
+    pub max_keys: u64,
+    /// How long a key is remembered, in seconds. Default 3600.
+    pub ttl_secs: u64,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        Self {
+            key: DedupKey::Pointer("/event_id".into()),
+            max_keys: 1_000_000,
+            ttl_secs: 3_600,
+        }
+    }
+}
+
+/// `dedup.key`, written as one string in TOML.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DedupKey {
+    Pointer(String),
+    KafkaKey,
+    PayloadHash,
+    None,
+}
+
+impl TryFrom<String> for DedupKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "kafka_key" => Ok(DedupKey::KafkaKey),
+            "payload_hash" => Ok(DedupKey::PayloadHash),
+            "none" => Ok(DedupKey::None),
+            p if p.starts_with('/') => Ok(DedupKey::Pointer(s)),
+            _ => Err(format!(
+                "invalid dedup key {s:?}: expected a JSON pointer such as \"/event_id\", \
+                 \"kafka_key\", \"payload_hash\" or \"none\""
+            )),
+        }
+    }
+}
+
+impl From<DedupKey> for String {
+    fn from(k: DedupKey) -> String {
+        match k {
+            DedupKey::Pointer(p) => p,
+            DedupKey::KafkaKey => "kafka_key".into(),
+            DedupKey::PayloadHash => "payload_hash".into(),
+            DedupKey::None => "none".into(),
+        }
+    }
+}
+
+/// How rows are grouped into insertAll requests (one batch per table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Rows per request, at most 50,000 (BigQuery's limit). Default 500 (Google's recommendation).
+    pub max_rows: usize,
+    /// Encoded bytes per request, at most 9,000,000 (BigQuery's request limit is 10 MB; the rest
+    /// is headroom for the envelope). A single row larger than this is a failure. Default 5,000,000.
+    pub max_bytes: usize,
+    /// How long a partial batch waits for more rows, in ms. Default 200.
+    pub linger_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_rows: 500,
+            max_bytes: 5_000_000,
+            linger_ms: 200,
+        }
+    }
+}
+
+/// BigQuery's limits for one insertAll request.
+pub const MAX_ROWS_PER_REQUEST: usize = 50_000;
+/// Largest `batch.max_bytes` accepted: the 10 MB request limit minus headroom for the envelope.
+pub const MAX_BYTES_PER_REQUEST: usize = 9_000_000;
+
+/// What happens to records that fail (Kafka Connect's `errors.*` names and meanings).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorsConfig {
+    /// `none` (default): the first failed record stops the pipeline; nothing at or after it is
+    /// committed and the process exits non-zero. `all`: report the record and go on.
+    pub tolerance: Tolerance,
+    /// Put the original key and payload into the ERROR log line. Default false.
+    pub log_include_messages: bool,
+    /// How long a failing BigQuery request is retried (timeouts, 5xx, 429, backend errors) before
+    /// its rows count as failed, in ms. Default 300000.
+    pub retry_timeout_ms: u64,
+    /// Longest wait between two retries, in ms (backoff is exponential with jitter). Default 60000.
+    pub retry_delay_max_ms: u64,
+}
+
+impl Default for ErrorsConfig {
+    fn default() -> Self {
+        Self {
+            tolerance: Tolerance::None,
+            log_include_messages: false,
+            retry_timeout_ms: 300_000,
+            retry_delay_max_ms: 60_000,
+        }
+    }
+}
+
+/// `errors.tolerance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tolerance {
+    None,
+    All,
+}
+
+/// Pipeline sizing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Records read from Kafka and passed between actors as one message, at most. Default 1000.
+    pub chunk_records: usize,
+    /// Records read but not yet handled, per partition, before the partition is paused (it resumes
+    /// below half). Default 20000.
+    pub max_inflight_records: usize,
+    /// Payload bytes read but not yet handled, per partition, before the partition is paused.
+    /// Default 8388608 (8 MiB).
+    pub max_inflight_bytes: usize,
+    /// Threads for each CPU stage (convert, transform); 0 means one per core. Default 0.
+    pub workers: usize,
+    /// How long a shutdown waits for in-flight rows to be written before it commits what was
+    /// handled and exits, in ms. Default 30000.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            chunk_records: 1_000,
+            max_inflight_records: 20_000,
+            max_inflight_bytes: 8 * 1024 * 1024,
+            workers: 0,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// `pretty` (default, for terminals) or `json` (one object per line, for log shippers).
+    pub format: LogFormat,
+    /// Level filter in `RUST_LOG` syntax; `RUST_LOG` wins when set. Default `info`.
+    pub level: String,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".into(),
+        }
+    }
+}
+
+/// `logging.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A configuration value that is well-formed TOML but unusable.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid value for `{key}`: {reason}")]
+pub struct InvalidConfig {
+    pub key: &'static str,
+    pub reason: String,
+}
+
+impl Config {
+    /// Checks values serde cannot: limits, required keys, cross-field rules.
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        fn bad(key: &'static str, reason: impl Into<String>) -> Result<(), InvalidConfig> {
+            Err(InvalidConfig {
+                key,
+                reason: reason.into(),
+            })
+        }
+        if self.kafka.topics.is_empty() {
+            return bad("kafka.topics", "at least one topic is required");
+        }
+        if self.kafka.group_id.is_empty() {
+            return bad("kafka.group_id", "must not be empty");
+        }
+        if self.kafka.commit_interval_ms == 0 {
+            return bad("kafka.commit_interval_ms", "must be > 0");
+        }
+        if self.bigquery.project.is_empty() {
+            return bad("bigquery.project", "must be set");
+        }
+        if self.bigquery.dataset.is_empty() {
+            return bad("bigquery.dataset", "must be set");
+        }
+        if !(self.bigquery.endpoint.starts_with("http://")
+            || self.bigquery.endpoint.starts_with("https://"))
+        {
+            return bad("bigquery.endpoint", "must be an http:// or https:// URL");
+        }
+        if self.bigquery.max_concurrent_requests == 0 {
+            return bad("bigquery.max_concurrent_requests", "must be > 0");
+        }
+        for (topic, table) in &self.bigquery.tables {
+            if crate::stage::transform::TableRef::parse(table, &self.bigquery.dataset).is_none() {
+                return bad(
+                    "bigquery.tables",
+                    format!(
+                        "table {table:?} for topic {topic:?} is not `table` or `dataset.table`"
+                    ),
+                );
+            }
+        }
+        if self.batch.max_rows == 0 || self.batch.max_rows > MAX_ROWS_PER_REQUEST {
+            return bad(
+                "batch.max_rows",
+                format!("must be in 1..={MAX_ROWS_PER_REQUEST}"),
+            );
+        }
+        if self.batch.max_bytes < 1024 || self.batch.max_bytes > MAX_BYTES_PER_REQUEST {
+            return bad(
+                "batch.max_bytes",
+                format!("must be in 1024..={MAX_BYTES_PER_REQUEST}"),
+            );
+        }
+        if self.dedup.max_keys == 0 {
+            return bad("dedup.max_keys", "must be > 0");
+        }
+        if self.dedup.ttl_secs == 0 {
+            return bad("dedup.ttl_secs", "must be > 0");
+        }
+        if self.pipeline.chunk_records == 0 {
+            return bad("pipeline.chunk_records", "must be > 0");
+        }
+        if self.pipeline.max_inflight_records < self.pipeline.chunk_records {
+            return bad(
+                "pipeline.max_inflight_records",
+                "must be >= pipeline.chunk_records",
+            );
+        }
+        if self.pipeline.max_inflight_bytes == 0 {
+            return bad("pipeline.max_inflight_bytes", "must be > 0");
+        }
+        Ok(())
+    }
+
+    /// Threads per CPU stage after resolving `pipeline.workers = 0`.
+    pub fn workers(&self) -> usize {
+        match self.pipeline.workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            n => n,
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The deduplicator: drops rows whose dedup key was already passed on (bounded cache), counts them
+//! and acknowledges their offsets as handled; passes the rest to the writer.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::messages::{acknowledge, Dedup, HandledKind, Write};
+use crate::stage::dedup::{Deduplicator, Position, Verdict};
+use crate::stats::Stats;
+use crate::writer::WriterActor;
+
+pub struct DedupActor {
+    pub dedup: Deduplicator,
+    pub writer: Addr<WriterActor>,
+    pub stats: Arc<Stats>,
+}
+
+impl Actor for DedupActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Dedup> for DedupActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Dedup, _: &mut Self::Context) {
+        let _span = tracing::debug_span!("dedup", rows = msg.rows.len()).entered();
+        let (unique, dups): (Vec<_>, Vec<_>) =
+            msg.rows.into_iter().partition(|row| match row.dedup_hash {
+                None => true,
+                Some(hash) => {
+                    self.dedup
+                        .check(hash, Position::new(&row.origin.tp, row.source.offset))
+                        == Verdict::Pass
+                }
+            });
+        if !dups.is_empty() {
+            Stats::add(&self.stats.deduplicated, dups.len());
+            acknowledge(
+                dups.iter().map(|r| (&r.origin, r.source.offset)),
+                HandledKind::Done,
+            );
+        }
+        if !unique.is_empty() {
+            self.writer.do_send(Write { rows: unique });
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The bqsink pipeline: pure stage logic ([`stage`]) and the actix actors around it, one per file.
+//!
+//! Kafka and BigQuery are reached only through the small traits in [`kafka`] and [`bigquery`], so
+//! the `bqsink` binary plugs in rdkafka and reqwest while tests plug in fakes.
+
+pub mod bigquery;
+pub mod config;
+pub mod kafka;
+pub mod messages;
+pub mod pipeline;
+pub mod stage;
+pub mod stats;
+
+pub mod consumer;
+pub mod converter;
+pub mod deduplicator;
+pub mod error_report;
+pub mod supervisor;
+pub mod transformer;
+pub mod writer;

@@ -1,0 +1,236 @@
+//! Every message passed between actors, and the record types they carry.
+//!
+//! Records always travel in chunks (`Vec`s), never one message per record: a chunk read from one
+//! partition is converted, transformed and deduplicated as a unit, and the writer acknowledges whole
+//! batches. Each record carries an [`Origin`] so that whoever finishes with it (writer, dedup, error
+//! report) can tell its partition consumer that the offset is handled.
+
+use std::fmt;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::stage::transform::TableRef;
+
+/// A topic partition.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tp {
+    pub topic: Arc<str>,
+    pub partition: i32,
+}
+
+impl Tp {
+    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
+        Self {
+            topic: topic.into(),
+            partition,
+        }
+    }
+}
+
+impl fmt::Display for Tp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}]", self.topic, self.partition)
+    }
+}
+
+/// One Kafka record, copied out of librdkafka's buffers. The original bytes stay with the record until
+/// it is handled, so a failure at any stage can report them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RawRecord {
+    pub offset: i64,
+    /// Record timestamp in ms since the epoch (create or log-append time), if any.
+    pub timestamp_ms: Option<i64>,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl RawRecord {
+    /// Bytes this record holds, for in-flight accounting.
+    pub fn size(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// Where a record came from, and where to report it handled.
+#[derive(Debug)]
+pub struct Origin {
+    pub tp: Tp,
+    /// The partition consumer that owns the record's offset.
+    pub ack: Recipient<Handled>,
+}
+
+/// A chunk of records read from one partition, in offset order (poller → partition consumer).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RawChunk {
+    pub records: Vec<RawRecord>,
+}
+
+/// A chunk on its way to the converter (partition consumer → converter).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Convert {
+    pub origin: Arc<Origin>,
+    pub records: Vec<RawRecord>,
+}
+
+/// A record parsed into a JSON object.
+#[derive(Debug)]
+pub struct ConvertedRecord {
+    pub source: RawRecord,
+    pub value: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Converted records on their way to the transformer (converter → transformer).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Transform {
+    pub origin: Arc<Origin>,
+    pub records: Vec<ConvertedRecord>,
+}
+
+/// A row ready for BigQuery: its table, dedup key and encoded insertAll entry.
+#[derive(Debug)]
+pub struct Row {
+    pub origin: Arc<Origin>,
+    pub source: RawRecord,
+    pub table: Arc<TableRef>,
+    /// Dedup identity (hash of the dedup key), if dedup is on.
+    pub dedup_hash: Option<u64>,
+    /// `{"insertId":…,"json":{…}}`, as sent in the request's `rows` array.
+    pub entry: Vec<u8>,
+}
+
+/// Rows on their way to dedup (transformer → deduplicator).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Dedup {
+    pub rows: Vec<Row>,
+}
+
+/// Unique rows on their way to BigQuery (deduplicator → writer).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Write {
+    pub rows: Vec<Row>,
+}
+
+/// Send every partial batch now (supervisor → writer, on shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+/// Offsets of one partition that are settled (anyone → partition consumer).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Handled {
+    pub offsets: Vec<i64>,
+    pub kind: HandledKind,
+}
+
+/// How records were settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandledKind {
+    /// Written, deduplicated away, or reported under `errors.tolerance = "all"`: committable.
+    Done,
+    /// Failed under `errors.tolerance = "none"`: no longer in flight, but the commit offset must
+    /// never pass it.
+    Stuck,
+}
+
+/// Tells each record's partition consumer that it is settled, one message per partition.
+pub fn acknowledge<'a>(
+    records: impl IntoIterator<Item = (&'a Arc<Origin>, i64)>,
+    kind: HandledKind,
+) {
+    let mut by_origin: Vec<(&'a Arc<Origin>, Vec<i64>)> = Vec::new();
+    for (origin, offset) in records {
+        match by_origin.iter_mut().find(|(o, _)| Arc::ptr_eq(o, origin)) {
+            Some((_, offsets)) => offsets.push(offset),
+            None => by_origin.push((origin, vec![offset])),
+        }
+    }
+    for (origin, offsets) in by_origin {
+        origin.ack.do_send(Handled { offsets, kind });
+    }
+}
+
+/// The pipeline stage where a record failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Convert,
+    Transform,
+    BigQuery,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Convert => "convert",
+            Stage::Transform => "transform",
+            Stage::BigQuery => "bigquery",
+        }
+    }
+}
+
+/// A record that could not be delivered, with everything needed to report and replay it.
+#[derive(Debug)]
+pub struct Failure {
+    pub origin: Arc<Origin>,
+    pub source: RawRecord,
+    pub stage: Stage,
+    /// Short machine-readable class, e.g. `invalid_json`, `oversize`, `invalid`.
+    pub class: &'static str,
+    /// The full error text, with its chain of causes.
+    pub error: String,
+}
+
+/// Failed records (any stage → error report).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Failed {
+    pub failures: Vec<Failure>,
+}
+
+/// A partition consumer's progress (partition consumer → supervisor): the offset that may be committed
+/// (all records before it are handled) and what is in flight.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct Progress {
+    pub tp: Tp,
+    /// Which incarnation of the partition consumer reports (a partition assigned again gets a new one).
+    pub epoch: u64,
+    pub commit_offset: Option<i64>,
+    pub inflight_records: usize,
+    pub inflight_bytes: usize,
+}
+
+/// Partitions given to this instance (Kafka poller → supervisor). The reply is where to deliver
+/// each partition's chunks, in the same order.
+#[derive(Message)]
+#[rtype(result = "Vec<Recipient<RawChunk>>")]
+pub struct Assigned {
+    pub tps: Vec<Tp>,
+}
+
+/// Partitions taken from this instance (Kafka poller → supervisor). The reply is their final commit
+/// offsets, which the poller commits synchronously before the partitions are given up.
+#[derive(Message)]
+#[rtype(result = "Vec<(Tp, i64)>")]
+pub struct Revoked {
+    pub tps: Vec<Tp>,
+}
+
+/// A record failed and `errors.tolerance = "none"` (error report → supervisor): stop.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Fatal {
+    pub reason: String,
+}
+
+/// Drain, commit and stop (signal handler, demo, tests → supervisor).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Shutdown;

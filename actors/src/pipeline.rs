@@ -1,0 +1,105 @@
+//! Wiring: starts every actor of one pipeline inside the running actix `System`.
+//!
+//! ```text
+//!                    ┌────────────── Supervisor ──────────────┐ commits, pause/resume, shutdown
+//!  Kafka poller ──▶ Consumer (one per partition) ──▶ Convert ×N ──▶ Transform ×N ──▶ Dedup ──▶ Writer ──▶ BigQuery
+//!   (own thread)        ▲   offsets + backpressure     (sync threads)                   (own arbiter)  (own arbiter)
+//!                       └──────────── Handled (acks) ◀── Dedup, Writer, ErrorReport ◀── failures from any stage
+//! ```
+//! The supervisor, the partition consumers and the error report share the system's thread; the CPU
+//! stages run on `SyncArbiter` threads, dedup and the writer on arbiters of their own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::bigquery::{BigQuery, RetryPolicy};
+use crate::config::Config;
+use crate::consumer::InflightLimits;
+use crate::converter::ConvertActor;
+use crate::deduplicator::DedupActor;
+use crate::error_report::ErrorReportActor;
+use crate::kafka::KafkaControl;
+use crate::stage::dedup::Deduplicator;
+use crate::stage::transform::Transformer;
+use crate::stats::Stats;
+use crate::supervisor::{SupervisorActor, SupervisorSettings};
+use crate::transformer::TransformActor;
+use crate::writer::{WriterActor, WriterSettings};
+
+/// Starts the actors; returns the supervisor, which the Kafka poller talks to. Must be called from
+/// within a running actix `System`.
+pub fn start(
+    config: &Config,
+    kafka: Arc<dyn KafkaControl>,
+    bq: Arc<dyn BigQuery>,
+    stats: Arc<Stats>,
+) -> Addr<SupervisorActor> {
+    let config = config.clone();
+    let workers = config.workers();
+    SupervisorActor::create(move |ctx| {
+        let errors = ErrorReportActor {
+            tolerance: config.errors.tolerance,
+            include_messages: config.errors.log_include_messages,
+            supervisor: ctx.address().recipient(),
+            stats: Arc::clone(&stats),
+            fatal_sent: false,
+        }
+        .start();
+
+        let writer_settings = WriterSettings {
+            max_rows: config.batch.max_rows,
+            max_bytes: config.batch.max_bytes,
+            linger: Duration::from_millis(config.batch.linger_ms),
+            max_concurrent: config.bigquery.max_concurrent_requests,
+            policy: RetryPolicy {
+                timeout: Duration::from_millis(config.errors.retry_timeout_ms),
+                max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),
+                min_delay: Duration::from_millis(100)
+                    .min(Duration::from_millis(config.errors.retry_delay_max_ms)),
+            },
+        };
+        let (w_errors, w_stats) = (errors.clone(), Arc::clone(&stats));
+        let writer = WriterActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+            WriterActor::new(bq, writer_settings, w_errors, w_stats)
+        });
+
+        let (d_writer, d_stats) = (writer.clone(), Arc::clone(&stats));
+        let (max_keys, ttl) = (
+            config.dedup.max_keys,
+            Duration::from_secs(config.dedup.ttl_secs),
+        );
+        let dedup = DedupActor::start_in_arbiter(&Arbiter::new().handle(), move |_| DedupActor {
+            dedup: Deduplicator::new(max_keys, ttl),
+            writer: d_writer,
+            stats: d_stats,
+        });
+
+        let (t_config, t_errors) = (config.clone(), errors.clone());
+        let transformer = SyncArbiter::start(workers, move || TransformActor {
+            transformer: Transformer::new(&t_config),
+            dedup: dedup.clone(),
+            errors: t_errors.clone(),
+        });
+        let converter = SyncArbiter::start(workers, move || ConvertActor {
+            transformer: transformer.clone(),
+            errors: errors.clone(),
+        });
+
+        SupervisorActor::new(
+            kafka,
+            converter,
+            writer,
+            SupervisorSettings {
+                limits: InflightLimits {
+                    records: config.pipeline.max_inflight_records,
+                    bytes: config.pipeline.max_inflight_bytes,
+                },
+                commit_interval: Duration::from_millis(config.kafka.commit_interval_ms),
+                shutdown_timeout: Duration::from_millis(config.pipeline.shutdown_timeout_ms),
+            },
+            stats,
+        )
+    })
+}

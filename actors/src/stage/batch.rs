@@ -1,0 +1,218 @@
+//! Batch: rows grouped per table into insertAll requests within `batch.max_rows`, `batch.max_bytes`
+//! and `batch.linger_ms`, and the request body encoding.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::messages::Row;
+use crate::stage::transform::TableRef;
+
+/// What the batcher needs to know about a row.
+pub trait BatchItem {
+    fn table(&self) -> &Arc<TableRef>;
+    /// The encoded `rows[]` entry.
+    fn entry(&self) -> &[u8];
+}
+
+impl BatchItem for Row {
+    fn table(&self) -> &Arc<TableRef> {
+        &self.table
+    }
+    fn entry(&self) -> &[u8] {
+        &self.entry
+    }
+}
+
+/// Rows for one table, sent as one request.
+#[derive(Debug)]
+pub struct Batch<T> {
+    pub table: Arc<TableRef>,
+    pub rows: Vec<T>,
+    /// Size of the request body these rows make.
+    pub bytes: usize,
+    opened: Instant,
+}
+
+/// The envelope around the rows: `{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":[` … `]}`.
+const BODY_HEAD: &[u8] = br#"{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":["#;
+const BODY_TAIL: &[u8] = b"]}";
+
+/// Encodes an insertAll request body from rows' entries.
+pub fn encode_body<'a>(entries: impl IntoIterator<Item = &'a [u8]>, size_hint: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(size_hint.max(BODY_HEAD.len() + BODY_TAIL.len()));
+    body.extend_from_slice(BODY_HEAD);
+    for (i, e) in entries.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e);
+    }
+    body.extend_from_slice(BODY_TAIL);
+    body
+}
+
+/// Groups rows per table.
+pub struct Batcher<T> {
+    max_rows: usize,
+    max_bytes: usize,
+    open: HashMap<Arc<TableRef>, Batch<T>>,
+}
+
+impl<T: BatchItem> Batcher<T> {
+    pub fn new(max_rows: usize, max_bytes: usize) -> Self {
+        Self {
+            max_rows,
+            max_bytes,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Adds a row. Returns the batches that became ready: the table's open batch when this row does
+    /// not fit in it, and the new batch when it reached `max_rows`.
+    pub fn push(&mut self, row: T, now: Instant) -> Vec<Batch<T>> {
+        let mut ready = Vec::new();
+        let table = row.table().clone();
+        if let Some(b) = self.open.get(&table) {
+            // The row and its separating comma.
+            if b.bytes + row.entry().len() + 1 > self.max_bytes {
+                ready.extend(self.open.remove(&table));
+            }
+        }
+        let b = self.open.entry(table.clone()).or_insert_with(|| Batch {
+            table: table.clone(),
+            rows: Vec::new(),
+            bytes: BODY_HEAD.len() + BODY_TAIL.len(),
+            opened: now,
+        });
+        b.bytes += row.entry().len() + usize::from(!b.rows.is_empty());
+        b.rows.push(row);
+        if b.rows.len() >= self.max_rows || b.bytes >= self.max_bytes {
+            ready.extend(self.open.remove(&table));
+        }
+        ready
+    }
+
+    /// Takes the batches open for at least `linger`.
+    pub fn due(&mut self, now: Instant, linger: Duration) -> Vec<Batch<T>> {
+        let due: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, b)| now.duration_since(b.opened) >= linger)
+            .map(|(t, _)| t.clone())
+            .collect();
+        due.iter().filter_map(|t| self.open.remove(t)).collect()
+    }
+
+    /// Takes every open batch.
+    pub fn drain(&mut self) -> Vec<Batch<T>> {
+        self.open.drain().map(|(_, b)| b).collect()
+    }
+
+    /// Rows waiting in open batches.
+    pub fn pending_rows(&self) -> usize {
+        self.open.values().map(|b| b.rows.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct R(Arc<TableRef>, Vec<u8>);
+    impl BatchItem for R {
+        fn table(&self) -> &Arc<TableRef> {
+            &self.0
+        }
+        fn entry(&self) -> &[u8] {
+            &self.1
+        }
+    }
+
+    fn table(name: &str) -> Arc<TableRef> {
+        Arc::new(TableRef {
+            dataset: "d".into(),
+            table: name.into(),
+        })
+    }
+
+    fn row(t: &Arc<TableRef>, n: usize) -> R {
+        R(
+            t.clone(),
+            format!("{{\"json\":{{\"n\":{n}}}}}").into_bytes(),
+        )
+    }
+
+    #[test]
+    fn full_by_rows() {
+        let t = table("a");
+        let mut b = Batcher::new(3, 1_000_000);
+        let now = Instant::now();
+        assert!(b.push(row(&t, 1), now).is_empty());
+        assert!(b.push(row(&t, 2), now).is_empty());
+        let ready = b.push(row(&t, 3), now);
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].rows.len(), 3);
+        assert_eq!(b.pending_rows(), 0);
+    }
+
+    #[test]
+    fn never_exceeds_max_bytes() {
+        let t = table("a");
+        let max = 200;
+        let mut b = Batcher::new(1000, max);
+        let mut sent = Vec::new();
+        for n in 0..100 {
+            sent.extend(b.push(row(&t, n), Instant::now()));
+        }
+        sent.extend(b.drain());
+        assert_eq!(sent.iter().map(|b| b.rows.len()).sum::<usize>(), 100);
+        for batch in &sent {
+            let body = encode_body(batch.rows.iter().map(|r| r.entry()), batch.bytes);
+            assert!(body.len() <= max, "body {} > {max}", body.len());
+            assert_eq!(body.len(), batch.bytes, "tracked size is exact");
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["rows"].as_array().unwrap().len(), batch.rows.len());
+        }
+    }
+
+    #[test]
+    fn one_batch_per_table_and_linger() {
+        let (a, c) = (table("a"), table("c"));
+        let mut b = Batcher::new(10, 1_000_000);
+        let t0 = Instant::now();
+        b.push(row(&a, 1), t0);
+        b.push(row(&c, 2), t0 + Duration::from_millis(50));
+        assert!(b
+            .due(t0 + Duration::from_millis(10), Duration::from_millis(40))
+            .is_empty());
+        let due = b.due(t0 + Duration::from_millis(60), Duration::from_millis(40));
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].table, a);
+        assert_eq!(b.drain().len(), 1);
+    }
+
+    #[test]
+    fn insert_all_limits_hold_at_the_maximum_settings() {
+        let t = table("a");
+        let mut b = Batcher::new(
+            crate::config::MAX_ROWS_PER_REQUEST,
+            crate::config::MAX_BYTES_PER_REQUEST,
+        );
+        let mut sizes = Vec::new();
+        for n in 0..120_000 {
+            sizes.extend(
+                b.push(row(&t, n), Instant::now())
+                    .into_iter()
+                    .map(|x| (x.rows.len(), x.bytes)),
+            );
+        }
+        assert!(!sizes.is_empty());
+        for (rows, bytes) in sizes {
+            assert!(
+                rows <= 50_000 && bytes <= 10_000_000,
+                "{rows} rows, {bytes} bytes"
+            );
+        }
+    }
+}

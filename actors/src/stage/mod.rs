@@ -1,0 +1,8 @@
+//! Pure stage logic, free of actors and I/O, each with its unit tests. The actors in this crate are
+//! thin shells around these.
+
+pub mod batch;
+pub mod convert;
+pub mod dedup;
+pub mod offsets;
+pub mod transform;

@@ -1,0 +1,52 @@
+//! Counters shared by the actors, read by the demo summary and tests.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Pipeline-wide counters (monotonic).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Records read from Kafka.
+    pub consumed: AtomicU64,
+    /// Rows BigQuery accepted.
+    pub written: AtomicU64,
+    /// Records dropped as duplicates.
+    pub deduplicated: AtomicU64,
+    /// Records reported as failed (any stage).
+    pub failed: AtomicU64,
+    /// insertAll requests that completed (each may have been retried).
+    pub batches: AtomicU64,
+    /// insertAll requests retried.
+    pub retries: AtomicU64,
+    /// Successful offset commits.
+    pub commits: AtomicU64,
+}
+
+/// A copy of [`Stats`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub consumed: u64,
+    pub written: u64,
+    pub deduplicated: u64,
+    pub failed: u64,
+    pub batches: u64,
+    pub retries: u64,
+    pub commits: u64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            consumed: self.consumed.load(Relaxed),
+            written: self.written.load(Relaxed),
+            deduplicated: self.deduplicated.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            batches: self.batches.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            commits: self.commits.load(Relaxed),
+        }
+    }
+}

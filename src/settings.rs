@@ -1,0 +1,209 @@
+//! Configuration loading: `config/default.toml`, then `config/<env>.toml`, then `--config FILE`, then
+//! environment variables `BQSINK__SECTION__KEY` (highest). Every layer is checked against the one
+//! struct tree in [`bqsink_actors::config`]: unknown keys and bad values are errors naming the key.
+
+use std::path::{Path, PathBuf};
+
+use bqsink_actors::config::Config;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error(transparent)]
+    Invalid(#[from] bqsink_actors::config::InvalidConfig),
+}
+
+/// Where the layers come from.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Directory holding `default.toml` and `<env>.toml`.
+    pub dir: PathBuf,
+    /// `--env NAME`: layer `<dir>/<NAME>.toml` (must exist).
+    pub env: Option<String>,
+    /// `--config FILE`: one more file on top (must exist).
+    pub file: Option<PathBuf>,
+}
+
+/// Builds the layered figment (without validating values).
+pub fn figment(sources: &Sources) -> Result<Figment, SettingsError> {
+    let mut f = Figment::from(Serialized::defaults(Config::default()));
+    let default = sources.dir.join("default.toml");
+    if default.exists() {
+        f = f.merge(Toml::file_exact(&default));
+    }
+    if let Some(env) = &sources.env {
+        let path = sources.dir.join(format!("{env}.toml"));
+        if !path.exists() {
+            return Err(SettingsError::Missing(path));
+        }
+        f = f.merge(Toml::file_exact(path));
+    }
+    if let Some(file) = &sources.file {
+        if !file.exists() {
+            return Err(SettingsError::Missing(file.clone()));
+        }
+        f = f.merge(Toml::file_exact(file));
+    }
+    Ok(f.merge(Env::prefixed("BQSINK__").split("__")))
+}
+
+/// Loads and validates the configuration.
+pub fn load(sources: &Sources) -> Result<Config, SettingsError> {
+    let config: Config = figment(sources)?.extract().map_err(Box::new)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// Parses one TOML text as a complete configuration layer over the defaults (tests, demo).
+pub fn from_toml(text: &str) -> Result<Config, SettingsError> {
+    let config: Config = Figment::from(Serialized::defaults(Config::default()))
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(Box::new)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// The merged configuration as TOML, with secrets masked (for `bqsink validate`).
+pub fn to_toml_redacted(config: &Config) -> String {
+    let mut c = config.clone();
+    if c.bigquery.token.is_some() {
+        c.bigquery.token = Some("<redacted>".into());
+    }
+    for (k, v) in c.kafka.properties.iter_mut() {
+        if k.contains("password") || k.contains("secret") || k.contains("jaas") {
+            *v = "<redacted>".into();
+        }
+    }
+    toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}"))
+}
+
+/// The default config directory: `$BQSINK_CONFIG_DIR`, else `./config`.
+pub fn default_dir() -> PathBuf {
+    std::env::var_os("BQSINK_CONFIG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new("config").to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_config_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[test]
+    fn default_toml_mirrors_the_rust_defaults() {
+        let text = std::fs::read_to_string(repo_config_dir().join("default.toml")).unwrap();
+        let from_file: Config =
+            toml::from_str(&text).expect("default.toml parses with every key known");
+        assert_eq!(
+            from_file,
+            Config::default(),
+            "config/default.toml and the Rust defaults differ"
+        );
+        // Every key of the struct tree appears in the file.
+        let file: toml::Table = toml::from_str(&text).unwrap();
+        let defaults: toml::Table =
+            toml::from_str(&toml::to_string(&Config::default()).unwrap()).unwrap();
+        for (section, keys) in &defaults {
+            let Some(keys) = keys.as_table() else {
+                continue;
+            };
+            for key in keys.keys() {
+                let present = file.get(section).and_then(|s| s.get(key)).is_some();
+                assert!(present, "config/default.toml lacks {section}.{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn environment_files_parse_and_validate() {
+        for env in ["local", "production"] {
+            let sources = Sources {
+                dir: repo_config_dir(),
+                env: Some(env.into()),
+                file: None,
+            };
+            let c: Config = figment(&sources)
+                .unwrap()
+                .extract()
+                .unwrap_or_else(|e| panic!("{env}: {e}"));
+            assert!(!c.kafka.topics.is_empty(), "{env} sets topics");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = from_toml("[kafka]\nbrokerz = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("brokerz"), "{err}");
+        let err = from_toml("[batchh]\nmax_rows = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batchh"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_key() {
+        let base = "[kafka]\ntopics=[\"t\"]\n[bigquery]\nproject=\"p\"\ndataset=\"d\"\n";
+        let err = from_toml(&format!("{base}[batch]\nmax_rows = 60000\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch.max_rows"), "{err}");
+        let err = from_toml(&format!("{base}[errors]\ntolerance = \"some\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tolerance"), "{err}");
+        let err = from_toml(&format!("{base}[dedup]\nkey = \"event_id\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("JSON pointer"), "{err}");
+        from_toml(base).unwrap();
+    }
+
+    #[test]
+    fn layers_and_environment_variables_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[kafka]\nbrokers = \"a:1\"\ngroup_id = \"g0\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("staging.toml"),
+            "[kafka]\nbrokers = \"b:1\"\n",
+        )
+        .unwrap();
+        let extra = dir.path().join("extra.toml");
+        std::fs::write(&extra, "[batch]\nmax_rows = 7\n").unwrap();
+        let sources = Sources {
+            dir: dir.path().into(),
+            env: Some("staging".into()),
+            file: Some(extra),
+        };
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BQSINK__BATCH__LINGER_MS", "9");
+            let c: Config = figment(&sources).unwrap().extract()?;
+            assert_eq!(c.kafka.brokers, "b:1");
+            assert_eq!(c.kafka.group_id, "g0");
+            assert_eq!(c.batch.max_rows, 7);
+            assert_eq!(c.batch.linger_ms, 9);
+            Ok(())
+        });
+        let missing = Sources {
+            dir: dir.path().into(),
+            env: Some("nope".into()),
+            file: None,
+        };
+        assert!(matches!(figment(&missing), Err(SettingsError::Missing(_))));
+    }
+}

@@ -1,0 +1,296 @@
+//! A local insertAll-compatible HTTP server: the demo's destination and the tests' BigQuery fake.
+//!
+//! It answers `POST /bigquery/v2/projects/{p}/datasets/{d}/tables/{t}/insertAll` like BigQuery with
+//! `skipInvalidRows = false`: all rows are stored, or, when a row is rejected, none is (the rejected
+//! rows get `invalid`, the others `stopped`). It does *not* deduplicate by `insertId`, so tests see
+//! exactly what bqsink sent. A hook decides per request whether to accept, fail, reject rows or hang,
+//! which is how tests inject BigQuery faults.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// What the sink does with one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Store the rows, answer 200 without errors.
+    Accept,
+    /// Answer with this status and BigQuery-style error `reason`; store nothing.
+    Fail { status: u16, reason: String },
+    /// Reject the rows at these indices with reason `invalid` (the others are `stopped`); store nothing.
+    RejectRows(Vec<usize>),
+    /// Wait, then do the inner reply (a request timeout when the wait is long enough).
+    Delay(Duration, Box<Reply>),
+}
+
+/// One request as the hook sees it.
+pub struct Request<'a> {
+    /// `dataset.table`.
+    pub table: &'a str,
+    /// The `rows` array, each `{"insertId":…, "json":{…}}`.
+    pub rows: &'a [Value],
+    /// The `Authorization` header.
+    pub authorization: Option<&'a str>,
+    /// How many requests came before this one.
+    pub seq: u64,
+}
+
+/// Decides the reply to each request.
+pub type Hook = Arc<dyn Fn(&Request<'_>) -> Reply + Send + Sync>;
+
+/// Sink settings.
+#[derive(Clone, Default)]
+pub struct SinkOptions {
+    /// Keep every row (tests); otherwise only counts are kept (demo, benchmarks).
+    pub keep_rows: bool,
+    /// A JSON pointer into each row whose value is counted per distinct value (to find duplicates).
+    pub id_pointer: Option<String>,
+}
+
+#[derive(Default)]
+struct Table {
+    count: u64,
+    rows: Vec<Value>,
+}
+
+#[derive(Default)]
+struct Inner {
+    tables: HashMap<String, Table>,
+    /// Hash of the id value → times written.
+    ids: HashMap<u64, u32>,
+    requests: u64,
+    hook: Option<Hook>,
+}
+
+struct Shared {
+    options: SinkOptions,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the counters half-updated in a way that
+        // matters to a test; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running sink; stops when dropped.
+pub struct Sink {
+    url: String,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sink {
+    /// Starts the sink on a free loopback port.
+    pub fn start(options: SinkOptions) -> std::io::Result<Sink> {
+        Self::start_on("127.0.0.1:0".parse().expect("valid address"), options)
+    }
+
+    /// Starts the sink on `addr`.
+    pub fn start_on(addr: SocketAddr, options: SinkOptions) -> std::io::Result<Sink> {
+        let shared = Arc::new(Shared {
+            options,
+            inner: Mutex::new(Inner::default()),
+        });
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind(addr))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let app = Router::new()
+            .route(
+                "/bigquery/v2/projects/{project}/datasets/{dataset}/tables/{table}/insertAll",
+                post(insert_all),
+            )
+            .with_state(Arc::clone(&shared));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("bq-sink".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "sink server failed");
+                    }
+                });
+            })?;
+        Ok(Sink {
+            url,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Base URL, for `bigquery.endpoint`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sets the hook deciding replies (default: accept everything).
+    pub fn set_hook(&self, hook: impl Fn(&Request<'_>) -> Reply + Send + Sync + 'static) {
+        self.shared.lock().hook = Some(Arc::new(hook));
+    }
+
+    /// Removes the hook: accept everything.
+    pub fn clear_hook(&self) {
+        self.shared.lock().hook = None;
+    }
+
+    /// Rows stored in `dataset.table` (the `json` objects), if rows are kept.
+    pub fn rows(&self, table: &str) -> Vec<Value> {
+        self.shared
+            .lock()
+            .tables
+            .get(table)
+            .map(|t| t.rows.clone())
+            .unwrap_or_default()
+    }
+
+    /// Rows stored over all tables.
+    pub fn total_rows(&self) -> u64 {
+        self.shared.lock().tables.values().map(|t| t.count).sum()
+    }
+
+    /// Rows stored per table.
+    pub fn table_counts(&self) -> HashMap<String, u64> {
+        self.shared
+            .lock()
+            .tables
+            .iter()
+            .map(|(k, t)| (k.clone(), t.count))
+            .collect()
+    }
+
+    /// Distinct id values seen, and how many rows repeated an id already stored.
+    pub fn id_stats(&self) -> (u64, u64) {
+        let inner = self.shared.lock();
+        let distinct = inner.ids.len() as u64;
+        let repeats = inner
+            .ids
+            .values()
+            .map(|&n| u64::from(n.saturating_sub(1)))
+            .sum();
+        (distinct, repeats)
+    }
+
+    /// insertAll requests received.
+    pub fn requests(&self) -> u64 {
+        self.shared.lock().requests
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn error_body(status: u16, reason: &str, message: &str) -> Response {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = json!({"error": {"code": status, "message": message, "errors": [{"reason": reason, "message": message}]}});
+    (code, Json(body)).into_response()
+}
+
+async fn insert_all(
+    State(shared): State<Arc<Shared>>,
+    Path((_project, dataset, table)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let table = format!("{dataset}.{table}");
+    let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
+        return error_body(400, "invalid", "request body is not JSON");
+    };
+    let rows = match request.get_mut("rows").map(Value::take) {
+        Some(Value::Array(rows)) => rows,
+        _ => return error_body(400, "invalid", "request has no rows array"),
+    };
+    let (mut reply, hook) = {
+        let mut inner = shared.lock();
+        inner.requests += 1;
+        (
+            Reply::Accept,
+            inner.hook.clone().map(|h| (h, inner.requests - 1)),
+        )
+    };
+    if let Some((hook, seq)) = hook {
+        let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+        reply = hook(&Request {
+            table: &table,
+            rows: &rows,
+            authorization,
+            seq,
+        });
+    }
+    while let Reply::Delay(wait, inner) = reply {
+        tokio::time::sleep(wait).await;
+        reply = *inner;
+    }
+    match reply {
+        Reply::Accept | Reply::Delay(..) => {
+            store(&shared, &table, rows);
+            Json(json!({"kind": "bigquery#tableDataInsertAllResponse"})).into_response()
+        }
+        Reply::Fail { status, reason } => error_body(status, &reason, "injected failure"),
+        Reply::RejectRows(bad) => {
+            let errors: Vec<Value> = (0..rows.len())
+                .map(|i| {
+                    let (reason, message) = if bad.contains(&i) {
+                        ("invalid", "no such field: bogus.")
+                    } else {
+                        ("stopped", "")
+                    };
+                    json!({"index": i, "errors": [{"reason": reason, "location": if reason == "invalid" {"bogus"} else {""}, "message": message}]})
+                })
+                .collect();
+            Json(json!({"kind": "bigquery#tableDataInsertAllResponse", "insertErrors": errors}))
+                .into_response()
+        }
+    }
+}
+
+fn store(shared: &Shared, table: &str, rows: Vec<Value>) {
+    let mut inner = shared.lock();
+    let inner = &mut *inner;
+    if let Some(ptr) = &shared.options.id_pointer {
+        for row in &rows {
+            if let Some(id) = row.get("json").and_then(|j| j.pointer(ptr)) {
+                *inner
+                    .ids
+                    .entry(xxh3_64(id.to_string().as_bytes()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    let t = inner.tables.entry(table.to_owned()).or_default();
+    t.count += rows.len() as u64;
+    if shared.options.keep_rows {
+        t.rows.extend(
+            rows.into_iter()
+                .map(|mut r| r.get_mut("json").map(Value::take).unwrap_or(Value::Null)),
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! Shared test helpers: the mock Kafka cluster, producing, offsets, pipeline configs, waiting.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bqsink::demo;
+use bqsink::generator::Event;
+use bqsink_actors::config::Config;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::Value;
+
+pub type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// A one-broker mock cluster with `topic` of `partitions` partitions.
+pub fn cluster(topic: &str, partitions: i32) -> (Cluster, String) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster
+        .create_topic(topic, partitions, 1)
+        .expect("create topic");
+    let bootstrap = cluster.bootstrap_servers();
+    (cluster, bootstrap)
+}
+
+/// Produces events (keyed) and waits until all are acknowledged.
+pub fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
+    let p = demo::producer(bootstrap).unwrap();
+    for e in events {
+        demo::produce(&p, topic, &e.key, &e.payload).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+/// Produces raw payloads to one partition, in order.
+pub fn produce_to_partition(bootstrap: &str, topic: &str, partition: i32, payloads: &[Vec<u8>]) {
+    let p = demo::producer(bootstrap).unwrap();
+    for payload in payloads {
+        let r = rdkafka::producer::BaseRecord::<(), [u8]>::to(topic)
+            .partition(partition)
+            .payload(payload.as_slice());
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn admin_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap()
+}
+
+/// Committed offset per partition (None when nothing is committed).
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    let c = admin_consumer(bootstrap, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (low, high) watermarks per partition.
+pub fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let c = admin_consumer(bootstrap, "watermarks");
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Waits until the group's committed offsets equal the partitions' end offsets.
+pub fn wait_fully_committed(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) {
+    let ends: Vec<Option<i64>> = watermarks(bootstrap, topic, partitions)
+        .into_iter()
+        .map(|(_, h)| Some(h))
+        .collect();
+    let start = Instant::now();
+    loop {
+        let c = committed(bootstrap, group, topic, partitions);
+        if c == ends {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "committed {c:?} never reached end offsets {ends:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits for a condition.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A pipeline config for tests: short group timeouts (the mock coordinator waits for the rebalance
+/// timeout), fast commits and linger. Tests change fields of the result as they need.
+pub fn config(bootstrap: &str, group: &str, topic: &str, endpoint: &str) -> Config {
+    let text = format!(
+        r#"
+[kafka]
+brokers = "{bootstrap}"
+group_id = "{group}"
+topics = ["{topic}"]
+commit_interval_ms = 200
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"max.poll.interval.ms" = "10000"
+[bigquery]
+endpoint = "{endpoint}"
+project = "test"
+dataset = "ds"
+request_timeout_ms = 2000
+[batch]
+linger_ms = 20
+[errors]
+retry_delay_max_ms = 200
+"#
+    );
+    bqsink::settings::from_toml(&text).unwrap()
+}
+
+/// Rows grouped by a field's value.
+pub fn count_by(rows: &[Value], field: &str) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for r in rows {
+        *m.entry(r[field].to_string()).or_default() += 1;
+    }
+    m
+}
