@@ -171,6 +171,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
     fn layers_and_environment_variables_override_in_order() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -192,7 +193,7 @@ mod tests {
         };
         figment::Jail::expect_with(|jail| {
             jail.set_env("BQSINK__BATCH__LINGER_MS", "9");
-            let c: Config = figment(&sources).unwrap().extract()?;
+            let c: Config = figment(&sources).unwrap().extract().unwrap();
             assert_eq!(c.kafka.brokers, "b:1");
             assert_eq!(c.kafka.group_id, "g0");
             assert_eq!(c.batch.max_rows, 7);

@@ -115,12 +115,15 @@ pub struct RetryPolicy {
     pub min_delay: Duration,
 }
 
+/// A row that will not be written: its index, error class and text.
+pub type RowFailure = (usize, &'static str, String);
+
 /// What became of each row of a batch, by index.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
     pub written: Vec<usize>,
     /// Rows that will not be written, with the reason (class, text).
-    pub failed: Vec<(usize, &'static str, String)>,
+    pub failed: Vec<RowFailure>,
     /// Requests that were retried.
     pub retries: u32,
 }
@@ -195,10 +198,7 @@ pub async fn send_with_retry(
 
 /// Splits the rows of one request (`sent[i]` is the entry index of request row `i`) by the response:
 /// written, failed for good, or stopped (to send again).
-fn classify(
-    sent: &[usize],
-    resp: &InsertAllResponse,
-) -> (Vec<usize>, Vec<(usize, &'static str, String)>, Vec<usize>) {
+fn classify(sent: &[usize], resp: &InsertAllResponse) -> (Vec<usize>, Vec<RowFailure>, Vec<usize>) {
     let mut state = vec![None::<&RowErrors>; sent.len()];
     for row in &resp.insert_errors {
         if let Some(s) = state.get_mut(row.index) {
