@@ -113,6 +113,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
     let sink = Sink::start(SinkOptions {
         keep_rows: false,
         id_pointer: Some("/event_id".into()),
+        ..Default::default()
     })
     .context("starting the local insertAll sink")?;
     println!(

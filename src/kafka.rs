@@ -11,12 +11,16 @@ use std::collections::HashMap;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Addr, Recipient};
-use bqsink_actors::config::Config;
+use bqsink_actors::config::{Config, DedupKey};
 use bqsink_actors::kafka::{CommitError, KafkaControl};
-use bqsink_actors::messages::{Assigned, RawChunk, RawRecord, Revoked, Tp};
+use bqsink_actors::messages::{Assigned, RawChunk, RawRecord, Revoked, Revoking, Tp};
+use bqsink_actors::stage::convert::convert;
+use bqsink_actors::stage::dedup::Position;
+use bqsink_actors::stage::flow::{Flow, Inflight, InflightLimits};
+use bqsink_actors::stage::transform::Transformer;
 use bqsink_actors::supervisor::SupervisorActor;
 use futures::future::BoxFuture;
 use rdkafka::config::ClientConfig;
@@ -107,13 +111,65 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// Where one assigned partition's records go, and its flow-control state.
+struct Route {
+    to: Recipient<RawChunk>,
+    inflight: Arc<Inflight>,
+    /// Paused by backpressure (resumed below half the limits).
+    paused: bool,
+    /// Paused on request (`KafkaControl::pause`), resumed only on request.
+    held: bool,
+}
+
 /// Routes from partitions to their consumer actors, shared between the poll loop and the callbacks.
-type Routes = Mutex<HashMap<(Arc<str>, i32), Recipient<RawChunk>>>;
+type Routes = Mutex<HashMap<(Arc<str>, i32), Route>>;
 
 /// Rebalance hooks.
 pub struct SinkContext {
     supervisor: Addr<SupervisorActor>,
     routes: Routes,
+    revoke_timeout: Duration,
+    warmup: Option<Warmup>,
+    limits: InflightLimits,
+    /// Highest offset this consumer committed per partition: a commit queued before a revoke must
+    /// never move a partition's committed offset back.
+    committed: Mutex<HashMap<(Arc<str>, i32), i64>>,
+}
+
+impl SinkContext {
+    /// Commits synchronously what moves forward; with `assigned_only`, only partitions still
+    /// assigned (a periodic commit that raced with a revoke is dropped).
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        offsets: &[(Tp, i64)],
+        assigned_only: bool,
+    ) -> KafkaResult<()> {
+        let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = if assigned_only {
+            Some(self.routes.lock().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            None
+        };
+        let fresh: Vec<(Tp, i64)> = offsets
+            .iter()
+            .filter(|(tp, o)| {
+                let key = (tp.topic.clone(), tp.partition);
+                routes.as_ref().is_none_or(|r| r.contains_key(&key))
+                    && committed.get(&key).is_none_or(|c| o > c)
+            })
+            .cloned()
+            .collect();
+        drop(routes);
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        commit_sync(consumer, &fresh)?;
+        for (tp, o) in fresh {
+            committed.insert((tp.topic, tp.partition), o);
+        }
+        Ok(())
+    }
 }
 
 impl ClientContext for SinkContext {}
@@ -131,16 +187,30 @@ impl ConsumerContext for SinkContext {
             return;
         };
         let tps = tps_of(tpl);
+        // No more records of these partitions reach the pipeline.
         if let Ok(mut routes) = self.routes.lock() {
             for tp in &tps {
                 routes.remove(&(tp.topic.clone(), tp.partition));
+            }
+        }
+        // Let their in-flight rows be written (bounded), so the next owner starts where this one
+        // stopped; the supervisor abandons what is still unsent after the timeout.
+        let deadline = Instant::now() + self.revoke_timeout;
+        loop {
+            match futures::executor::block_on(self.supervisor.send(Revoking { tps: tps.clone() })) {
+                Ok(0) | Err(_) => break,
+                Ok(inflight) if Instant::now() >= deadline => {
+                    tracing::warn!(inflight, "revoke timeout reached with records in flight");
+                    break;
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         }
         // The supervisor answers with the partitions' last handled offsets; commit them before
         // another instance takes over.
         match futures::executor::block_on(self.supervisor.send(Revoked { tps })) {
             Ok(finals) if !finals.is_empty() => {
-                if let Err(e) = commit_sync(consumer, &finals) {
+                if let Err(e) = self.commit(consumer, &finals, false) {
                     tracing::warn!(error = %e, "commit of revoked partitions failed; their records will be read again");
                 }
             }
@@ -149,17 +219,34 @@ impl ConsumerContext for SinkContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let tps = tps_of(tpl);
-                match futures::executor::block_on(
-                    self.supervisor.send(Assigned { tps: tps.clone() }),
-                ) {
+                let warmup = match &self.warmup {
+                    Some(w) => w.keys_before_committed(consumer, tpl),
+                    None => Vec::new(),
+                };
+                let assigned = Assigned {
+                    tps: tps.clone(),
+                    warmup,
+                };
+                match futures::executor::block_on(self.supervisor.send(assigned)) {
                     Ok(recipients) => {
+                        // A partition paused by this consumer before (then revoked) may come back
+                        // paused: start every assigned partition fetching.
+                        if let Err(e) = consumer.resume(tpl) {
+                            tracing::warn!(error = %e, "resume of assigned partitions failed");
+                        }
                         if let Ok(mut routes) = self.routes.lock() {
-                            for (tp, r) in tps.into_iter().zip(recipients) {
-                                routes.insert((tp.topic, tp.partition), r);
+                            for (tp, (to, inflight)) in tps.into_iter().zip(recipients) {
+                                let route = Route {
+                                    to,
+                                    inflight,
+                                    paused: false,
+                                    held: false,
+                                };
+                                routes.insert((tp.topic, tp.partition), route);
                             }
                         }
                     }
@@ -169,6 +256,106 @@ impl ConsumerContext for SinkContext {
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
             Rebalance::Revoke(_) => {}
         }
+    }
+}
+
+/// Dedup warm-up (`dedup.warmup_records`): reads back the records just before each newly assigned
+/// partition's committed offset with a group-less consumer and derives their dedup keys exactly as
+/// the transform stage does.
+struct Warmup {
+    reader: BaseConsumer,
+    transformer: Mutex<Transformer>,
+    records: i64,
+}
+
+impl Warmup {
+    fn new(config: &Config) -> Result<Option<Self>, KafkaSetupError> {
+        if config.dedup.warmup_records == 0 || config.dedup.key == DedupKey::None {
+            return Ok(None);
+        }
+        let mut c = consumer_config(config);
+        c.set("group.id", format!("{}-warmup", config.kafka.group_id));
+        let reader = c.create().map_err(KafkaSetupError::Create)?;
+        Ok(Some(Self {
+            reader,
+            transformer: Mutex::new(Transformer::new(config)),
+            records: i64::try_from(config.dedup.warmup_records).unwrap_or(i64::MAX),
+        }))
+    }
+
+    fn keys_before_committed(
+        &self,
+        consumer: &BaseConsumer<SinkContext>,
+        tpl: &TopicPartitionList,
+    ) -> Vec<(u64, Position)> {
+        let timeout = Duration::from_secs(10);
+        let committed = match consumer.committed_offsets(tpl.clone(), timeout) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "dedup warm-up skipped: cannot read committed offsets");
+                return Vec::new();
+            }
+        };
+        let mut keys = Vec::new();
+        for e in committed.elements() {
+            let Offset::Offset(end) = e.offset() else {
+                continue;
+            };
+            let tp = Tp::new(e.topic(), e.partition());
+            match self.read_range(&tp, end, &mut keys) {
+                Ok(n) => tracing::info!(%tp, records = n, before = end, "dedup warm-up read"),
+                Err(err) => tracing::warn!(%tp, error = %err, "dedup warm-up of partition failed"),
+            }
+        }
+        let _ = self.reader.unassign();
+        keys
+    }
+
+    /// Reads `[max(low, end - records), end)` of one partition and pushes the records' keys.
+    fn read_range(&self, tp: &Tp, end: i64, keys: &mut Vec<(u64, Position)>) -> KafkaResult<usize> {
+        let (low, _) =
+            self.reader
+                .fetch_watermarks(&tp.topic, tp.partition, Duration::from_secs(10))?;
+        let start = low.max(end - self.records);
+        if start >= end {
+            return Ok(0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(start))?;
+        self.reader.assign(&tpl)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut read = 0;
+        let Ok(mut transformer) = self.transformer.lock() else {
+            return Ok(0);
+        };
+        while Instant::now() < deadline {
+            let Some(msg) = self.reader.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let msg = msg?;
+            if msg.offset() >= end {
+                break;
+            }
+            read += 1;
+            let source = RawRecord {
+                offset: msg.offset(),
+                key: msg.key().map(<[u8]>::to_vec),
+                payload: msg.payload().map(<[u8]>::to_vec),
+                ..RawRecord::default()
+            };
+            let Ok(value) = convert(source.payload.as_deref()) else {
+                continue;
+            };
+            if let Ok(row) = transformer.apply(tp, &source, value) {
+                if let Some(hash) = row.dedup_hash {
+                    keys.push((hash, Position::new(tp, msg.offset())));
+                }
+            }
+            if msg.offset() + 1 >= end {
+                break;
+            }
+        }
+        Ok(read)
     }
 }
 
@@ -195,6 +382,13 @@ pub fn spawn_consumer(
     let context = SinkContext {
         supervisor,
         routes: Mutex::new(HashMap::new()),
+        revoke_timeout: Duration::from_millis(config.kafka.revoke_timeout_ms),
+        warmup: Warmup::new(config)?,
+        limits: InflightLimits {
+            records: config.pipeline.max_inflight_records,
+            bytes: config.pipeline.max_inflight_bytes,
+        },
+        committed: Mutex::new(HashMap::new()),
     };
     let consumer: BaseConsumer<SinkContext> = consumer_config(config)
         .create_with_context(context)
@@ -231,19 +425,30 @@ fn poll_loop(
             };
             match cmd {
                 Command::Commit(offsets, reply) => {
-                    let result =
-                        commit_sync(&consumer, &offsets).map_err(|e| CommitError(e.to_string()));
+                    let result = consumer
+                        .context()
+                        .commit(&consumer, &offsets, true)
+                        .map_err(|e| CommitError(e.to_string()));
                     let _ = reply.send(result);
                 }
                 Command::Pause(tp) => {
+                    if let Some(route) =
+                        lock_routes(&consumer).get_mut(&(tp.topic.clone(), tp.partition))
+                    {
+                        route.held = true;
+                    }
                     if let Err(e) = consumer.pause(&tpl_of(&tp)) {
                         tracing::warn!(%tp, error = %e, "pause failed");
                     }
                 }
                 Command::Resume(tp) => {
-                    if reading {
-                        if let Err(e) = consumer.resume(&tpl_of(&tp)) {
-                            tracing::warn!(%tp, error = %e, "resume failed");
+                    let mut routes = lock_routes(&consumer);
+                    if let Some(route) = routes.get_mut(&(tp.topic.clone(), tp.partition)) {
+                        route.held = false;
+                        if reading && !route.paused {
+                            if let Err(e) = consumer.resume(&tpl_of(&tp)) {
+                                tracing::warn!(%tp, error = %e, "resume failed");
+                            }
                         }
                     }
                 }
@@ -310,22 +515,54 @@ fn poll_loop(
                 }
             }
         }
-        if chunks.is_empty() {
-            continue;
-        }
-        let routes = consumer
-            .context()
-            .routes
-            .lock()
-            .map(|r| r.clone())
-            .unwrap_or_default();
+        let limits = consumer.context().limits;
+        let mut routes = lock_routes(&consumer);
         for ((topic, partition), records) in chunks.drain() {
-            match routes.get(&(topic.clone(), partition)) {
-                Some(r) => r.do_send(RawChunk { records }),
+            match routes.get_mut(&(topic.clone(), partition)) {
+                Some(route) => {
+                    let bytes = records.iter().map(RawRecord::size).sum();
+                    route.inflight.add(records.len(), bytes);
+                    route.to.do_send(RawChunk { records });
+                }
                 None => {
                     tracing::debug!(%topic, partition, n = records.len(), "records of a partition no longer assigned dropped")
                 }
             }
         }
+        // Backpressure at the source: pause at the in-flight limits, resume below half.
+        for ((topic, partition), route) in routes.iter_mut() {
+            let flow = route.inflight.flow(limits, route.paused);
+            let tp = Tp::new(topic.clone(), *partition);
+            match flow {
+                Flow::Pause => {
+                    tracing::debug!(%tp, inflight = ?route.inflight.get(), "in-flight limit reached, pausing");
+                    route.paused = true;
+                    if let Err(e) = consumer.pause(&tpl_of(&tp)) {
+                        tracing::warn!(%tp, error = %e, "pause failed");
+                    }
+                }
+                Flow::Resume => {
+                    route.paused = false;
+                    if reading && !route.held {
+                        tracing::debug!(%tp, "below half the in-flight limit, resuming");
+                        if let Err(e) = consumer.resume(&tpl_of(&tp)) {
+                            tracing::warn!(%tp, error = %e, "resume failed");
+                        }
+                    }
+                }
+                Flow::Keep => {}
+            }
+        }
     }
+}
+
+fn lock_routes(
+    consumer: &BaseConsumer<SinkContext>,
+) -> std::sync::MutexGuard<'_, HashMap<(Arc<str>, i32), Route>> {
+    // The routes hold no invariant a panicking holder could break half-way; keep going.
+    consumer
+        .context()
+        .routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }

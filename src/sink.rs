@@ -56,6 +56,8 @@ pub struct SinkOptions {
     pub keep_rows: bool,
     /// A JSON pointer into each row whose value is counted per distinct value (to find duplicates).
     pub id_pointer: Option<String>,
+    /// Drop rows whose `insertId` was already stored, as BigQuery's best-effort dedup does.
+    pub honor_insert_id: bool,
 }
 
 #[derive(Default)]
@@ -71,6 +73,9 @@ struct Inner {
     ids: HashMap<u64, u32>,
     requests: u64,
     hook: Option<Hook>,
+    /// Hashes of the insertIds stored (with `honor_insert_id`), and rows dropped for them.
+    insert_ids: std::collections::HashSet<u64>,
+    insert_id_dropped: u64,
 }
 
 struct Shared {
@@ -191,6 +196,11 @@ impl Sink {
         (distinct, repeats)
     }
 
+    /// Rows dropped because their insertId was already stored (with `honor_insert_id`).
+    pub fn insert_id_dropped(&self) -> u64 {
+        self.shared.lock().insert_id_dropped
+    }
+
     /// insertAll requests received.
     pub fn requests(&self) -> u64 {
         self.shared.lock().requests
@@ -272,9 +282,19 @@ async fn insert_all(
     }
 }
 
-fn store(shared: &Shared, table: &str, rows: Vec<Value>) {
+fn store(shared: &Shared, table: &str, mut rows: Vec<Value>) {
     let mut inner = shared.lock();
     let inner = &mut *inner;
+    if shared.options.honor_insert_id {
+        let before = rows.len();
+        rows.retain(|r| match r.get("insertId").and_then(Value::as_str) {
+            Some(id) => inner
+                .insert_ids
+                .insert(xxh3_64(format!("{table}\0{id}").as_bytes())),
+            None => true,
+        });
+        inner.insert_id_dropped += (before - rows.len()) as u64;
+    }
     if let Some(ptr) = &shared.options.id_pointer {
         for row in &rows {
             if let Some(id) = row.get("json").and_then(|j| j.pointer(ptr)) {

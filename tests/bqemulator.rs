@@ -65,14 +65,20 @@ impl Drop for Emulator {
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
-    let resp = http.post(&url).json(&body).send().await.unwrap();
-    let status = resp.status();
-    let v: Value = resp.json().await.unwrap();
-    assert!(
-        status.is_success() || v["error"]["code"] == 409,
-        "{url}: {status} {v}"
-    );
-    v
+    // The emulator is a Python process that can answer slowly or with a 5xx right after it starts
+    // on a loaded machine: try a few times before failing.
+    let mut last = String::new();
+    for _ in 0..5 {
+        let resp = http.post(&url).json(&body).send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        match serde_json::from_str::<Value>(&text) {
+            Ok(v) if status.is_success() || v["error"]["code"] == 409 => return v,
+            _ => last = format!("{status}: {text}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("{url}: {last}");
 }
 
 fn schema() -> Value {

@@ -129,6 +129,7 @@ fn tolerance_none_exits_non_zero_without_committing_past_the_bad_record() {
     let sink = Sink::start(SinkOptions {
         keep_rows: true,
         id_pointer: None,
+        ..Default::default()
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -164,6 +165,7 @@ fn tolerance_all_logs_the_payload_goes_on_and_commits() {
     let sink = Sink::start(SinkOptions {
         keep_rows: true,
         id_pointer: None,
+        ..Default::default()
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();

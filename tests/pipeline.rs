@@ -22,6 +22,7 @@ fn sink() -> Sink {
     Sink::start(SinkOptions {
         keep_rows: true,
         id_pointer: Some("/event_id".into()),
+        ..Default::default()
     })
     .unwrap()
 }

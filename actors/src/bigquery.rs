@@ -124,17 +124,21 @@ pub struct Outcome {
     pub written: Vec<usize>,
     /// Rows that will not be written, with the reason (class, text).
     pub failed: Vec<RowFailure>,
+    /// Rows dropped unsent because their partition was revoked (not written, not failed).
+    pub abandoned: Vec<usize>,
     /// Requests that were retried.
     pub retries: u32,
 }
 
 /// Sends `entries` (encoded rows) to `table`, retrying request failures and re-sending rows that
-/// BigQuery stopped because of another row, until each row is written or failed.
+/// BigQuery stopped because of another row, until each row is written or failed. Before every
+/// attempt, rows for which `keep` says false (their partition was revoked) are abandoned.
 pub async fn send_with_retry(
     bq: &dyn BigQuery,
     table: &TableRef,
     entries: &[&[u8]],
     policy: RetryPolicy,
+    keep: &(dyn Fn(usize) -> bool + Sync),
 ) -> Outcome {
     let started = Instant::now();
     let mut backoff = ExponentialBuilder::default()
@@ -146,7 +150,16 @@ pub async fn send_with_retry(
     let mut outcome = Outcome::default();
     // Indices (into `entries`) still to send.
     let mut todo: Vec<usize> = (0..entries.len()).collect();
-    while !todo.is_empty() {
+    loop {
+        todo.retain(|&i| {
+            keep(i) || {
+                outcome.abandoned.push(i);
+                false
+            }
+        });
+        if todo.is_empty() {
+            return outcome;
+        }
         let size = todo.iter().map(|&i| entries[i].len() + 1).sum::<usize>() + 80;
         let body = crate::stage::batch::encode_body(todo.iter().map(|&i| entries[i]), size);
         let retry_reason = match bq.insert_all(table, body).await {
@@ -193,7 +206,6 @@ pub async fn send_with_retry(
         outcome.retries += 1;
         tokio::time::sleep(delay).await;
     }
-    outcome
 }
 
 /// Splits the rows of one request (`sent[i]` is the entry index of request row `i`) by the response:
@@ -327,7 +339,7 @@ mod tests {
         ]);
         let e = entries(3);
         let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
-        let out = send_with_retry(&bq, &table(), &refs, policy(10_000)).await;
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000), &|_| true).await;
         assert_eq!(out.written, vec![0, 1, 2]);
         assert!(out.failed.is_empty());
         assert_eq!(out.retries, 4);
@@ -339,7 +351,7 @@ mod tests {
         let bq = scripted(vec![Err(http(404, "notFound"))]);
         let e = entries(2);
         let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
-        let out = send_with_retry(&bq, &table(), &refs, policy(10_000)).await;
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000), &|_| true).await;
         assert!(out.written.is_empty());
         assert_eq!(out.failed.len(), 2);
         assert!(out.failed[0].2.contains("404"), "{:?}", out.failed);
@@ -359,7 +371,7 @@ mod tests {
         let bq = scripted(vec![Ok(resp)]);
         let e = entries(4);
         let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
-        let out = send_with_retry(&bq, &table(), &refs, policy(10_000)).await;
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000), &|_| true).await;
         assert_eq!(out.failed.len(), 1);
         assert_eq!(out.failed[0].0, 1);
         assert!(
@@ -384,11 +396,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rows_of_revoked_partitions_are_abandoned_before_a_retry() {
+        let bq = scripted(vec![Err(http(500, "backendError"))]);
+        let e = entries(4);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        // Rows 1 and 3 belong to a partition revoked after the first attempt.
+        let keep =
+            |i: usize| calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 4 || i % 2 == 0;
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000), &keep).await;
+        assert_eq!(out.written, vec![0, 2]);
+        assert_eq!(out.abandoned, vec![1, 3]);
+        let requests = bq.requests.lock().unwrap();
+        assert_eq!(requests[1].len(), 2, "the retry carries only the kept rows");
+    }
+
+    #[tokio::test]
     async fn retries_end_at_the_timeout() {
         let bq = scripted((0..1000).map(|_| Err(http(503, ""))).collect());
         let e = entries(2);
         let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
-        let out = send_with_retry(&bq, &table(), &refs, policy(100)).await;
+        let out = send_with_retry(&bq, &table(), &refs, policy(100), &|_| true).await;
         assert!(out.written.is_empty());
         assert_eq!(out.failed.len(), 2);
         assert_eq!(out.failed[0].1, "retries_exhausted");

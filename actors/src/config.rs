@@ -40,6 +40,11 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`,
     /// `session.timeout.ms`). Default: none.
     pub properties: BTreeMap<String, String>,
+    /// How long a revoke waits for the partitions' in-flight rows to be written before it commits
+    /// what was handled and gives them up, in ms. Rows still unsent then are abandoned (the next
+    /// owner reads them again), never written late. Keep it well under `max.poll.interval.ms`.
+    /// Default 10000.
+    pub revoke_timeout_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -51,6 +56,7 @@ impl Default for KafkaConfig {
             auto_offset_reset: OffsetReset::Earliest,
             commit_interval_ms: 5_000,
             properties: BTreeMap::new(),
+            revoke_timeout_ms: 10_000,
         }
     }
 }
@@ -173,6 +179,9 @@ pub struct DedupConfig {
     pub max_keys: u64,
     /// How long a key is remembered, in seconds. Default 3600.
     pub ttl_secs: u64,
+    /// On assignment, read back up to this many records before the partition's committed offset and
+    /// load their keys, so a duplicate straddling a restart or rebalance is still dropped. Default 0.
+    pub warmup_records: u64,
 }
 
 impl Default for DedupConfig {
@@ -181,6 +190,7 @@ impl Default for DedupConfig {
             key: DedupKey::Pointer("/event_id".into()),
             max_keys: 1_000_000,
             ttl_secs: 3_600,
+            warmup_records: 0,
         }
     }
 }

@@ -1,35 +1,29 @@
 //! The partition consumer: one per assigned partition. It registers every record it is given as in
 //! flight, passes the chunk on to the converter, and counts acknowledgements back into its offset
-//! tracker. It pauses its partition when too much is in flight and reports its commit offset to the
-//! supervisor whenever it moves.
+//! tracker, releasing the partition's in-flight budget (see [`crate::stage::flow`]), and reports its
+//! commit offset to the supervisor whenever it moves.
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
 use crate::converter::ConvertActor;
-use crate::kafka::KafkaControl;
 use crate::messages::{Convert, Handled, HandledKind, Origin, Progress, RawChunk, Tp};
+use crate::stage::flow::Inflight;
 use crate::stage::offsets::OffsetTracker;
 use crate::stats::Stats;
-
-/// In-flight bounds of one partition (`pipeline.max_inflight_*`).
-#[derive(Debug, Clone, Copy)]
-pub struct InflightLimits {
-    pub records: usize,
-    pub bytes: usize,
-}
 
 pub struct ConsumerActor {
     tp: Tp,
     epoch: u64,
     tracker: OffsetTracker,
     origin: Option<Arc<Origin>>,
+    revoked: Arc<AtomicBool>,
+    /// Shared with the poller, which adds what it delivers and pauses the partition at the limits.
+    inflight: Arc<Inflight>,
     converter: Addr<ConvertActor>,
     supervisor: Recipient<Progress>,
-    kafka: Arc<dyn KafkaControl>,
-    limits: InflightLimits,
-    paused: bool,
     last_report: Option<Progress>,
     stats: Arc<Stats>,
 }
@@ -38,10 +32,10 @@ impl ConsumerActor {
     pub fn new(
         tp: Tp,
         epoch: u64,
+        revoked: Arc<AtomicBool>,
+        inflight: Arc<Inflight>,
         converter: Addr<ConvertActor>,
         supervisor: Recipient<Progress>,
-        kafka: Arc<dyn KafkaControl>,
-        limits: InflightLimits,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
@@ -49,34 +43,24 @@ impl ConsumerActor {
             epoch,
             tracker: OffsetTracker::new(),
             origin: None,
+            revoked,
+            inflight,
             converter,
             supervisor,
-            kafka,
-            limits,
-            paused: false,
             last_report: None,
             stats,
         }
     }
 
-    /// Pauses above the limits, resumes below half of them, and reports progress when it changed.
+    /// Reports progress to the supervisor when it changed.
     fn after_change(&mut self) {
         let (records, bytes) = (
             self.tracker.inflight_records(),
             self.tracker.inflight_bytes(),
         );
-        if !self.paused && (records >= self.limits.records || bytes >= self.limits.bytes) {
-            tracing::debug!(tp = %self.tp, records, bytes, "in-flight limit reached, pausing");
-            self.kafka.pause(&self.tp);
-            self.paused = true;
-        } else if self.paused
-            && records <= self.limits.records / 2
-            && bytes <= self.limits.bytes / 2
-        {
-            tracing::debug!(tp = %self.tp, records, bytes, "below half the in-flight limit, resuming");
-            self.kafka.resume(&self.tp);
-            self.paused = false;
-        }
+        self.stats
+            .peak_inflight_records
+            .fetch_max(records as u64, std::sync::atomic::Ordering::Relaxed);
         let progress = Progress {
             tp: self.tp.clone(),
             epoch: self.epoch,
@@ -98,6 +82,7 @@ impl Actor for ConsumerActor {
         self.origin = Some(Arc::new(Origin {
             tp: self.tp.clone(),
             ack: ctx.address().recipient(),
+            revoked: Arc::clone(&self.revoked),
         }));
     }
 }
@@ -115,6 +100,7 @@ impl Handler<RawChunk> for ConsumerActor {
             Err(e) => {
                 // A record delivered twice to the same consumer: the first copy is already in flight.
                 tracing::warn!(tp = %self.tp, error = %e, "skipping record delivered twice");
+                self.inflight.sub(1, r.size());
                 false
             }
         });
@@ -131,12 +117,21 @@ impl Handler<Handled> for ConsumerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Handled, _: &mut Self::Context) {
+        let before = (
+            self.tracker.inflight_records(),
+            self.tracker.inflight_bytes(),
+        );
         for offset in msg.offsets {
             match msg.kind {
                 HandledKind::Done => self.tracker.handled(offset),
                 HandledKind::Stuck => self.tracker.stuck(offset),
             };
         }
+        let after = (
+            self.tracker.inflight_records(),
+            self.tracker.inflight_bytes(),
+        );
+        self.inflight.sub(before.0 - after.0, before.1 - after.1);
         self.after_change();
     }
 }

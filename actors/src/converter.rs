@@ -1,5 +1,6 @@
 //! The converter: bytes → JSON objects, on a pool of sync threads (CPU work off the actor thread).
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -28,16 +29,23 @@ impl Handler<Convert> for ConvertActor {
         let mut records = Vec::with_capacity(msg.records.len());
         let mut failures = Vec::new();
         for source in msg.records {
-            match convert(source.payload.as_deref()) {
-                Ok(value) => records.push(ConvertedRecord { source, value }),
-                Err(e) => failures.push(Failure {
-                    origin: Arc::clone(&msg.origin),
-                    class: e.class(),
-                    error: e.to_string(),
-                    stage: Stage::Convert,
-                    source,
-                }),
-            }
+            // A panic on some input must not take the stage down: it is that record's failure.
+            let result = catch_unwind(AssertUnwindSafe(|| convert(source.payload.as_deref())));
+            let (class, error) = match result {
+                Ok(Ok(value)) => {
+                    records.push(ConvertedRecord { source, value });
+                    continue;
+                }
+                Ok(Err(e)) => (e.class(), e.to_string()),
+                Err(panic) => ("internal_panic", panic_text(&panic)),
+            };
+            failures.push(Failure {
+                origin: Arc::clone(&msg.origin),
+                class,
+                error,
+                stage: Stage::Convert,
+                source,
+            });
         }
         if !failures.is_empty() {
             self.errors.do_send(Failed { failures });
@@ -49,4 +57,14 @@ impl Handler<Convert> for ConvertActor {
             });
         }
     }
+}
+
+/// The message of a caught panic.
+pub fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("internal error (panic) while processing the record: {text}")
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::messages::{acknowledge, Dedup, HandledKind, Write};
+use crate::messages::{acknowledge, Dedup, HandledKind, WarmupKeys, Write};
 use crate::stage::dedup::{Deduplicator, Position, Verdict};
 use crate::stats::Stats;
 use crate::writer::WriterActor;
@@ -43,6 +43,16 @@ impl Handler<Dedup> for DedupActor {
         }
         if !unique.is_empty() {
             self.writer.do_send(Write { rows: unique });
+        }
+    }
+}
+
+impl Handler<WarmupKeys> for DedupActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: WarmupKeys, _: &mut Self::Context) {
+        for (key, at) in msg.keys {
+            self.dedup.remember(key, at);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! report) can tell its partition consumer that the offset is handled.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -59,6 +60,15 @@ pub struct Origin {
     pub tp: Tp,
     /// The partition consumer that owns the record's offset.
     pub ack: Recipient<Handled>,
+    /// Set when the partition was taken away before its records were written: rows not yet sent
+    /// are then abandoned (the new owner reads them again), never written late.
+    pub revoked: Arc<AtomicBool>,
+}
+
+impl Origin {
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
+    }
 }
 
 /// A chunk of records read from one partition, in offset order (poller → partition consumer).
@@ -207,20 +217,39 @@ pub struct Progress {
     pub inflight_bytes: usize,
 }
 
-/// Partitions given to this instance (Kafka poller → supervisor). The reply is where to deliver
-/// each partition's chunks, in the same order.
+/// Partitions given to this instance (Kafka poller → supervisor). The reply is, in the same order,
+/// where to deliver each partition's chunks and its in-flight counters. `warmup` holds the dedup keys read back from before
+/// the partitions' committed offsets (`dedup.warmup_records`); they reach the deduplicator before
+/// any record of these partitions does.
 #[derive(Message)]
-#[rtype(result = "Vec<Recipient<RawChunk>>")]
+#[rtype(result = "Vec<(Recipient<RawChunk>, Arc<crate::stage::flow::Inflight>)>")]
 pub struct Assigned {
+    pub tps: Vec<Tp>,
+    pub warmup: Vec<(u64, crate::stage::dedup::Position)>,
+}
+
+/// Partitions about to be taken from this instance (Kafka poller → supervisor, repeatedly while the
+/// poller waits): flush open batches and answer how many of their records are still in flight.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct Revoking {
     pub tps: Vec<Tp>,
 }
 
-/// Partitions taken from this instance (Kafka poller → supervisor). The reply is their final commit
-/// offsets, which the poller commits synchronously before the partitions are given up.
+/// Partitions taken from this instance (Kafka poller → supervisor, after [`Revoking`] reached zero
+/// or `kafka.revoke_timeout_ms` passed). The reply is their final commit offsets, which the poller
+/// commits synchronously before the partitions are given up.
 #[derive(Message)]
 #[rtype(result = "Vec<(Tp, i64)>")]
 pub struct Revoked {
     pub tps: Vec<Tp>,
+}
+
+/// Dedup keys to remember before any record arrives (supervisor → deduplicator, on assignment).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WarmupKeys {
+    pub keys: Vec<(u64, crate::stage::dedup::Position)>,
 }
 
 /// A record failed and `errors.tolerance = "none"` (error report → supervisor): stop.

@@ -16,7 +16,6 @@ use actix::prelude::*;
 
 use crate::bigquery::{BigQuery, RetryPolicy};
 use crate::config::Config;
-use crate::consumer::InflightLimits;
 use crate::converter::ConvertActor;
 use crate::deduplicator::DedupActor;
 use crate::error_report::ErrorReportActor;
@@ -70,16 +69,17 @@ pub fn start(
             config.dedup.max_keys,
             Duration::from_secs(config.dedup.ttl_secs),
         );
-        let dedup = DedupActor::start_in_arbiter(&Arbiter::new().handle(), move |_| DedupActor {
-            dedup: Deduplicator::new(max_keys, ttl),
-            writer: d_writer,
-            stats: d_stats,
-        });
+        let dedup: Addr<DedupActor> =
+            DedupActor::start_in_arbiter(&Arbiter::new().handle(), move |_| DedupActor {
+                dedup: Deduplicator::new(max_keys, ttl),
+                writer: d_writer,
+                stats: d_stats,
+            });
 
-        let (t_config, t_errors) = (config.clone(), errors.clone());
+        let (t_config, t_errors, t_dedup) = (config.clone(), errors.clone(), dedup.clone());
         let transformer = SyncArbiter::start(workers, move || TransformActor {
             transformer: Transformer::new(&t_config),
-            dedup: dedup.clone(),
+            dedup: t_dedup.clone(),
             errors: t_errors.clone(),
         });
         let converter = SyncArbiter::start(workers, move || ConvertActor {
@@ -91,11 +91,8 @@ pub fn start(
             kafka,
             converter,
             writer,
+            dedup.recipient(),
             SupervisorSettings {
-                limits: InflightLimits {
-                    records: config.pipeline.max_inflight_records,
-                    bytes: config.pipeline.max_inflight_bytes,
-                },
                 commit_interval: Duration::from_millis(config.kafka.commit_interval_ms),
                 shutdown_timeout: Duration::from_millis(config.pipeline.shutdown_timeout_ms),
             },

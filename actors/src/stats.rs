@@ -19,6 +19,14 @@ pub struct Stats {
     pub retries: AtomicU64,
     /// Successful offset commits.
     pub commits: AtomicU64,
+    /// Partitions assigned to this instance (over all rebalances).
+    pub assigned: AtomicU64,
+    /// Partitions revoked from this instance.
+    pub revoked: AtomicU64,
+    /// Rows of revoked partitions dropped unsent (read again by the next owner).
+    pub abandoned: AtomicU64,
+    /// Highest number of records in flight seen in one partition.
+    pub peak_inflight_records: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -31,6 +39,10 @@ pub struct StatsSnapshot {
     pub batches: u64,
     pub retries: u64,
     pub commits: u64,
+    pub assigned: u64,
+    pub revoked: u64,
+    pub abandoned: u64,
+    pub peak_inflight_records: u64,
 }
 
 impl Stats {
@@ -47,6 +59,10 @@ impl Stats {
             batches: self.batches.load(Relaxed),
             retries: self.retries.load(Relaxed),
             commits: self.commits.load(Relaxed),
+            assigned: self.assigned.load(Relaxed),
+            revoked: self.revoked.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            peak_inflight_records: self.peak_inflight_records.load(Relaxed),
         }
     }
 }

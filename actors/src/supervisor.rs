@@ -5,15 +5,19 @@
 //! exit code (non-zero after a fatal failure).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::consumer::{ConsumerActor, InflightLimits};
+use crate::consumer::ConsumerActor;
 use crate::converter::ConvertActor;
 use crate::kafka::KafkaControl;
-use crate::messages::{Assigned, Fatal, Flush, Progress, RawChunk, Revoked, Shutdown, Tp};
+use crate::messages::{
+    Assigned, Fatal, Flush, Progress, RawChunk, Revoked, Revoking, Shutdown, Tp, WarmupKeys,
+};
+use crate::stage::flow::Inflight;
 use crate::stats::Stats;
 use crate::writer::WriterActor;
 
@@ -22,6 +26,8 @@ struct Partition {
     epoch: u64,
     /// Kept so the consumer lives while assigned.
     _addr: Addr<ConsumerActor>,
+    /// Shared with the records' origins: set when the partition is revoked with rows in flight.
+    revoked: Arc<AtomicBool>,
     commit_offset: Option<i64>,
     committed: Option<i64>,
     inflight_records: usize,
@@ -38,7 +44,7 @@ pub struct SupervisorActor {
     kafka: Arc<dyn KafkaControl>,
     converter: Addr<ConvertActor>,
     writer: Addr<WriterActor>,
-    limits: InflightLimits,
+    dedup: Recipient<WarmupKeys>,
     commit_interval: Duration,
     shutdown_timeout: Duration,
     partitions: HashMap<Tp, Partition>,
@@ -52,7 +58,6 @@ pub struct SupervisorActor {
 /// Supervisor settings.
 #[derive(Debug, Clone, Copy)]
 pub struct SupervisorSettings {
-    pub limits: InflightLimits,
     pub commit_interval: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -62,6 +67,7 @@ impl SupervisorActor {
         kafka: Arc<dyn KafkaControl>,
         converter: Addr<ConvertActor>,
         writer: Addr<WriterActor>,
+        dedup: Recipient<WarmupKeys>,
         settings: SupervisorSettings,
         stats: Arc<Stats>,
     ) -> Self {
@@ -69,7 +75,7 @@ impl SupervisorActor {
             kafka,
             converter,
             writer,
-            limits: settings.limits,
+            dedup,
             commit_interval: settings.commit_interval,
             shutdown_timeout: settings.shutdown_timeout,
             partitions: HashMap::new(),
@@ -169,27 +175,35 @@ impl Handler<Assigned> for SupervisorActor {
     type Result = MessageResult<Assigned>;
 
     fn handle(&mut self, msg: Assigned, ctx: &mut Self::Context) -> Self::Result {
+        if !msg.warmup.is_empty() {
+            tracing::info!(keys = msg.warmup.len(), "dedup warm-up keys loaded");
+            self.dedup.do_send(WarmupKeys { keys: msg.warmup });
+        }
         let mut routes = Vec::with_capacity(msg.tps.len());
         for tp in msg.tps {
             self.next_epoch += 1;
             let epoch = self.next_epoch;
+            let revoked = Arc::new(AtomicBool::new(false));
+            let inflight = Arc::new(Inflight::default());
             let consumer = ConsumerActor::new(
                 tp.clone(),
                 epoch,
+                Arc::clone(&revoked),
+                Arc::clone(&inflight),
                 self.converter.clone(),
                 ctx.address().recipient(),
-                Arc::clone(&self.kafka),
-                self.limits,
                 Arc::clone(&self.stats),
             )
             .start();
             tracing::info!(%tp, "partition assigned");
-            routes.push(consumer.clone().recipient::<RawChunk>());
+            Stats::add(&self.stats.assigned, 1);
+            routes.push((consumer.clone().recipient::<RawChunk>(), inflight));
             self.partitions.insert(
                 tp,
                 Partition {
                     epoch,
                     _addr: consumer,
+                    revoked,
                     commit_offset: None,
                     committed: None,
                     inflight_records: 0,
@@ -200,6 +214,19 @@ impl Handler<Assigned> for SupervisorActor {
     }
 }
 
+impl Handler<Revoking> for SupervisorActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: Revoking, _: &mut Self::Context) -> usize {
+        self.writer.do_send(Flush);
+        msg.tps
+            .iter()
+            .filter_map(|tp| self.partitions.get(tp))
+            .map(|p| p.inflight_records)
+            .sum()
+    }
+}
+
 impl Handler<Revoked> for SupervisorActor {
     type Result = MessageResult<Revoked>;
 
@@ -207,6 +234,12 @@ impl Handler<Revoked> for SupervisorActor {
         let mut finals = Vec::new();
         for tp in msg.tps {
             if let Some(p) = self.partitions.remove(&tp) {
+                Stats::add(&self.stats.revoked, 1);
+                if p.inflight_records > 0 {
+                    // Rows not yet sent are abandoned: the next owner reads them from the commit.
+                    p.revoked.store(true, Ordering::Relaxed);
+                    tracing::warn!(%tp, inflight = p.inflight_records, "revoke timeout: in-flight rows of the partition are abandoned");
+                }
                 tracing::info!(%tp, commit_offset = ?p.commit_offset, inflight = p.inflight_records, "partition revoked");
                 if let Some(o) = p
                     .commit_offset

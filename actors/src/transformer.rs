@@ -1,13 +1,15 @@
 //! The transformer: `[transform]`, table routing, dedup key and row encoding, on a pool of sync
 //! threads.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::converter::panic_text;
 use crate::deduplicator::DedupActor;
 use crate::error_report::ErrorReportActor;
-use crate::messages::{Dedup, Failed, Failure, Row, Stage, Transform};
+use crate::messages::{ConvertedRecord, Dedup, Failed, Failure, Row, Stage, Transform};
 use crate::stage::transform::Transformer;
 
 pub struct TransformActor {
@@ -30,25 +32,32 @@ impl Handler<Transform> for TransformActor {
         let mut rows = Vec::with_capacity(msg.records.len());
         let mut failures = Vec::new();
         for rec in msg.records {
-            match self
-                .transformer
-                .apply(&msg.origin.tp, &rec.source, rec.value)
-            {
-                Ok(t) => rows.push(Row {
-                    origin: Arc::clone(&msg.origin),
-                    source: rec.source,
-                    table: t.table,
-                    dedup_hash: t.dedup_hash,
-                    entry: t.entry,
-                }),
-                Err(e) => failures.push(Failure {
-                    origin: Arc::clone(&msg.origin),
-                    class: e.class(),
-                    error: e.to_string(),
-                    stage: Stage::Transform,
-                    source: rec.source,
-                }),
-            }
+            let ConvertedRecord { source, value } = rec;
+            // A panic on some input must not take the stage down: it is that record's failure.
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                self.transformer.apply(&msg.origin.tp, &source, value)
+            }));
+            let (class, error) = match result {
+                Ok(Ok(t)) => {
+                    rows.push(Row {
+                        origin: Arc::clone(&msg.origin),
+                        source,
+                        table: t.table,
+                        dedup_hash: t.dedup_hash,
+                        entry: t.entry,
+                    });
+                    continue;
+                }
+                Ok(Err(e)) => (e.class(), e.to_string()),
+                Err(panic) => ("internal_panic", panic_text(&panic)),
+            };
+            failures.push(Failure {
+                origin: Arc::clone(&msg.origin),
+                class,
+                error,
+                stage: Stage::Transform,
+                source,
+            });
         }
         if !failures.is_empty() {
             self.errors.do_send(Failed { failures });

@@ -68,8 +68,9 @@ impl WriterActor {
             let send = async move {
                 let span = tracing::debug_span!("bigquery.insert_all", table = %batch.table, rows = batch.rows.len(), bytes = batch.bytes);
                 let entries: Vec<&[u8]> = batch.rows.iter().map(|r| r.entry.as_slice()).collect();
+                let keep = |i: usize| !batch.rows[i].origin.is_revoked();
                 let outcome = tracing::Instrument::instrument(
-                    send_with_retry(&*bq, &batch.table, &entries, policy),
+                    send_with_retry(&*bq, &batch.table, &entries, policy, &keep),
                     span,
                 )
                 .await;
@@ -88,6 +89,8 @@ impl WriterActor {
         Stats::add(&self.stats.batches, 1);
         Stats::add(&self.stats.retries, outcome.retries as usize);
         Stats::add(&self.stats.written, outcome.written.len());
+        Stats::add(&self.stats.abandoned, outcome.abandoned.len());
+        Stats::add(&self.stats.abandoned, outcome.abandoned.len());
         let rows = &batch.rows;
         acknowledge(
             outcome

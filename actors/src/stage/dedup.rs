@@ -67,6 +67,11 @@ impl Deduplicator {
         }
     }
 
+    /// Remembers a key seen before this process read anything (dedup warm-up), unless known.
+    pub fn remember(&self, key: u64, at: Position) {
+        self.seen.entry(key).or_insert(at);
+    }
+
     /// Keys currently remembered (approximate until pending maintenance has run).
     pub fn len(&self) -> u64 {
         self.seen.run_pending_tasks();
@@ -103,6 +108,15 @@ mod tests {
         );
         let other_partition = Position::new(&Tp::new("t", 1), 10);
         assert_eq!(d.check(1, other_partition), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn warmed_up_keys_drop_later_duplicates_but_pass_their_own_record() {
+        let d = Deduplicator::new(100, Duration::from_secs(60));
+        d.remember(5, at(3));
+        d.remember(5, at(9)); // the first position stays
+        assert_eq!(d.check(5, at(3)), Verdict::Pass);
+        assert_eq!(d.check(5, at(20)), Verdict::Duplicate);
     }
 
     #[test]

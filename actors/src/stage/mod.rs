@@ -4,5 +4,6 @@
 pub mod batch;
 pub mod convert;
 pub mod dedup;
+pub mod flow;
 pub mod offsets;
 pub mod transform;
