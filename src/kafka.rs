@@ -49,6 +49,12 @@ pub enum Command {
     ),
     Pause(Tp),
     Resume(Tp),
+    Restart {
+        tp: Tp,
+        from: Option<i64>,
+        to: Recipient<RawChunk>,
+        inflight: Arc<Inflight>,
+    },
     StopReading,
     Close,
 }
@@ -80,6 +86,20 @@ impl KafkaControl for RdKafkaControl {
     }
     fn resume(&self, tp: &Tp) {
         self.send(Command::Resume(tp.clone()));
+    }
+    fn restart_partition(
+        &self,
+        tp: &Tp,
+        from: Option<i64>,
+        to: Recipient<RawChunk>,
+        inflight: Arc<Inflight>,
+    ) {
+        self.send(Command::Restart {
+            tp: tp.clone(),
+            from,
+            to,
+            inflight,
+        });
     }
     fn stop_reading(&self) {
         self.send(Command::StopReading);
@@ -452,6 +472,12 @@ fn poll_loop(
                         }
                     }
                 }
+                Command::Restart {
+                    tp,
+                    from,
+                    to,
+                    inflight,
+                } => restart_partition(&consumer, tp, from, to, inflight),
                 Command::StopReading => {
                     reading = false;
                     if let Ok(assigned) = consumer.assignment() {
@@ -554,6 +580,50 @@ fn poll_loop(
             }
         }
     }
+}
+
+/// Routes a partition to a new consumer and reads it again from `from`, or from its committed
+/// offset (the beginning if nothing is committed).
+fn restart_partition(
+    consumer: &BaseConsumer<SinkContext>,
+    tp: Tp,
+    from: Option<i64>,
+    to: Recipient<RawChunk>,
+    inflight: Arc<Inflight>,
+) {
+    let key = (tp.topic.clone(), tp.partition);
+    if !lock_routes(consumer).contains_key(&key) {
+        return; // Revoked meanwhile.
+    }
+    let offset = match from {
+        Some(o) => Offset::Offset(o),
+        None => consumer
+            .committed_offsets(tpl_of(&tp), Duration::from_secs(10))
+            .ok()
+            .and_then(|c| {
+                c.find_partition(&tp.topic, tp.partition)
+                    .map(|e| e.offset())
+            })
+            .filter(|o| matches!(o, Offset::Offset(_)))
+            .unwrap_or(Offset::Beginning),
+    };
+    // Records of the dead consumer still queued are dropped: the seek reads them again.
+    lock_routes(consumer).insert(
+        key,
+        Route {
+            to,
+            inflight,
+            paused: false,
+            held: false,
+        },
+    );
+    if let Err(e) = consumer.seek(&tp.topic, tp.partition, offset, Duration::from_secs(10)) {
+        tracing::error!(%tp, error = %e, "seek for the restarted partition consumer failed");
+    }
+    if let Err(e) = consumer.resume(&tpl_of(&tp)) {
+        tracing::warn!(%tp, error = %e, "resume of the restarted partition failed");
+    }
+    tracing::info!(%tp, ?offset, "partition consumer restarted");
 }
 
 fn lock_routes(

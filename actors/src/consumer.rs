@@ -135,3 +135,18 @@ impl Handler<Handled> for ConsumerActor {
         self.after_change();
     }
 }
+
+/// Makes the consumer panic, to test supervision.
+#[cfg(test)]
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Die;
+
+#[cfg(test)]
+impl Handler<Die> for ConsumerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Die, _: &mut Self::Context) {
+        panic!("injected partition consumer failure");
+    }
+}

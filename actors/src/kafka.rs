@@ -1,9 +1,13 @@
 //! The Kafka port: what the actors ask of the consumer. The `bqsink` crate implements it over
 //! rdkafka (a poller thread owns the consumer); tests implement it with a recorder.
 
+use std::sync::Arc;
+
+use actix::Recipient;
 use futures::future::BoxFuture;
 
-use crate::messages::Tp;
+use crate::messages::{RawChunk, Tp};
+use crate::stage::flow::Inflight;
 
 /// A commit that did not succeed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -19,6 +23,15 @@ pub trait KafkaControl: Send + Sync + 'static {
     fn pause(&self, tp: &Tp);
     /// Fetches a paused partition again.
     fn resume(&self, tp: &Tp);
+    /// Delivers a partition's chunks to a new consumer from now on, reading again from `from` (the
+    /// first unhandled offset; `None`: the committed offset). Used when a partition consumer died.
+    fn restart_partition(
+        &self,
+        tp: &Tp,
+        from: Option<i64>,
+        to: Recipient<RawChunk>,
+        inflight: Arc<Inflight>,
+    );
     /// Stops reading: no more chunks are delivered. Called when the pipeline drains for shutdown.
     fn stop_reading(&self);
     /// Leaves the group and closes the consumer; called last, after the final commit.

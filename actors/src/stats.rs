@@ -27,6 +27,8 @@ pub struct Stats {
     pub abandoned: AtomicU64,
     /// Highest number of records in flight seen in one partition.
     pub peak_inflight_records: AtomicU64,
+    /// Partition consumers restarted after they died.
+    pub restarts: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -43,6 +45,7 @@ pub struct StatsSnapshot {
     pub revoked: u64,
     pub abandoned: u64,
     pub peak_inflight_records: u64,
+    pub restarts: u64,
 }
 
 impl Stats {
@@ -63,6 +66,7 @@ impl Stats {
             revoked: self.revoked.load(Relaxed),
             abandoned: self.abandoned.load(Relaxed),
             peak_inflight_records: self.peak_inflight_records.load(Relaxed),
+            restarts: self.restarts.load(Relaxed),
         }
     }
 }

@@ -31,6 +31,14 @@ struct Partition {
     commit_offset: Option<i64>,
     committed: Option<i64>,
     inflight_records: usize,
+    /// Restarts of a dead partition consumer so far, and when the next one may happen.
+    restarts: u32,
+    restart_at: Option<Instant>,
+}
+
+/// Delay before the `n`th restart of a dead partition consumer: 100 ms doubling up to 30 s.
+pub fn restart_backoff(n: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1u64 << n.min(20))).min(Duration::from_secs(30))
 }
 
 /// Overall state, as Kafka Connect names it.
@@ -168,6 +176,81 @@ impl Actor for SupervisorActor {
                 act.commit(ctx, None);
             }
         });
+        ctx.run_interval(Duration::from_millis(100), |act, ctx| {
+            act.watch_consumers(ctx)
+        });
+    }
+}
+
+impl SupervisorActor {
+    /// Starts a partition consumer; returns its state, its route and in-flight counters.
+    fn start_consumer(
+        &mut self,
+        tp: &Tp,
+        ctx: &mut Context<Self>,
+    ) -> (Partition, Recipient<RawChunk>, Arc<Inflight>) {
+        self.next_epoch += 1;
+        let epoch = self.next_epoch;
+        let revoked = Arc::new(AtomicBool::new(false));
+        let inflight = Arc::new(Inflight::default());
+        let consumer = ConsumerActor::new(
+            tp.clone(),
+            epoch,
+            Arc::clone(&revoked),
+            Arc::clone(&inflight),
+            self.converter.clone(),
+            ctx.address().recipient(),
+            Arc::clone(&self.stats),
+        )
+        .start();
+        let route = consumer.clone().recipient::<RawChunk>();
+        let partition = Partition {
+            epoch,
+            _addr: consumer,
+            revoked,
+            commit_offset: None,
+            committed: None,
+            inflight_records: 0,
+            restarts: 0,
+            restart_at: None,
+        };
+        (partition, route, inflight)
+    }
+
+    /// Restarts partition consumers that died (a panic), from their first unhandled offset, with
+    /// backoff. Rows of the dead consumer still in flight are abandoned; they are read again.
+    fn watch_consumers(&mut self, ctx: &mut Context<Self>) {
+        if self.state != PipelineState::Running {
+            return;
+        }
+        let now = Instant::now();
+        let dead: Vec<Tp> = self
+            .partitions
+            .iter_mut()
+            .filter(|(_, p)| !p._addr.connected())
+            .filter_map(|(tp, p)| match p.restart_at {
+                None => {
+                    p.restart_at = Some(now + restart_backoff(p.restarts));
+                    tracing::error!(%tp, restarts = p.restarts, "partition consumer died; restarting it");
+                    None
+                }
+                Some(at) if at <= now => Some(tp.clone()),
+                Some(_) => None,
+            })
+            .collect();
+        for tp in dead {
+            let Some(old) = self.partitions.remove(&tp) else {
+                continue;
+            };
+            old.revoked.store(true, Ordering::Relaxed);
+            let (mut partition, route, inflight) = self.start_consumer(&tp, ctx);
+            partition.restarts = old.restarts + 1;
+            partition.committed = old.committed;
+            let from = old.commit_offset.or(old.committed);
+            self.kafka.restart_partition(&tp, from, route, inflight);
+            Stats::add(&self.stats.restarts, 1);
+            self.partitions.insert(tp, partition);
+        }
     }
 }
 
@@ -181,34 +264,11 @@ impl Handler<Assigned> for SupervisorActor {
         }
         let mut routes = Vec::with_capacity(msg.tps.len());
         for tp in msg.tps {
-            self.next_epoch += 1;
-            let epoch = self.next_epoch;
-            let revoked = Arc::new(AtomicBool::new(false));
-            let inflight = Arc::new(Inflight::default());
-            let consumer = ConsumerActor::new(
-                tp.clone(),
-                epoch,
-                Arc::clone(&revoked),
-                Arc::clone(&inflight),
-                self.converter.clone(),
-                ctx.address().recipient(),
-                Arc::clone(&self.stats),
-            )
-            .start();
+            let (partition, route, inflight) = self.start_consumer(&tp, ctx);
             tracing::info!(%tp, "partition assigned");
             Stats::add(&self.stats.assigned, 1);
-            routes.push((consumer.clone().recipient::<RawChunk>(), inflight));
-            self.partitions.insert(
-                tp,
-                Partition {
-                    epoch,
-                    _addr: consumer,
-                    revoked,
-                    commit_offset: None,
-                    committed: None,
-                    inflight_records: 0,
-                },
-            );
+            routes.push((route, inflight));
+            self.partitions.insert(tp, partition);
         }
         MessageResult(routes)
     }
@@ -284,5 +344,125 @@ impl Handler<Shutdown> for SupervisorActor {
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         tracing::info!("shutting down: draining in-flight records");
         self.begin_shutdown(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::bigquery::{BigQuery, BqError, InsertAllResponse};
+    use crate::consumer::Die;
+    use crate::kafka::CommitError;
+    use crate::messages::RawRecord;
+    use crate::stage::transform::TableRef;
+    use futures::future::BoxFuture;
+
+    #[derive(Default)]
+    struct FakeKafka {
+        restarts: Mutex<Vec<(Tp, Option<i64>)>>,
+    }
+
+    impl KafkaControl for FakeKafka {
+        fn commit(&self, _: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<(), CommitError>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn pause(&self, _: &Tp) {}
+        fn resume(&self, _: &Tp) {}
+        fn restart_partition(
+            &self,
+            tp: &Tp,
+            from: Option<i64>,
+            _: Recipient<RawChunk>,
+            _: Arc<Inflight>,
+        ) {
+            self.restarts.lock().unwrap().push((tp.clone(), from));
+        }
+        fn stop_reading(&self) {}
+        fn close(&self) {}
+    }
+
+    struct AcceptAll;
+
+    impl BigQuery for AcceptAll {
+        fn insert_all(
+            &self,
+            _: &TableRef,
+            _: Vec<u8>,
+        ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
+            Box::pin(async { Ok(InsertAllResponse::default()) })
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "Option<Addr<ConsumerActor>>")]
+    struct ConsumerOf(Tp);
+
+    impl Handler<ConsumerOf> for SupervisorActor {
+        type Result = Option<Addr<ConsumerActor>>;
+        fn handle(&mut self, msg: ConsumerOf, _: &mut Self::Context) -> Self::Result {
+            self.partitions.get(&msg.0).map(|p| p._addr.clone())
+        }
+    }
+
+    #[test]
+    fn restart_backoff_doubles_and_is_capped() {
+        assert_eq!(restart_backoff(0), Duration::from_millis(100));
+        assert_eq!(restart_backoff(3), Duration::from_millis(800));
+        assert_eq!(restart_backoff(40), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_dead_partition_consumer_is_restarted_from_its_first_unhandled_offset() {
+        let system = System::new();
+        let kafka = Arc::new(FakeKafka::default());
+        let stats = Arc::new(Stats::default());
+        let mut config = crate::config::Config::default();
+        config.kafka.topics = vec!["t".into()];
+        config.bigquery.project = "p".into();
+        config.bigquery.dataset = "d".into();
+        config.batch.linger_ms = 5;
+        let (k, s) = (Arc::clone(&kafka), Arc::clone(&stats));
+        system.block_on(async move {
+            let sup = crate::pipeline::start(&config, k, Arc::new(AcceptAll), s.clone());
+            let tp = Tp::new("t", 0);
+            let routes = sup
+                .send(Assigned {
+                    tps: vec![tp.clone()],
+                    warmup: vec![],
+                })
+                .await
+                .unwrap();
+            let records = (0..3)
+                .map(|o| RawRecord {
+                    offset: o,
+                    payload: Some(format!(r#"{{"event_id":"e{o}"}}"#).into_bytes()),
+                    ..Default::default()
+                })
+                .collect();
+            routes[0].0.do_send(RawChunk { records });
+            while s.written.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+                actix_rt_sleep(10).await;
+            }
+            actix_rt_sleep(50).await;
+            let first = sup.send(ConsumerOf(tp.clone())).await.unwrap().unwrap();
+            first.do_send(Die);
+            // Detection, then the first restart after 100 ms of backoff.
+            actix_rt_sleep(600).await;
+            let second = sup.send(ConsumerOf(tp.clone())).await.unwrap().unwrap();
+            assert!(!first.connected(), "the first consumer died");
+            assert!(second.connected(), "a new consumer runs");
+        });
+        assert_eq!(
+            *kafka.restarts.lock().unwrap(),
+            vec![(Tp::new("t", 0), Some(3))],
+            "restarted from offset 3"
+        );
+        assert_eq!(stats.snapshot().restarts, 1);
+    }
+
+    async fn actix_rt_sleep(ms: u64) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
