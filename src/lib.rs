@@ -7,9 +7,14 @@
 
 pub mod bigquery;
 pub mod demo;
+pub mod destinations;
+pub mod dlq;
+pub mod error_file;
 pub mod generator;
 pub mod kafka;
 pub mod logging;
+pub mod replay;
 pub mod run;
 pub mod settings;
 pub mod sink;
+pub mod slack;

@@ -15,7 +15,7 @@ use bqsink_actors::pipeline;
 use bqsink_actors::stats::Stats;
 use bqsink_actors::supervisor::SupervisorActor;
 
-use crate::kafka;
+use crate::{destinations, kafka};
 
 /// Runs a pipeline until it stops; returns the process exit code (0 after a clean shutdown, 1 after
 /// a fatal failure under `errors.tolerance = "none"`).
@@ -29,9 +29,13 @@ pub fn run(
     signals: bool,
     started: Option<mpsc::Sender<(Addr<SupervisorActor>, actix::System)>>,
 ) -> anyhow::Result<i32> {
+    // Kept until the end, so the Slack thread posts what is pending after the pipeline stopped.
+    let destinations = destinations::from_config(config)?;
     let system = actix::System::new();
     let (control, commands) = kafka::control();
-    let supervisor = system.block_on(async { pipeline::start(config, control, bq, stats) });
+    let supervisor = system.block_on(async {
+        pipeline::start_with_destinations(config, control, bq, stats, destinations.clone())
+    });
     let poller = match kafka::spawn_consumer(config, supervisor.clone(), commands) {
         Ok(p) => p,
         Err(e) => {
@@ -54,6 +58,7 @@ pub fn run(
         let _ = tx.send((supervisor, current));
     }
     let code = system.run_with_code().context("running the actor system")?;
+    drop(destinations);
     if poller.join().is_err() {
         anyhow::bail!("the Kafka poller thread panicked");
     }

@@ -98,7 +98,12 @@ fn rows_land_in_the_emulator_exactly_once() {
         .enable_all()
         .build()
         .unwrap();
-    let http = reqwest::Client::new();
+    // No pooled connections: the emulator (uvicorn) closes idle ones after 5 s, and a request on a
+    // connection it is closing fails with IncompleteMessage.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let api = format!("{}/bigquery/v2/projects/local", emulator.url);
     rt.block_on(async {
         post(&http, format!("{api}/datasets"), json!({"datasetReference": {"projectId": "local", "datasetId": "members"}})).await;

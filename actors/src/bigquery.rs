@@ -191,7 +191,11 @@ pub async fn send_with_retry(
                 return outcome;
             }
         };
-        let delay = backoff.next().unwrap_or(policy.max_delay);
+        let delay = retry_delay(
+            backoff.next().unwrap_or(policy.max_delay),
+            &retry_reason,
+            &policy,
+        );
         if started.elapsed() + delay > policy.timeout {
             let text = format!(
                 "gave up after {:?} of retries: {retry_reason}",
@@ -205,6 +209,23 @@ pub async fn send_with_retry(
         tracing::warn!(table = %table, rows = todo.len(), error = %retry_reason, delay_ms = delay.as_millis() as u64, "insertAll failed, retrying");
         outcome.retries += 1;
         tokio::time::sleep(delay).await;
+    }
+}
+
+/// How much longer than the exponential backoff a `quotaExceeded` answer waits.
+const QUOTA_BACKOFF_FACTOR: u32 = 4;
+/// The least wait after a `quotaExceeded` answer (capped by the policy's `max_delay`).
+const QUOTA_MIN_DELAY: Duration = Duration::from_secs(1);
+
+/// The wait before the next attempt: the backoff's `next`, or for `quotaExceeded` (a quota that
+/// refills over seconds, not a momentary overload) four times that and at least 1 s, both capped
+/// by `policy.max_delay`.
+pub fn retry_delay(next: Duration, reason: &BqError, policy: &RetryPolicy) -> Duration {
+    match reason {
+        BqError::Http { reason, .. } if reason == "quotaExceeded" => (next * QUOTA_BACKOFF_FACTOR)
+            .max(QUOTA_MIN_DELAY)
+            .min(policy.max_delay),
+        _ => next,
     }
 }
 
@@ -344,6 +365,38 @@ mod tests {
         assert!(out.failed.is_empty());
         assert_eq!(out.retries, 4);
         assert_eq!(bq.requests.lock().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn quota_exceeded_waits_longer_than_other_retryable_errors() {
+        let policy = RetryPolicy {
+            timeout: Duration::from_secs(300),
+            max_delay: Duration::from_secs(60),
+            min_delay: Duration::from_millis(100),
+        };
+        let next = Duration::from_millis(100);
+        assert_eq!(retry_delay(next, &http(500, "backendError"), &policy), next);
+        assert_eq!(
+            retry_delay(next, &http(429, "rateLimitExceeded"), &policy),
+            next
+        );
+        assert_eq!(
+            retry_delay(next, &http(403, "quotaExceeded"), &policy),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            retry_delay(Duration::from_secs(2), &http(403, "quotaExceeded"), &policy),
+            Duration::from_secs(8)
+        );
+        assert_eq!(
+            retry_delay(
+                Duration::from_secs(30),
+                &http(403, "quotaExceeded"),
+                &policy
+            ),
+            policy.max_delay,
+            "capped by errors.retry_delay_max_ms"
+        );
     }
 
     #[tokio::test]

@@ -274,6 +274,12 @@ pub struct ErrorsConfig {
     pub retry_timeout_ms: u64,
     /// Longest wait between two retries, in ms (backoff is exponential with jitter). Default 60000.
     pub retry_delay_max_ms: u64,
+    /// The dead-letter topic (`errors.deadletterqueue.*`).
+    pub deadletterqueue: DeadLetterQueueConfig,
+    /// Aggregated alerts to a Slack incoming webhook (`errors.slack.*`).
+    pub slack: SlackConfig,
+    /// NDJSON files of failed records (`errors.file.*`).
+    pub file: ErrorFileConfig,
 }
 
 impl Default for ErrorsConfig {
@@ -283,6 +289,79 @@ impl Default for ErrorsConfig {
             log_include_messages: false,
             retry_timeout_ms: 300_000,
             retry_delay_max_ms: 60_000,
+            deadletterqueue: DeadLetterQueueConfig::default(),
+            slack: SlackConfig::default(),
+            file: ErrorFileConfig::default(),
+        }
+    }
+}
+
+/// The dead-letter topic. Under `errors.tolerance = "all"` every failed record is produced there
+/// (original key, value and headers) with `acks=all` and idempotence, and counts as handled only once
+/// the broker acknowledged it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeadLetterQueueConfig {
+    /// Topic name; empty (default) means no dead-letter topic. Must not be a consumed topic.
+    pub topic_name: String,
+    /// Add Kafka Connect's `__connect.errors.*` context headers (topic, partition, offset, stage,
+    /// error...). Default true (Kafka Connect defaults to false; `bqsink replay` needs them to know
+    /// where a record came from).
+    pub context_headers_enable: bool,
+    /// librdkafka properties of the dead-letter producer (and of `bqsink replay --to-source`'s),
+    /// over `kafka.brokers` and `kafka.properties` (e.g. `message.timeout.ms`). Default: none.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for DeadLetterQueueConfig {
+    fn default() -> Self {
+        Self {
+            topic_name: String::new(),
+            context_headers_enable: true,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// Slack alerts: failures aggregated over a window into one message (counts by topic, stage and
+/// error class, first offsets), at most one post per window, retried on 429/5xx, never blocking
+/// the pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlackConfig {
+    /// Incoming-webhook URL (or env `BQSINK__ERRORS__SLACK__WEBHOOK_URL`). Default unset: no alerts.
+    pub webhook_url: Option<String>,
+    /// Aggregation window, in seconds; at most one post per window. Default 60.
+    pub window_secs: u64,
+}
+
+impl Default for SlackConfig {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            window_secs: 60,
+        }
+    }
+}
+
+/// NDJSON files of failed records (original bytes base64-encoded, plus the failure context), which
+/// `bqsink replay --from-file` reloads. Under `errors.tolerance = "all"` a record counts as handled
+/// only once its line is written and synced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorFileConfig {
+    /// File to append to; when it would grow past `max_bytes` it is renamed to `<path>.1`,
+    /// `<path>.2`, ... (never deleted) and a new one is started. Default unset: no file.
+    pub path: Option<std::path::PathBuf>,
+    /// Size at which the file is rotated, in bytes. Default 104857600 (100 MiB).
+    pub max_bytes: u64,
+}
+
+impl Default for ErrorFileConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            max_bytes: 100 * 1024 * 1024,
         }
     }
 }
@@ -432,6 +511,39 @@ impl Config {
         }
         if self.pipeline.max_inflight_bytes == 0 {
             return bad("pipeline.max_inflight_bytes", "must be > 0");
+        }
+        let dlq = &self.errors.deadletterqueue.topic_name;
+        if !dlq.is_empty() && self.kafka.topics.contains(dlq) {
+            return bad(
+                "errors.deadletterqueue.topic_name",
+                format!("{dlq:?} is also in kafka.topics: failed records would be read again"),
+            );
+        }
+        if let Some(url) = &self.errors.slack.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(
+                    "errors.slack.webhook_url",
+                    "must be an http:// or https:// URL",
+                );
+            }
+        }
+        if self.errors.slack.window_secs == 0 {
+            return bad("errors.slack.window_secs", "must be > 0");
+        }
+        if self
+            .errors
+            .file
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return bad(
+                "errors.file.path",
+                "must not be empty (leave it unset for no file)",
+            );
+        }
+        if self.errors.file.max_bytes < 4096 {
+            return bad("errors.file.max_bytes", "must be >= 4096");
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::messages::{acknowledge, Dedup, HandledKind, WarmupKeys, Write};
+use crate::messages::{acknowledge, Dedup, Forget, HandledKind, WarmupKeys, Write};
 use crate::stage::dedup::{Deduplicator, Position, Verdict};
 use crate::stats::Stats;
 use crate::writer::WriterActor;
@@ -53,6 +53,16 @@ impl Handler<WarmupKeys> for DedupActor {
     fn handle(&mut self, msg: WarmupKeys, _: &mut Self::Context) {
         for (key, at) in msg.keys {
             self.dedup.remember(key, at);
+        }
+    }
+}
+
+impl Handler<Forget> for DedupActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Forget, _: &mut Self::Context) {
+        for (key, at) in msg.keys {
+            self.dedup.forget(key, at);
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The error report: every failed record becomes one structured ERROR log line with its topic,
 //! partition, offset, stage and error (and, with `errors.log_include_messages`, its key and payload).
-//! Under `errors.tolerance = "all"` the record then counts as handled; under `"none"` it is marked
-//! stuck (its offset is never committed) and the supervisor is told to stop.
+//! Under `errors.tolerance = "all"` the record then goes to the error destinations (dead-letter topic,
+//! file, Slack) and counts as handled once every store among them has delivered it; under `"none"`
+//! only the alerts hear of it, it is marked stuck (its offset is never committed) and the supervisor
+//! is told to stop.
 
 use std::sync::Arc;
 
@@ -9,7 +11,10 @@ use actix::prelude::*;
 use base64::Engine;
 
 use crate::config::Tolerance;
-use crate::messages::{acknowledge, Failed, Failure, Fatal, HandledKind};
+use crate::destinations::{
+    deliver_until_done, DeliveryBackoff, ErrorDestination, FailureRecord, Role,
+};
+use crate::messages::{acknowledge, Failed, Failure, Fatal, HandledKind, Origin};
 use crate::stats::Stats;
 
 pub struct ErrorReportActor {
@@ -18,6 +23,10 @@ pub struct ErrorReportActor {
     pub supervisor: Recipient<Fatal>,
     pub stats: Arc<Stats>,
     pub fatal_sent: bool,
+    /// Where failed records go besides the log.
+    pub destinations: Vec<Arc<dyn ErrorDestination>>,
+    /// Waits between attempts to deliver to a store that failed.
+    pub delivery_backoff: DeliveryBackoff,
 }
 
 /// Bytes as text for a log line: UTF-8 when they are, base64 (prefixed `base64:`) when not.
@@ -51,6 +60,68 @@ impl ErrorReportActor {
             );
         }
     }
+
+    /// Tells every alert destination, without waiting.
+    fn alert(&self, records: &Arc<[FailureRecord]>, ctx: &mut Context<Self>) {
+        for d in self.destinations.iter().filter(|d| d.role() == Role::Alert) {
+            let name = d.name();
+            let fut = d.deliver(Arc::clone(records));
+            ctx.spawn(
+                async move {
+                    if let Err(e) = fut.await {
+                        tracing::warn!(destination = name, error = %e, "alert not delivered");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    /// Delivers to every store (retrying until they take them), then acknowledges the records.
+    fn store_then_ack(&self, records: Arc<[FailureRecord]>, acks: Acks, ctx: &mut Context<Self>) {
+        let stores: Vec<_> = self
+            .destinations
+            .iter()
+            .filter(|d| d.role() == Role::Store)
+            .cloned()
+            .collect();
+        if stores.is_empty() {
+            acknowledge(acks.iter().map(|(o, off)| (o, *off)), HandledKind::Done);
+            return;
+        }
+        let deliveries = stores.into_iter().map(|d| {
+            deliver_until_done(
+                d,
+                Arc::clone(&records),
+                self.delivery_backoff,
+                Arc::clone(&self.stats),
+            )
+        });
+        let all = futures::future::join_all(deliveries);
+        ctx.spawn(all.into_actor(self).map(move |_, _, _| {
+            acknowledge(acks.iter().map(|(o, off)| (o, *off)), HandledKind::Done);
+        }));
+    }
+}
+
+/// Records to acknowledge: their partition consumer and offset.
+type Acks = Vec<(Arc<Origin>, i64)>;
+
+/// Splits failures into what is acknowledged and what the destinations get.
+fn split(failures: Vec<Failure>) -> (Acks, Arc<[FailureRecord]>) {
+    let mut acks = Vec::with_capacity(failures.len());
+    let mut records = Vec::with_capacity(failures.len());
+    for f in failures {
+        acks.push((Arc::clone(&f.origin), f.source.offset));
+        records.push(FailureRecord {
+            tp: f.origin.tp.clone(),
+            source: f.source,
+            stage: f.stage,
+            class: f.class,
+            error: f.error,
+        });
+    }
+    (acks, records.into())
 }
 
 impl Actor for ErrorReportActor {
@@ -60,15 +131,19 @@ impl Actor for ErrorReportActor {
 impl Handler<Failed> for ErrorReportActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Failed, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Failed, ctx: &mut Self::Context) {
         Stats::add(&self.stats.failed, msg.failures.len());
         for f in &msg.failures {
             self.log(f);
         }
-        let records = msg.failures.iter().map(|f| (&f.origin, f.source.offset));
         match self.tolerance {
-            Tolerance::All => acknowledge(records, HandledKind::Done),
+            Tolerance::All => {
+                let (acks, records) = split(msg.failures);
+                self.alert(&records, ctx);
+                self.store_then_ack(records, acks, ctx);
+            }
             Tolerance::None => {
+                let records = msg.failures.iter().map(|f| (&f.origin, f.source.offset));
                 acknowledge(records, HandledKind::Stuck);
                 if let Some(f) = msg.failures.first().filter(|_| !self.fatal_sent) {
                     self.fatal_sent = true;
@@ -79,7 +154,195 @@ impl Handler<Failed> for ErrorReportActor {
                         ),
                     });
                 }
+                // Not dead-lettered (the record is read again after a restart), but alerted.
+                let (_, records) = split(msg.failures);
+                self.alert(&records, ctx);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::destinations::DeliveryError;
+    use crate::messages::{Handled, RawRecord, Stage, Tp};
+
+    /// Collects acknowledgements, like a partition consumer.
+    type Seen = Arc<Mutex<Vec<(Vec<i64>, HandledKind)>>>;
+    struct Acks(Seen);
+    impl Actor for Acks {
+        type Context = Context<Self>;
+    }
+    impl Handler<Handled> for Acks {
+        type Result = ();
+        fn handle(&mut self, msg: Handled, _: &mut Self::Context) {
+            self.0.lock().unwrap().push((msg.offsets, msg.kind));
+        }
+    }
+
+    struct NoFatal;
+    impl Actor for NoFatal {
+        type Context = Context<Self>;
+    }
+    impl Handler<Fatal> for NoFatal {
+        type Result = ();
+        fn handle(&mut self, _: Fatal, _: &mut Self::Context) {}
+    }
+
+    /// A store that fails until opened, and an alert that records what it was told.
+    struct Gated {
+        role: Role,
+        open: Arc<std::sync::atomic::AtomicBool>,
+        seen: Arc<Mutex<Vec<i64>>>,
+    }
+    impl ErrorDestination for Gated {
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+        fn role(&self) -> Role {
+            self.role
+        }
+        fn deliver(
+            &self,
+            records: Arc<[FailureRecord]>,
+        ) -> BoxFuture<'static, Result<(), DeliveryError>> {
+            let open = self.open.load(std::sync::atomic::Ordering::SeqCst);
+            if open {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .extend(records.iter().map(|r| r.source.offset));
+            }
+            let n = records.len();
+            Box::pin(async move {
+                if open {
+                    Ok(())
+                } else {
+                    Err(DeliveryError::all(n, "closed"))
+                }
+            })
+        }
+    }
+
+    fn failures(origin: &Arc<Origin>, offsets: &[i64]) -> Failed {
+        Failed {
+            failures: offsets
+                .iter()
+                .map(|&offset| Failure {
+                    origin: Arc::clone(origin),
+                    source: RawRecord {
+                        offset,
+                        payload: Some(b"x".to_vec()),
+                        ..Default::default()
+                    },
+                    stage: Stage::Convert,
+                    class: "invalid_json",
+                    error: "bad".into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[actix::test]
+    async fn records_are_acknowledged_only_after_every_store_delivered_them() {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let origin = Arc::new(Origin {
+            tp: Tp::new("t", 0),
+            ack: Acks(Arc::clone(&acks)).start().recipient(),
+            revoked: Arc::default(),
+        });
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let alerted = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
+        let report = ErrorReportActor {
+            tolerance: Tolerance::All,
+            include_messages: false,
+            supervisor: NoFatal.start().recipient(),
+            stats: Arc::clone(&stats),
+            fatal_sent: false,
+            destinations: vec![
+                Arc::new(Gated {
+                    role: Role::Store,
+                    open: Arc::clone(&open),
+                    seen: Arc::clone(&stored),
+                }),
+                Arc::new(Gated {
+                    role: Role::Alert,
+                    open: Arc::new(true.into()),
+                    seen: Arc::clone(&alerted),
+                }),
+            ],
+            delivery_backoff: DeliveryBackoff {
+                min_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(10),
+            },
+        }
+        .start();
+        report.send(failures(&origin, &[3, 4])).await.unwrap();
+        // The store keeps failing: the records are retried, alerted, but never acknowledged.
+        while stats.snapshot().report_retries < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            acks.lock().unwrap().is_empty(),
+            "acknowledged before stored"
+        );
+        assert_eq!(*alerted.lock().unwrap(), vec![3, 4]);
+        open.store(true, std::sync::atomic::Ordering::SeqCst);
+        while acks.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*acks.lock().unwrap(), vec![(vec![3, 4], HandledKind::Done)]);
+        assert_eq!(*stored.lock().unwrap(), vec![3, 4], "stored exactly once");
+    }
+
+    #[actix::test]
+    async fn under_tolerance_none_records_are_stuck_alerted_and_not_stored() {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let origin = Arc::new(Origin {
+            tp: Tp::new("t", 0),
+            ack: Acks(Arc::clone(&acks)).start().recipient(),
+            revoked: Arc::default(),
+        });
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let alerted = Arc::new(Mutex::new(Vec::new()));
+        let report = ErrorReportActor {
+            tolerance: Tolerance::None,
+            include_messages: false,
+            supervisor: NoFatal.start().recipient(),
+            stats: Arc::new(Stats::default()),
+            fatal_sent: false,
+            destinations: vec![
+                Arc::new(Gated {
+                    role: Role::Store,
+                    open: Arc::new(true.into()),
+                    seen: Arc::clone(&stored),
+                }),
+                Arc::new(Gated {
+                    role: Role::Alert,
+                    open: Arc::new(true.into()),
+                    seen: Arc::clone(&alerted),
+                }),
+            ],
+            delivery_backoff: DeliveryBackoff {
+                min_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(10),
+            },
+        }
+        .start();
+        report.send(failures(&origin, &[7])).await.unwrap();
+        while acks.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*acks.lock().unwrap(), vec![(vec![7], HandledKind::Stuck)]);
+        assert_eq!(*alerted.lock().unwrap(), vec![7]);
+        assert!(stored.lock().unwrap().is_empty());
     }
 }

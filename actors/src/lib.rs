@@ -5,6 +5,7 @@
 
 pub mod bigquery;
 pub mod config;
+pub mod destinations;
 pub mod kafka;
 pub mod messages;
 pub mod pipeline;

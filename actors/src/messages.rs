@@ -263,3 +263,17 @@ pub struct Fatal {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Shutdown;
+
+/// Dedup keys of rows that failed at BigQuery (writer → deduplicator): forget them, so the record
+/// sent again (replayed from the dead-letter topic to its source) is not taken for a duplicate.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Forget {
+    pub keys: Vec<(u64, crate::stage::dedup::Position)>,
+}
+
+/// Where the writer sends [`Forget`] (pipeline → writer, once at start: dedup is created after the
+/// writer, as it sends to it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ForgetVia(pub Recipient<Forget>);

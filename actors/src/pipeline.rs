@@ -18,8 +18,10 @@ use crate::bigquery::{BigQuery, RetryPolicy};
 use crate::config::Config;
 use crate::converter::ConvertActor;
 use crate::deduplicator::DedupActor;
+use crate::destinations::{DeliveryBackoff, ErrorDestination};
 use crate::error_report::ErrorReportActor;
 use crate::kafka::KafkaControl;
+use crate::messages::ForgetVia;
 use crate::stage::dedup::Deduplicator;
 use crate::stage::transform::Transformer;
 use crate::stats::Stats;
@@ -28,12 +30,23 @@ use crate::transformer::TransformActor;
 use crate::writer::{WriterActor, WriterSettings};
 
 /// Starts the actors; returns the supervisor, which the Kafka poller talks to. Must be called from
-/// within a running actix `System`.
+/// within a running actix `System`. Failed records are only logged; see [`start_with_destinations`].
 pub fn start(
     config: &Config,
     kafka: Arc<dyn KafkaControl>,
     bq: Arc<dyn BigQuery>,
     stats: Arc<Stats>,
+) -> Addr<SupervisorActor> {
+    start_with_destinations(config, kafka, bq, stats, Vec::new())
+}
+
+/// [`start`], with error destinations (dead-letter topic, file, Slack) besides the log.
+pub fn start_with_destinations(
+    config: &Config,
+    kafka: Arc<dyn KafkaControl>,
+    bq: Arc<dyn BigQuery>,
+    stats: Arc<Stats>,
+    destinations: Vec<Arc<dyn ErrorDestination>>,
 ) -> Addr<SupervisorActor> {
     let config = config.clone();
     let workers = config.workers();
@@ -44,6 +57,12 @@ pub fn start(
             supervisor: ctx.address().recipient(),
             stats: Arc::clone(&stats),
             fatal_sent: false,
+            destinations,
+            delivery_backoff: DeliveryBackoff {
+                min_delay: Duration::from_millis(100)
+                    .min(Duration::from_millis(config.errors.retry_delay_max_ms)),
+                max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),
+            },
         }
         .start();
 
@@ -75,6 +94,7 @@ pub fn start(
                 writer: d_writer,
                 stats: d_stats,
             });
+        writer.do_send(ForgetVia(dedup.clone().recipient()));
 
         let (t_config, t_errors, t_dedup) = (config.clone(), errors.clone(), dedup.clone());
         let transformer = SyncArbiter::start(workers, move || TransformActor {

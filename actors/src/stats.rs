@@ -29,6 +29,8 @@ pub struct Stats {
     pub peak_inflight_records: AtomicU64,
     /// Partition consumers restarted after they died.
     pub restarts: AtomicU64,
+    /// Deliveries of failed records to an error destination (dead-letter topic, file) retried.
+    pub report_retries: AtomicU64,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -46,6 +48,7 @@ pub struct StatsSnapshot {
     pub abandoned: u64,
     pub peak_inflight_records: u64,
     pub restarts: u64,
+    pub report_retries: u64,
 }
 
 impl Stats {
@@ -67,6 +70,7 @@ impl Stats {
             abandoned: self.abandoned.load(Relaxed),
             peak_inflight_records: self.peak_inflight_records.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
+            report_retries: self.report_retries.load(Relaxed),
         }
     }
 }

@@ -10,8 +10,11 @@ use actix::prelude::*;
 
 use crate::bigquery::{send_with_retry, BigQuery, Outcome, RetryPolicy};
 use crate::error_report::ErrorReportActor;
-use crate::messages::{acknowledge, Failed, Failure, Flush, HandledKind, Row, Stage, Write};
+use crate::messages::{
+    acknowledge, Failed, Failure, Flush, Forget, ForgetVia, HandledKind, Row, Stage, Write,
+};
 use crate::stage::batch::{Batch, Batcher};
+use crate::stage::dedup::Position;
 use crate::stats::Stats;
 
 pub struct WriterActor {
@@ -24,6 +27,8 @@ pub struct WriterActor {
     ready: VecDeque<Batch<Row>>,
     errors: Addr<ErrorReportActor>,
     stats: Arc<Stats>,
+    /// The deduplicator, told the keys of rows that failed.
+    forget: Option<Recipient<Forget>>,
 }
 
 /// Writer settings, from `[batch]`, `[bigquery]` and `[errors]`.
@@ -53,6 +58,7 @@ impl WriterActor {
             ready: VecDeque::new(),
             errors,
             stats,
+            forget: None,
         }
     }
 
@@ -101,6 +107,22 @@ impl WriterActor {
         );
         if outcome.failed.is_empty() {
             return;
+        }
+        if let Some(forget) = &self.forget {
+            let keys: Vec<_> = outcome
+                .failed
+                .iter()
+                .filter_map(|&(i, _, _)| {
+                    let row = rows.get(i)?;
+                    Some((
+                        row.dedup_hash?,
+                        Position::new(&row.origin.tp, row.source.offset),
+                    ))
+                })
+                .collect();
+            if !keys.is_empty() {
+                forget.do_send(Forget { keys });
+            }
         }
         let mut rows: Vec<Option<Row>> = batch.rows.into_iter().map(Some).collect();
         let failures = outcome
@@ -156,5 +178,13 @@ impl Handler<Flush> for WriterActor {
         let open = self.batcher.drain();
         self.ready.extend(open);
         self.pump(ctx);
+    }
+}
+
+impl Handler<ForgetVia> for WriterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ForgetVia, _: &mut Self::Context) {
+        self.forget = Some(msg.0);
     }
 }

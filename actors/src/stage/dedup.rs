@@ -72,6 +72,13 @@ impl Deduplicator {
         self.seen.entry(key).or_insert(at);
     }
 
+    /// Forgets a key, if it is remembered for this position (another record's claim stays).
+    pub fn forget(&self, key: u64, at: Position) {
+        if self.seen.get(&key) == Some(at) {
+            self.seen.invalidate(&key);
+        }
+    }
+
     /// Keys currently remembered (approximate until pending maintenance has run).
     pub fn len(&self) -> u64 {
         self.seen.run_pending_tasks();
@@ -117,6 +124,21 @@ mod tests {
         d.remember(5, at(9)); // the first position stays
         assert_eq!(d.check(5, at(3)), Verdict::Pass);
         assert_eq!(d.check(5, at(20)), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn a_forgotten_key_passes_again_from_another_position() {
+        let d = Deduplicator::new(100, Duration::from_secs(60));
+        assert_eq!(d.check(1, at(10)), Verdict::Pass);
+        d.forget(1, at(11));
+        assert_eq!(
+            d.check(1, at(12)),
+            Verdict::Duplicate,
+            "only the position that claimed it can forget a key"
+        );
+        d.forget(1, at(10));
+        assert_eq!(d.check(1, at(12)), Verdict::Pass, "the record sent again");
+        assert_eq!(d.check(1, at(10)), Verdict::Duplicate);
     }
 
     #[test]

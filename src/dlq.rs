@@ -1,0 +1,333 @@
+//! The dead-letter topic (`errors.deadletterqueue.*`): failed records produced with their original
+//! key, value, timestamp and headers, plus Kafka Connect's `__connect.errors.*` context headers.
+//! The producer uses `acks=all` and idempotence; [`ErrorDestination::deliver`] resolves only when the
+//! broker acknowledged every record, which is when the error report lets their offsets be committed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bqsink_actors::config::Config;
+use bqsink_actors::destinations::{
+    connect_stage, stage_class_name, DeliveryError, ErrorDestination, FailureRecord, Role,
+};
+use futures::future::BoxFuture;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::AsyncRuntime;
+
+/// Kafka Connect's error context headers.
+pub mod headers {
+    /// Prefix of every context header.
+    pub const PREFIX: &str = "__connect.errors.";
+    pub const TOPIC: &str = "__connect.errors.topic";
+    pub const PARTITION: &str = "__connect.errors.partition";
+    pub const OFFSET: &str = "__connect.errors.offset";
+    pub const CONNECTOR_NAME: &str = "__connect.errors.connector.name";
+    pub const TASK_ID: &str = "__connect.errors.task.id";
+    pub const STAGE: &str = "__connect.errors.stage";
+    pub const CLASS_NAME: &str = "__connect.errors.class.name";
+    pub const EXCEPTION_CLASS_NAME: &str = "__connect.errors.exception.class.name";
+    pub const EXCEPTION_MESSAGE: &str = "__connect.errors.exception.message";
+    pub const EXCEPTION_STACKTRACE: &str = "__connect.errors.exception.stacktrace";
+}
+
+/// rdkafka's future producer needs a runtime type; only `send_result` is used, which spawns
+/// nothing, but the type must exist. This one is tokio's (the actors run on tokio).
+pub struct TokioRuntime;
+
+impl AsyncRuntime for TokioRuntime {
+    type Delay = tokio::time::Sleep;
+
+    fn spawn<T>(task: T)
+    where
+        T: std::future::Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(task);
+    }
+
+    fn delay_for(duration: Duration) -> Self::Delay {
+        tokio::time::sleep(duration)
+    }
+}
+
+/// The producer type used for the dead-letter topic and by `bqsink replay`.
+pub type Producer = FutureProducer<rdkafka::client::DefaultClientContext, TokioRuntime>;
+
+/// Errors setting up the dead-letter producer.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the dead-letter producer for topic {topic:?} (check kafka.brokers, kafka.properties and errors.deadletterqueue.properties)")]
+pub struct DlqSetupError {
+    topic: String,
+    #[source]
+    source: KafkaError,
+}
+
+/// An idempotent `acks=all` producer over `kafka.brokers` and `kafka.properties`, with `extra`
+/// properties on top.
+pub fn producer_config(
+    config: &Config,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.kafka.brokers);
+    for (k, v) in &config.kafka.properties {
+        if !is_consumer_only(k) {
+            c.set(k, v);
+        }
+    }
+    c.set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5");
+    for (k, v) in extra {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Consumer properties librdkafka would warn about on a producer.
+fn is_consumer_only(key: &str) -> bool {
+    key.starts_with("session.timeout")
+        || key.starts_with("max.poll")
+        || key.starts_with("heartbeat")
+        || key.starts_with("fetch.")
+        || key.starts_with("group.")
+        || key.starts_with("auto.offset")
+        || key.starts_with("enable.auto")
+        || key.starts_with("partition.assignment")
+        || key == "isolation.level"
+}
+
+/// The dead-letter topic destination.
+pub struct DeadLetterQueue {
+    producer: Producer,
+    topic: Arc<str>,
+    context: Option<Arc<Context>>,
+}
+
+/// What the context headers say about this instance.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// `__connect.errors.connector.name`: the consumer group.
+    pub connector: String,
+    /// `__connect.errors.task.id`: which instance (host and process).
+    pub task_id: String,
+}
+
+impl Context {
+    pub fn of(config: &Config) -> Self {
+        Self {
+            connector: config.kafka.group_id.clone(),
+            task_id: task_id(),
+        }
+    }
+}
+
+/// `<hostname>-<pid>`: tells the instances of one group apart.
+pub fn task_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "bqsink".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The context headers of one failed record, in Kafka Connect's names and formats (UTF-8 strings).
+pub fn context_headers(r: &FailureRecord, ctx: &Context) -> Vec<(&'static str, String)> {
+    vec![
+        (headers::TOPIC, r.tp.topic.to_string()),
+        (headers::PARTITION, r.tp.partition.to_string()),
+        (headers::OFFSET, r.source.offset.to_string()),
+        (headers::CONNECTOR_NAME, ctx.connector.clone()),
+        (headers::TASK_ID, ctx.task_id.clone()),
+        (headers::STAGE, connect_stage(r.stage).to_owned()),
+        (headers::CLASS_NAME, stage_class_name(r.stage).to_owned()),
+        (headers::EXCEPTION_CLASS_NAME, r.class.to_owned()),
+        (headers::EXCEPTION_MESSAGE, r.error.clone()),
+        (
+            headers::EXCEPTION_STACKTRACE,
+            format!("{}: {}\n\tat stage {}", r.class, r.error, r.stage.as_str()),
+        ),
+    ]
+}
+
+impl DeadLetterQueue {
+    /// Creates the producer for `errors.deadletterqueue.topic_name` (which must be set).
+    pub fn new(config: &Config) -> Result<Self, DlqSetupError> {
+        let dlq = &config.errors.deadletterqueue;
+        let producer = producer_config(config, &dlq.properties)
+            .create()
+            .map_err(|source| DlqSetupError {
+                topic: dlq.topic_name.clone(),
+                source,
+            })?;
+        Ok(Self {
+            producer,
+            topic: dlq.topic_name.as_str().into(),
+            context: dlq
+                .context_headers_enable
+                .then(|| Arc::new(Context::of(config))),
+        })
+    }
+}
+
+impl ErrorDestination for DeadLetterQueue {
+    fn name(&self) -> &'static str {
+        "dead-letter topic"
+    }
+
+    fn role(&self) -> Role {
+        Role::Store
+    }
+
+    fn deliver(
+        &self,
+        records: Arc<[FailureRecord]>,
+    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        let (producer, topic, context) = (
+            self.producer.clone(),
+            Arc::clone(&self.topic),
+            self.context.clone(),
+        );
+        Box::pin(async move {
+            let mut pending = Vec::with_capacity(records.len());
+            let mut undelivered = Vec::new();
+            let mut errors = Vec::new();
+            for (i, r) in records.iter().enumerate() {
+                let mut hdrs = OwnedHeaders::new_with_capacity(r.source.headers.len() + 10);
+                for (key, value) in &r.source.headers {
+                    hdrs = hdrs.insert(Header {
+                        key,
+                        value: value.as_deref(),
+                    });
+                }
+                if let Some(ctx) = &context {
+                    for (key, value) in context_headers(r, ctx) {
+                        hdrs = hdrs.insert(Header {
+                            key,
+                            value: Some(value.as_str()),
+                        });
+                    }
+                }
+                let mut record = FutureRecord::<[u8], [u8]>::to(&topic).headers(hdrs);
+                if let Some(key) = &r.source.key {
+                    record = record.key(key.as_slice());
+                }
+                if let Some(payload) = &r.source.payload {
+                    record = record.payload(payload.as_slice());
+                }
+                if let Some(ts) = r.source.timestamp_ms {
+                    record = record.timestamp(ts);
+                }
+                loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            pending.push((i, delivery));
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err((e, _)) => {
+                            undelivered.push(i);
+                            errors.push(format!("producing to {topic}: {e}"));
+                            break;
+                        }
+                    }
+                }
+            }
+            for (i, delivery) in pending {
+                match delivery.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err((e, _))) => {
+                        undelivered.push(i);
+                        errors.push(format!("delivery to {topic} failed: {e}"));
+                    }
+                    Err(_) => {
+                        undelivered.push(i);
+                        errors.push(format!("delivery to {topic}: the producer was closed"));
+                    }
+                }
+            }
+            if undelivered.is_empty() {
+                return Ok(());
+            }
+            undelivered.sort_unstable();
+            errors.dedup();
+            Err(DeliveryError {
+                undelivered,
+                error: errors.join("; "),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bqsink_actors::messages::{RawRecord, Stage, Tp};
+
+    use super::*;
+
+    #[test]
+    fn context_headers_use_kafka_connect_names() {
+        let r = FailureRecord {
+            tp: Tp::new("events", 3),
+            source: RawRecord {
+                offset: 42,
+                ..Default::default()
+            },
+            stage: Stage::BigQuery,
+            class: "insert_error",
+            error: "table ds.t: BigQuery rejected the row: invalid at x: no such field".into(),
+        };
+        let ctx = Context {
+            connector: "g".into(),
+            task_id: "h-1".into(),
+        };
+        let h = context_headers(&r, &ctx);
+        let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("__connect.errors.topic"), Some("events"));
+        assert_eq!(get("__connect.errors.partition"), Some("3"));
+        assert_eq!(get("__connect.errors.offset"), Some("42"));
+        assert_eq!(get("__connect.errors.connector.name"), Some("g"));
+        assert_eq!(get("__connect.errors.task.id"), Some("h-1"));
+        assert_eq!(get("__connect.errors.stage"), Some("TASK_PUT"));
+        assert_eq!(
+            get("__connect.errors.exception.class.name"),
+            Some("insert_error")
+        );
+        assert!(get("__connect.errors.exception.message")
+            .unwrap()
+            .contains("no such field"));
+        assert!(get("__connect.errors.class.name").is_some());
+        assert!(get("__connect.errors.exception.stacktrace").is_some());
+        assert_eq!(h.len(), 10);
+        assert!(h.iter().all(|(k, _)| k.starts_with(headers::PREFIX)));
+    }
+
+    #[test]
+    fn consumer_properties_are_not_passed_to_the_producer() {
+        let mut config = Config::default();
+        config
+            .kafka
+            .properties
+            .insert("session.timeout.ms".into(), "6000".into());
+        config
+            .kafka
+            .properties
+            .insert("security.protocol".into(), "SSL".into());
+        let mut extra = std::collections::BTreeMap::new();
+        extra.insert("message.timeout.ms".into(), "1000".into());
+        let c = producer_config(&config, &extra);
+        assert_eq!(c.get("session.timeout.ms"), None);
+        assert_eq!(c.get("security.protocol"), Some("SSL"));
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
+        assert_eq!(c.get("message.timeout.ms"), Some("1000"));
+    }
+}

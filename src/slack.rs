@@ -1,0 +1,477 @@
+//! Slack alerts (`errors.slack.*`): failed records are counted into an aggregate (by topic, stage
+//! and error class, with the first few offsets of each) and posted to an incoming webhook as one
+//! message per `window_secs`, never more often. Posts that get 429 or 5xx (or no answer) are retried
+//! until the window ends; what could not be posted is merged into the next window's message.
+//!
+//! Nothing here can hold up the pipeline: `deliver` only adds to the in-memory aggregate (bounded:
+//! at most [`MAX_GROUPS`] groups with [`MAX_SAMPLES`] offsets each; further failures are still
+//! counted, without details), and posting happens on a thread of its own.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use bqsink_actors::config::Config;
+use bqsink_actors::destinations::{DeliveryError, ErrorDestination, FailureRecord, Role};
+use futures::future::BoxFuture;
+
+/// Groups (topic, stage, class) detailed in one message; more are summed up in one line.
+pub const MAX_GROUPS: usize = 20;
+/// Offsets listed per group.
+pub const MAX_SAMPLES: usize = 5;
+/// Longest error text quoted per group.
+const MAX_ERROR_CHARS: usize = 200;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Group {
+    count: u64,
+    /// (partition, offset) of the first failures.
+    samples: Vec<(i32, i64)>,
+    /// The first error text.
+    error: String,
+}
+
+/// Failures counted since the last successful post.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Aggregate {
+    groups: BTreeMap<(String, &'static str, &'static str), Group>,
+    /// All failures counted, detailed or not.
+    total: u64,
+    /// Failures beyond [`MAX_GROUPS`] groups (counted in `total`, not detailed).
+    undetailed: u64,
+    since: Option<SystemTime>,
+}
+
+impl Aggregate {
+    pub fn add(&mut self, r: &FailureRecord) {
+        self.total += 1;
+        self.since.get_or_insert_with(SystemTime::now);
+        let key = (r.tp.topic.to_string(), r.stage.as_str(), r.class);
+        let full = self.groups.len() >= MAX_GROUPS;
+        match self.groups.get_mut(&key) {
+            Some(g) => {
+                g.count += 1;
+                if g.samples.len() < MAX_SAMPLES {
+                    g.samples.push((r.tp.partition, r.source.offset));
+                }
+            }
+            None if full => self.undetailed += 1,
+            None => {
+                self.groups.insert(
+                    key,
+                    Group {
+                        count: 1,
+                        samples: vec![(r.tp.partition, r.source.offset)],
+                        error: r.error.chars().take(MAX_ERROR_CHARS).collect(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Adds a newer aggregate into this one.
+    pub fn merge(&mut self, newer: Aggregate) {
+        self.total += newer.total;
+        self.undetailed += newer.undetailed;
+        self.since = match (self.since, newer.since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for (key, g) in newer.groups {
+            let full = self.groups.len() >= MAX_GROUPS;
+            match self.groups.get_mut(&key) {
+                Some(mine) => {
+                    mine.count += g.count;
+                    let room = MAX_SAMPLES - mine.samples.len();
+                    mine.samples.extend(g.samples.into_iter().take(room));
+                }
+                None if full => self.undetailed += g.count,
+                None => {
+                    self.groups.insert(key, g);
+                }
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The message text (Slack mrkdwn). The first line reads `... N records failed since ...`.
+    pub fn render(&self, connector: &str) -> String {
+        let since = self
+            .since
+            .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+            .unwrap_or_default();
+        let mut text = format!(
+            ":rotating_light: bqsink (group `{connector}`): {} records failed since {since}",
+            self.total
+        );
+        let mut groups: Vec<_> = self.groups.iter().collect();
+        groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
+        for ((topic, stage, class), g) in groups {
+            let offsets: Vec<String> = g.samples.iter().map(|(p, o)| format!("{p}@{o}")).collect();
+            let more = if g.count as usize > g.samples.len() {
+                ", …"
+            } else {
+                ""
+            };
+            text.push_str(&format!(
+                "\n• `{topic}` {stage} {class}: {} (partition@offset {}{more}) — {}",
+                g.count,
+                offsets.join(", "),
+                g.error
+            ));
+        }
+        if self.undetailed > 0 {
+            text.push_str(&format!(
+                "\n• {} more in other topics/stages/errors",
+                self.undetailed
+            ));
+        }
+        text
+    }
+}
+
+/// Counters of the alerting thread.
+#[derive(Debug, Default)]
+pub struct SlackCounters {
+    /// Messages Slack accepted.
+    pub posts: AtomicU64,
+    /// Attempts that failed (each retry counts).
+    pub failed_attempts: AtomicU64,
+    /// Failures whose alert was given up (the webhook refused it for good).
+    pub dropped: AtomicU64,
+}
+
+struct Shared {
+    aggregate: Mutex<Aggregate>,
+    counters: SlackCounters,
+    stop: tokio::sync::Notify,
+}
+
+/// The Slack destination; stopping it (drop) makes a last attempt to post what is pending.
+pub struct SlackAlerts {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Errors setting up Slack alerts.
+#[derive(Debug, thiserror::Error)]
+pub enum SlackSetupError {
+    #[error("cannot build the HTTP client for Slack")]
+    Client(#[source] reqwest::Error),
+    #[error("cannot start the Slack alert thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why one post attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum PostError {
+    #[error("Slack answered {status}: {body}")]
+    Status {
+        status: u16,
+        body: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("cannot reach Slack: {0}")]
+    Transport(String),
+}
+
+impl PostError {
+    fn retryable(&self) -> bool {
+        match self {
+            PostError::Status { status, .. } => *status == 429 || *status >= 500,
+            PostError::Transport(_) => true,
+        }
+    }
+}
+
+async fn post_once(client: &reqwest::Client, url: &str, text: &str) -> Result<(), PostError> {
+    let body = serde_json::to_vec(&serde_json::json!({ "text": text })).unwrap_or_default();
+    let resp = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| PostError::Transport(e.to_string()))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = resp.text().await.unwrap_or_default();
+    Err(PostError::Status {
+        status: status.as_u16(),
+        body: body.chars().take(200).collect(),
+        retry_after,
+    })
+}
+
+/// Posts `text`, retrying 429/5xx/transport errors with backoff until `deadline`.
+async fn post_with_retries(
+    client: &reqwest::Client,
+    url: &str,
+    text: &str,
+    deadline: Instant,
+    counters: &SlackCounters,
+) -> Result<(), PostError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let err = match post_once(client, url, text).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        counters.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        let wait = match &err {
+            PostError::Status {
+                retry_after: Some(r),
+                ..
+            } => *r,
+            _ => delay,
+        };
+        if !err.retryable() || Instant::now() + wait >= deadline {
+            return Err(err);
+        }
+        tracing::debug!(error = %err, "Slack alert failed, retrying");
+        tokio::time::sleep(wait).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+impl SlackAlerts {
+    /// Starts the alert thread for `url`, posting at most once per `errors.slack.window_secs`.
+    pub fn start(url: String, config: &Config) -> Result<Self, SlackSetupError> {
+        let window = Duration::from_secs(config.errors.slack.window_secs);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10).min(window.max(Duration::from_secs(1))))
+            .build()
+            .map_err(SlackSetupError::Client)?;
+        let shared = Arc::new(Shared {
+            aggregate: Mutex::new(Aggregate::default()),
+            counters: SlackCounters::default(),
+            stop: tokio::sync::Notify::new(),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(SlackSetupError::Thread)?;
+        let connector = config.kafka.group_id.clone();
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("slack-alerts".into())
+            .spawn(move || {
+                runtime.block_on(run(thread_shared, client, url, window, connector));
+            })
+            .map_err(SlackSetupError::Thread)?;
+        Ok(Self {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn counters(&self) -> &SlackCounters {
+        &self.shared.counters
+    }
+}
+
+fn take(shared: &Shared) -> Aggregate {
+    std::mem::take(&mut *shared.aggregate.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Puts back what could not be posted, under what arrived since.
+fn put_back(shared: &Shared, mut older: Aggregate) {
+    let mut agg = shared.aggregate.lock().unwrap_or_else(|e| e.into_inner());
+    older.merge(std::mem::take(&mut *agg));
+    *agg = older;
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    client: reqwest::Client,
+    url: String,
+    window: Duration,
+    connector: String,
+) {
+    let mut next = Instant::now() + window;
+    let mut stopping = false;
+    while !stopping {
+        stopping = tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => false,
+            _ = shared.stop.notified() => true,
+        };
+        let agg = take(&shared);
+        if agg.is_empty() {
+            next = Instant::now() + window;
+            continue;
+        }
+        let text = agg.render(&connector);
+        let result = if stopping {
+            last_try(&client, &url, &text, &shared.counters).await
+        } else {
+            tokio::select! {
+                r = post_with_retries(&client, &url, &text, Instant::now() + window, &shared.counters) => r,
+                _ = shared.stop.notified() => {
+                    stopping = true;
+                    last_try(&client, &url, &text, &shared.counters).await
+                }
+            }
+        };
+        match result {
+            Ok(()) => {
+                shared.counters.posts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(failures = agg.total(), "Slack alert posted");
+            }
+            Err(e) if e.retryable() && !stopping => {
+                tracing::warn!(error = %e, failures = agg.total(), "Slack alert not posted; it is merged into the next window's");
+                put_back(&shared, agg);
+            }
+            Err(e) => {
+                shared
+                    .counters
+                    .dropped
+                    .fetch_add(agg.total(), Ordering::Relaxed);
+                tracing::error!(error = %e, failures = agg.total(), "Slack alert given up");
+            }
+        }
+        next = Instant::now() + window;
+    }
+}
+
+/// On shutdown: one short attempt (bounded, so stopping never waits on Slack for long).
+async fn last_try(
+    client: &reqwest::Client,
+    url: &str,
+    text: &str,
+    counters: &SlackCounters,
+) -> Result<(), PostError> {
+    let limit = Duration::from_secs(3);
+    match tokio::time::timeout(
+        limit,
+        post_with_retries(client, url, text, Instant::now() + limit, counters),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(PostError::Transport("no answer before shutdown".into())),
+    }
+}
+
+impl Drop for SlackAlerts {
+    fn drop(&mut self) {
+        self.shared.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl ErrorDestination for SlackAlerts {
+    fn name(&self) -> &'static str {
+        "Slack"
+    }
+
+    fn role(&self) -> Role {
+        Role::Alert
+    }
+
+    fn deliver(
+        &self,
+        records: Arc<[FailureRecord]>,
+    ) -> BoxFuture<'static, Result<(), DeliveryError>> {
+        {
+            let mut agg = self
+                .shared
+                .aggregate
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for r in records.iter() {
+                agg.add(r);
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bqsink_actors::messages::{RawRecord, Stage, Tp};
+
+    use super::*;
+
+    fn failure(topic: &str, partition: i32, offset: i64, class: &'static str) -> FailureRecord {
+        FailureRecord {
+            tp: Tp::new(topic, partition),
+            source: RawRecord {
+                offset,
+                ..Default::default()
+            },
+            stage: Stage::Convert,
+            class,
+            error: "value is not valid JSON".into(),
+        }
+    }
+
+    #[test]
+    fn failures_are_counted_by_group_with_the_first_offsets() {
+        let mut agg = Aggregate::default();
+        for o in 0..12 {
+            agg.add(&failure("a", 0, o, "invalid_json"));
+        }
+        agg.add(&failure("b", 2, 9, "tombstone"));
+        let text = agg.render("g");
+        let mut lines = text.lines();
+        assert!(lines
+            .next()
+            .unwrap()
+            .contains("(group `g`): 13 records failed since"));
+        assert_eq!(
+            lines.next().unwrap(),
+            "• `a` convert invalid_json: 12 (partition@offset 0@0, 0@1, 0@2, 0@3, 0@4, …) — value is not valid JSON"
+        );
+        assert!(lines
+            .next()
+            .unwrap()
+            .starts_with("• `b` convert tombstone: 1 (partition@offset 2@9)"));
+        assert_eq!(lines.next(), None);
+    }
+
+    #[test]
+    fn groups_are_bounded_but_every_failure_is_counted() {
+        let mut agg = Aggregate::default();
+        for t in 0..(MAX_GROUPS + 10) {
+            agg.add(&failure(&format!("t{t}"), 0, 1, "x"));
+            agg.add(&failure(&format!("t{t}"), 0, 2, "x"));
+        }
+        assert_eq!(agg.total(), 2 * (MAX_GROUPS as u64 + 10));
+        assert_eq!(agg.groups.len(), MAX_GROUPS);
+        assert!(agg
+            .render("g")
+            .ends_with("• 20 more in other topics/stages/errors"));
+    }
+
+    #[test]
+    fn an_unposted_aggregate_merges_into_the_next() {
+        let mut old = Aggregate::default();
+        old.add(&failure("a", 0, 1, "x"));
+        let mut new = Aggregate::default();
+        new.add(&failure("a", 0, 2, "x"));
+        new.add(&failure("b", 0, 3, "y"));
+        old.merge(new);
+        assert_eq!(old.total(), 3);
+        let g = &old.groups[&("a".to_string(), "convert", "x")];
+        assert_eq!((g.count, g.samples.clone()), (2, vec![(0, 1), (0, 2)]));
+    }
+}
