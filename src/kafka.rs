@@ -21,6 +21,7 @@ use bqsink_actors::stage::convert::convert;
 use bqsink_actors::stage::dedup::Position;
 use bqsink_actors::stage::flow::{Flow, Inflight, InflightLimits};
 use bqsink_actors::stage::transform::Transformer;
+use bqsink_actors::stats::Stats;
 use bqsink_actors::supervisor::SupervisorActor;
 use futures::future::BoxFuture;
 use rdkafka::config::ClientConfig;
@@ -151,6 +152,7 @@ pub struct SinkContext {
     revoke_timeout: Duration,
     warmup: Option<Warmup>,
     limits: InflightLimits,
+    stats: Arc<Stats>,
     /// Highest offset this consumer committed per partition: a commit queued before a revoke must
     /// never move a partition's committed offset back.
     committed: Mutex<HashMap<(Arc<str>, i32), i64>>,
@@ -398,6 +400,7 @@ pub fn spawn_consumer(
     config: &Config,
     supervisor: Addr<SupervisorActor>,
     commands: Receiver<Command>,
+    stats: Arc<Stats>,
 ) -> Result<JoinHandle<()>, KafkaSetupError> {
     let context = SinkContext {
         supervisor,
@@ -409,6 +412,7 @@ pub fn spawn_consumer(
             bytes: config.pipeline.max_inflight_bytes,
         },
         committed: Mutex::new(HashMap::new()),
+        stats,
     };
     let consumer: BaseConsumer<SinkContext> = consumer_config(config)
         .create_with_context(context)
@@ -561,6 +565,7 @@ fn poll_loop(
             let tp = Tp::new(topic.clone(), *partition);
             match flow {
                 Flow::Pause => {
+                    Stats::add(&consumer.context().stats.pauses, 1);
                     tracing::debug!(%tp, inflight = ?route.inflight.get(), "in-flight limit reached, pausing");
                     route.paused = true;
                     if let Err(e) = consumer.pause(&tpl_of(&tp)) {
@@ -568,6 +573,7 @@ fn poll_loop(
                     }
                 }
                 Flow::Resume => {
+                    Stats::add(&consumer.context().stats.resumes, 1);
                     route.paused = false;
                     if reading && !route.held {
                         tracing::debug!(%tp, "below half the in-flight limit, resuming");

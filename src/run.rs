@@ -33,10 +33,11 @@ pub fn run(
     let destinations = destinations::from_config(config)?;
     let system = actix::System::new();
     let (control, commands) = kafka::control();
+    let poller_stats = Arc::clone(&stats);
     let supervisor = system.block_on(async {
         pipeline::start_with_destinations(config, control, bq, stats, destinations.clone())
     });
-    let poller = match kafka::spawn_consumer(config, supervisor.clone(), commands) {
+    let poller = match kafka::spawn_consumer(config, supervisor.clone(), commands, poller_stats) {
         Ok(p) => p,
         Err(e) => {
             actix::System::current().stop();

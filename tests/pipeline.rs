@@ -270,4 +270,8 @@ fn bigquery_failures_are_retried_and_rejected_rows_reported() {
     );
     assert_eq!(stats.failed, 3, "the rejected rows are reported");
     assert!(stats.retries >= 5, "retried {} times", stats.retries);
+    assert!(
+        stats.pauses >= 1 && stats.resumes >= 1,
+        "partitions paused while retrying and resumed: {stats:?}"
+    );
 }

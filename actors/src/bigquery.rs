@@ -130,16 +130,59 @@ pub struct Outcome {
     pub retries: u32,
 }
 
+/// What the caller of [`send_with_retry`] is told and asked while a batch is sent.
+pub trait RetryHooks: Sync {
+    /// Whether row `i` is still to be sent; false abandons it (its partition was revoked).
+    fn keep(&self, _i: usize) -> bool {
+        true
+    }
+    /// The batch starts (`true`) or ends (`false`) waiting between retries: its partitions pause
+    /// meanwhile, so reading does not run ahead of a failing BigQuery.
+    fn retrying(&self, _on: bool) {}
+}
+
+/// A plain `keep` predicate is hooks that do nothing else.
+impl<F: Fn(usize) -> bool + Sync> RetryHooks for F {
+    fn keep(&self, i: usize) -> bool {
+        self(i)
+    }
+}
+
+/// Calls `retrying(false)` when the batch leaves the retry loop, however it leaves.
+struct RetryingGuard<'a> {
+    hooks: &'a dyn RetryHooks,
+    on: bool,
+}
+
+impl RetryingGuard<'_> {
+    fn start(&mut self) {
+        if !self.on {
+            self.on = true;
+            self.hooks.retrying(true);
+        }
+    }
+}
+
+impl Drop for RetryingGuard<'_> {
+    fn drop(&mut self) {
+        if self.on {
+            self.hooks.retrying(false);
+        }
+    }
+}
+
 /// Sends `entries` (encoded rows) to `table`, retrying request failures and re-sending rows that
 /// BigQuery stopped because of another row, until each row is written or failed. Before every
-/// attempt, rows for which `keep` says false (their partition was revoked) are abandoned.
+/// attempt, rows the hooks no longer `keep` (their partition was revoked) are abandoned; while it
+/// waits to retry, the hooks are told (`retrying`).
 pub async fn send_with_retry(
     bq: &dyn BigQuery,
     table: &TableRef,
     entries: &[&[u8]],
     policy: RetryPolicy,
-    keep: &(dyn Fn(usize) -> bool + Sync),
+    hooks: &dyn RetryHooks,
 ) -> Outcome {
+    let mut retrying = RetryingGuard { hooks, on: false };
     let started = Instant::now();
     let mut backoff = ExponentialBuilder::default()
         .with_min_delay(policy.min_delay)
@@ -152,7 +195,7 @@ pub async fn send_with_retry(
     let mut todo: Vec<usize> = (0..entries.len()).collect();
     loop {
         todo.retain(|&i| {
-            keep(i) || {
+            hooks.keep(i) || {
                 outcome.abandoned.push(i);
                 false
             }
@@ -208,6 +251,7 @@ pub async fn send_with_retry(
         }
         tracing::warn!(table = %table, rows = todo.len(), error = %retry_reason, delay_ms = delay.as_millis() as u64, "insertAll failed, retrying");
         outcome.retries += 1;
+        retrying.start();
         tokio::time::sleep(delay).await;
     }
 }
@@ -462,6 +506,30 @@ mod tests {
         assert_eq!(out.abandoned, vec![1, 3]);
         let requests = bq.requests.lock().unwrap();
         assert_eq!(requests[1].len(), 2, "the retry carries only the kept rows");
+    }
+
+    #[tokio::test]
+    async fn hooks_hear_when_a_batch_waits_to_retry() {
+        struct Recorder(Mutex<Vec<bool>>);
+        impl RetryHooks for Recorder {
+            fn retrying(&self, on: bool) {
+                self.0.lock().unwrap().push(on);
+            }
+        }
+        let e = entries(2);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        let ok = Recorder(Mutex::default());
+        send_with_retry(&scripted(vec![]), &table(), &refs, policy(10_000), &ok).await;
+        assert!(ok.0.lock().unwrap().is_empty(), "no retry, no pause");
+        let flaky = Recorder(Mutex::default());
+        let bq = scripted(vec![Err(http(500, "")), Err(http(503, ""))]);
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000), &flaky).await;
+        assert_eq!(out.written, vec![0, 1]);
+        assert_eq!(
+            *flaky.0.lock().unwrap(),
+            vec![true, false],
+            "paused once, resumed once"
+        );
     }
 
     #[tokio::test]

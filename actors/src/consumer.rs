@@ -83,6 +83,7 @@ impl Actor for ConsumerActor {
             tp: self.tp.clone(),
             ack: ctx.address().recipient(),
             revoked: Arc::clone(&self.revoked),
+            inflight: Arc::clone(&self.inflight),
         }));
     }
 }

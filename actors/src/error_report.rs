@@ -256,6 +256,7 @@ mod tests {
             tp: Tp::new("t", 0),
             ack: Acks(Arc::clone(&acks)).start().recipient(),
             revoked: Arc::default(),
+            inflight: Arc::default(),
         });
         let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stored = Arc::new(Mutex::new(Vec::new()));
@@ -310,6 +311,7 @@ mod tests {
             tp: Tp::new("t", 0),
             ack: Acks(Arc::clone(&acks)).start().recipient(),
             revoked: Arc::default(),
+            inflight: Arc::default(),
         });
         let stored = Arc::new(Mutex::new(Vec::new()));
         let alerted = Arc::new(Mutex::new(Vec::new()));

@@ -63,6 +63,8 @@ pub struct Origin {
     /// Set when the partition was taken away before its records were written: rows not yet sent
     /// are then abandoned (the new owner reads them again), never written late.
     pub revoked: Arc<AtomicBool>,
+    /// The partition's in-flight counters (shared with the Kafka poller's flow control).
+    pub inflight: Arc<crate::stage::flow::Inflight>,
 }
 
 impl Origin {

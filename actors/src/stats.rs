@@ -29,6 +29,9 @@ pub struct Stats {
     pub peak_inflight_records: AtomicU64,
     /// Partition consumers restarted after they died.
     pub restarts: AtomicU64,
+    /// Partitions paused (in-flight limit reached or BigQuery retrying) and resumed.
+    pub pauses: AtomicU64,
+    pub resumes: AtomicU64,
     /// Deliveries of failed records to an error destination (dead-letter topic, file) retried.
     pub report_retries: AtomicU64,
 }
@@ -48,6 +51,8 @@ pub struct StatsSnapshot {
     pub abandoned: u64,
     pub peak_inflight_records: u64,
     pub restarts: u64,
+    pub pauses: u64,
+    pub resumes: u64,
     pub report_retries: u64,
 }
 
@@ -70,6 +75,8 @@ impl Stats {
             abandoned: self.abandoned.load(Relaxed),
             peak_inflight_records: self.peak_inflight_records.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
+            pauses: self.pauses.load(Relaxed),
+            resumes: self.resumes.load(Relaxed),
             report_retries: self.report_retries.load(Relaxed),
         }
     }

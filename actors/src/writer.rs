@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::bigquery::{send_with_retry, BigQuery, Outcome, RetryPolicy};
+use crate::bigquery::{send_with_retry, BigQuery, Outcome, RetryHooks, RetryPolicy};
 use crate::error_report::ErrorReportActor;
 use crate::messages::{
     acknowledge, Failed, Failure, Flush, Forget, ForgetVia, HandledKind, Row, Stage, Write,
@@ -74,9 +74,9 @@ impl WriterActor {
             let send = async move {
                 let span = tracing::debug_span!("bigquery.insert_all", table = %batch.table, rows = batch.rows.len(), bytes = batch.bytes);
                 let entries: Vec<&[u8]> = batch.rows.iter().map(|r| r.entry.as_slice()).collect();
-                let keep = |i: usize| !batch.rows[i].origin.is_revoked();
+                let hooks = BatchHooks(&batch.rows);
                 let outcome = tracing::Instrument::instrument(
-                    send_with_retry(&*bq, &batch.table, &entries, policy, &keep),
+                    send_with_retry(&*bq, &batch.table, &entries, policy, &hooks),
                     span,
                 )
                 .await;
@@ -186,5 +186,25 @@ impl Handler<ForgetVia> for WriterActor {
 
     fn handle(&mut self, msg: ForgetVia, _: &mut Self::Context) {
         self.forget = Some(msg.0);
+    }
+}
+
+/// Ties a batch's retries to its rows' partitions: revoked partitions' rows are abandoned, and the
+/// partitions pause while the batch waits to be retried.
+struct BatchHooks<'a>(&'a [Row]);
+
+impl RetryHooks for BatchHooks<'_> {
+    fn keep(&self, i: usize) -> bool {
+        !self.0[i].origin.is_revoked()
+    }
+
+    fn retrying(&self, on: bool) {
+        let mut seen: Vec<&Arc<crate::messages::Origin>> = Vec::new();
+        for row in self.0 {
+            if !seen.iter().any(|o| Arc::ptr_eq(o, &row.origin)) {
+                seen.push(&row.origin);
+                row.origin.inflight.set_retrying(on);
+            }
+        }
     }
 }

@@ -17,6 +17,8 @@ pub struct InflightLimits {
 pub struct Inflight {
     records: AtomicUsize,
     bytes: AtomicUsize,
+    /// Batches holding rows of this partition that wait to be retried (BigQuery failing).
+    retrying: AtomicUsize,
 }
 
 /// What the poller should do with a partition.
@@ -43,16 +45,30 @@ impl Inflight {
             .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(bytes)));
     }
 
+    /// A batch with rows of this partition starts or stops waiting to be retried.
+    pub fn set_retrying(&self, on: bool) {
+        if on {
+            self.retrying.fetch_add(1, Relaxed);
+        } else {
+            let _ = self
+                .retrying
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
+        }
+    }
+
     pub fn get(&self) -> (usize, usize) {
         (self.records.load(Relaxed), self.bytes.load(Relaxed))
     }
 
-    /// Pause at the limits, resume below half of them.
+    /// Pause at the limits or while BigQuery retries rows of the partition; resume below half of
+    /// the limits once no retry is pending.
     pub fn flow(&self, limits: InflightLimits, paused: bool) -> Flow {
         let (records, bytes) = self.get();
-        if !paused && (records >= limits.records || bytes >= limits.bytes) {
+        let retrying = self.retrying.load(Relaxed) > 0;
+        if !paused && (retrying || records >= limits.records || bytes >= limits.bytes) {
             Flow::Pause
-        } else if paused && records <= limits.records / 2 && bytes <= limits.bytes / 2 {
+        } else if paused && !retrying && records <= limits.records / 2 && bytes <= limits.bytes / 2
+        {
             Flow::Resume
         } else {
             Flow::Keep
@@ -88,6 +104,17 @@ mod tests {
         f.add(1, 1_000);
         assert_eq!(f.flow(LIMITS, false), Flow::Pause);
         f.sub(0, 600);
+        assert_eq!(f.flow(LIMITS, true), Flow::Resume);
+    }
+
+    #[test]
+    fn a_pending_retry_pauses_until_it_ends() {
+        let f = Inflight::default();
+        f.add(1, 1);
+        f.set_retrying(true);
+        assert_eq!(f.flow(LIMITS, false), Flow::Pause);
+        assert_eq!(f.flow(LIMITS, true), Flow::Keep, "still retrying");
+        f.set_retrying(false);
         assert_eq!(f.flow(LIMITS, true), Flow::Resume);
     }
 
