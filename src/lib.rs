@@ -5,6 +5,7 @@
 //! the adapters (rdkafka, reqwest), configuration loading, the CLI's subcommands, and the local
 //! insertAll sink used by the demo and the tests.
 
+pub mod auth;
 pub mod bigquery;
 pub mod demo;
 pub mod destinations;

@@ -126,6 +126,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, endpoint = %config.bigquery.endpoint, "starting bqsink");
             let client =
                 bigquery::RestClient::new(&config.bigquery).context("setting up BigQuery")?;
+            tracing::info!(auth = %client.auth_description(), "BigQuery authentication");
             run::run(
                 &config,
                 Arc::new(client),

@@ -174,6 +174,80 @@ mod tests {
     }
 
     #[test]
+    fn tables_as_an_array_with_definitions_or_as_the_older_map() {
+        use bqsink_actors::config::{FieldMode, FieldType, PartitionType};
+        let base = "[kafka]\ntopics=[\"t\"]\n[bigquery]\nproject=\"p\"\ndataset=\"d\"\n";
+        let c = from_toml(&format!(
+            r#"{base}
+[[bigquery.tables]]
+topics = ["member-events"]
+table = "other.member_events"
+table_from = "/event_type"
+partition_field = "occurred_at"
+partition_type = "HOUR"
+clustering = ["member_id"]
+schema = [
+  {{ name = "member_id", type = "STRING", mode = "REQUIRED" }},
+  {{ name = "occurred_at", type = "TIMESTAMP" }},
+  {{ name = "attributes", type = "RECORD", fields = [{{ name = "ip", type = "STRING" }}] }},
+]
+[[bigquery.tables]]
+table = "login"
+"#
+        ))
+        .unwrap();
+        let t: Vec<_> = c.bigquery.tables.iter().collect();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].topics, ["member-events"]);
+        assert_eq!(t[0].table_from.as_deref(), Some("/event_type"));
+        assert_eq!(t[0].partition_type, Some(PartitionType::Hour));
+        assert_eq!(t[0].schema[0].mode, FieldMode::Required);
+        assert_eq!(t[0].schema[1].mode, FieldMode::Nullable);
+        assert_eq!(t[0].schema[2].field_type, FieldType::Record);
+        assert_eq!(t[0].schema[2].fields[0].name, "ip");
+        assert!(t[1].topics.is_empty() && t[1].schema.is_empty());
+        // The rendered configuration parses back to the same.
+        let again = from_toml(&to_toml_redacted(&c)).unwrap();
+        assert_eq!(again, c);
+
+        let legacy = from_toml(&format!(
+            "{base}[bigquery.tables]\n\"a\" = \"x\"\n\"b\" = \"ds.y\"\n"
+        ))
+        .unwrap();
+        let mut expected = bqsink_actors::config::Tables::default();
+        expected.insert("a".into(), "x".into());
+        expected.insert("b".into(), "ds.y".into());
+        assert_eq!(legacy.bigquery.tables, expected);
+
+        let bad = |entry: &str| {
+            from_toml(&format!("{base}[[bigquery.tables]]\n{entry}\n"))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = bad("table = \"t\"\nschemaa = []");
+        assert!(err.contains("schemaa"), "{err}");
+        let err = bad("table = \"t\"\nschema = [{ name = \"a\", type = \"STRNG\" }]");
+        assert!(err.contains("STRNG"), "{err}");
+        let err = bad("table = \"t\"\npartition_field = \"a\"\nschema = [{ name = \"a\", type = \"STRING\" }]");
+        assert!(
+            err.contains("bigquery.tables") && err.contains("TIMESTAMP"),
+            "{err}"
+        );
+        let err = bad("table = \"t\"\nschema = [{ name = \"r\", type = \"RECORD\" }]");
+        assert!(err.contains("needs fields"), "{err}");
+        let err = bad("table = \"t\"\ntable_from = \"event_type\"");
+        assert!(err.contains("JSON pointer"), "{err}");
+        let err = bad("table = \"a b\"");
+        assert!(err.contains("dataset.table"), "{err}");
+        let err = from_toml(&format!(
+            "{base}allow_new_fields = true\nignore_unknown_values = true\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("bigquery.allow_new_fields"), "{err}");
+    }
+
+    #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's closure signature
     fn layers_and_environment_variables_override_in_order() {
         let dir = tempfile::tempdir().unwrap();

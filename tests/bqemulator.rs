@@ -64,6 +64,14 @@ impl Drop for Emulator {
     }
 }
 
+/// A client for the test's own calls, keeping no idle connections (see the first test).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
     // The emulator is a Python process that can answer slowly or with a 5xx right after it starts
     // on a loaded machine: try a few times before failing.
@@ -159,4 +167,147 @@ fn rows_land_in_the_emulator_exactly_once() {
     );
     assert_eq!(n, counts.unique, "and none twice: {result}");
     assert_eq!(row[2]["v"], "0");
+}
+
+/// `SELECT COUNT(*)` of a table in the emulator.
+async fn count(http: &reqwest::Client, api: &str, table: &str) -> u64 {
+    let result = post(
+        http,
+        format!("{api}/queries"),
+        json!({"query": format!("SELECT COUNT(*) AS n FROM `local.{table}`"), "useLegacySql": false}),
+    )
+    .await;
+    result["rows"][0]["f"][0]["v"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{table}: {result}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn tables_are_created_partitioned_clustered_and_routed_in_the_emulator() {
+    let emulator = Emulator::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = client();
+    let api = format!("{}/bigquery/v2/projects/local", emulator.url);
+    // Nothing exists: the dataset `routed` and its tables are bqsink's to create.
+    let topic = "routed-events";
+    let (_cluster, bootstrap) = cluster(topic, 2);
+    let mut events: Vec<_> = Generator::new(Mix {
+        duplicates: 0.0,
+        malformed: 0.0,
+        seed: 22,
+    })
+    .take(600)
+    .collect();
+    // Every 10th event has no event_type: it goes to the fallback table.
+    let mut expected: std::collections::HashMap<String, u64> = Default::default();
+    for (i, e) in events.iter_mut().enumerate() {
+        let mut v: Value = serde_json::from_slice(&e.payload).unwrap();
+        if i % 10 == 0 {
+            v.as_object_mut().unwrap().remove("event_type");
+        }
+        let table = v["event_type"].as_str().unwrap_or("unrouted").to_owned();
+        *expected.entry(table).or_default() += 1;
+        e.payload = serde_json::to_vec(&v).unwrap();
+    }
+    produce(&bootstrap, topic, &events);
+
+    let text = format!(
+        r#"
+[kafka]
+topics = ["{topic}"]
+[bigquery]
+project = "local"
+dataset = "routed"
+auto_create_tables = true
+auto_create_dataset = true
+[[bigquery.tables]]
+topics = ["{topic}"]
+table = "unrouted"
+table_from = "/event_type"
+partition_field = "occurred_at"
+clustering = ["member_id"]
+[[bigquery.tables]]
+table = "signup"
+partition_type = "MONTH"
+clustering = ["channel", "member_id"]
+schema = [
+  {{ name = "event_id", type = "STRING", mode = "REQUIRED" }}, {{ name = "member_id", type = "STRING" }},
+  {{ name = "event_type", type = "STRING" }}, {{ name = "occurred_at", type = "TIMESTAMP" }},
+  {{ name = "channel", type = "STRING" }}, {{ name = "seq", type = "INTEGER" }},
+  {{ name = "attributes", type = "RECORD", fields = [
+    {{ name = "ip", type = "STRING" }}, {{ name = "plan", type = "STRING" }},
+    {{ name = "locale", type = "STRING" }}, {{ name = "session", type = "STRING" }} ] }},
+  {{ name = "_kafka_topic", type = "STRING" }}, {{ name = "_kafka_partition", type = "INTEGER" }},
+  {{ name = "_kafka_offset", type = "INTEGER" }}, {{ name = "_kafka_timestamp", type = "TIMESTAMP" }},
+]
+"#
+    );
+    let tables = bqsink::settings::from_toml(&text).unwrap().bigquery;
+    let mut config = config(&bootstrap, "g-emu-tables", topic, &emulator.url);
+    config.bigquery = bqsink_actors::config::BigQueryConfig {
+        endpoint: emulator.url.clone(),
+        request_timeout_ms: 30_000,
+        ..tables
+    };
+    let pipeline = PipelineHandle::spawn(
+        config.clone(),
+        Arc::new(RestClient::new(&config.bigquery).unwrap()),
+    )
+    .unwrap();
+    wait_fully_committed(
+        &bootstrap,
+        "g-emu-tables",
+        topic,
+        2,
+        Duration::from_secs(120),
+    );
+    let stats = pipeline.stats.snapshot();
+    assert_eq!(pipeline.shutdown().unwrap(), 0);
+    assert_eq!(stats.failed, 0);
+
+    rt.block_on(async {
+        assert_eq!(expected.len(), 7, "{expected:?}");
+        for (table, n) in &expected {
+            assert_eq!(count(&http, &api, &format!("routed.{table}")).await, *n, "{table}");
+        }
+        let get = |t: &str| {
+            let url = format!("{api}/datasets/routed/tables/{t}");
+            let http = http.clone();
+            async move { http.get(url).send().await.unwrap().json::<Value>().await.unwrap() }
+        };
+        // The configured table, as defined: ingestion-time MONTH partitions, two clustering columns.
+        let signup = get("signup").await;
+        assert_eq!(signup["timePartitioning"]["type"], "MONTH", "{signup}");
+        assert!(signup["timePartitioning"].get("field").is_none(), "{signup}");
+        assert_eq!(signup["clustering"]["fields"], json!(["channel", "member_id"]));
+        assert_eq!(signup["schema"]["fields"][0]["mode"], "REQUIRED");
+        // A routed table: schema inferred from its first batch, partitioned and clustered like the
+        // routing entry.
+        let login = get("login").await;
+        assert_eq!(login["timePartitioning"], json!({"type": "DAY", "field": "occurred_at"}), "{login}");
+        assert_eq!(login["clustering"]["fields"], json!(["member_id"]));
+        let types: std::collections::HashMap<String, String> = login["schema"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| (f["name"].as_str().unwrap().to_owned(), f["type"].as_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(types["occurred_at"], "TIMESTAMP");
+        assert_eq!(types["seq"], "INTEGER");
+        assert_eq!(types["attributes"], "RECORD");
+        assert_eq!(types["_kafka_timestamp"], "TIMESTAMP");
+        // Typed values survive: TIMESTAMP columns compare as timestamps.
+        let r = post(
+            &http,
+            format!("{api}/queries"),
+            json!({"query": "SELECT COUNT(*) FROM `local.routed.login` WHERE occurred_at >= TIMESTAMP '2026-11-27 00:00:00' AND attributes.locale = 'ko-KR'", "useLegacySql": false}),
+        )
+        .await;
+        assert_eq!(r["rows"][0]["f"][0]["v"], expected["login"].to_string(), "{r}");
+    });
 }

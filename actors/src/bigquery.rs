@@ -7,9 +7,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
+use crate::stage::batch::InsertOptions;
+use crate::stage::schema::FieldSchema;
 use crate::stage::transform::TableRef;
+use crate::tables::{TableDefinition, TableManager};
 
-/// Sends insertAll requests. Implemented over reqwest in the `bqsink` crate.
+/// Sends insertAll requests and manages tables. Implemented over reqwest in the `bqsink` crate.
+/// Only `insert_all` is required; the table calls default to [`BqError::Unsupported`].
 pub trait BigQuery: Send + Sync + 'static {
     /// POSTs an encoded insertAll body for `table`.
     fn insert_all(
@@ -17,6 +21,39 @@ pub trait BigQuery: Send + Sync + 'static {
         table: &TableRef,
         body: Vec<u8>,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>>;
+
+    /// `tables.get`: the table's schema, or `None` when the table does not exist.
+    fn get_table(
+        &self,
+        _table: &TableRef,
+    ) -> BoxFuture<'static, Result<Option<Vec<FieldSchema>>, BqError>> {
+        Box::pin(async { Err(BqError::Unsupported("tables.get")) })
+    }
+
+    /// `tables.insert`: `Ok(false)` when the table exists already; a 404 when its dataset does not.
+    fn create_table(&self, _def: &TableDefinition) -> BoxFuture<'static, Result<bool, BqError>> {
+        Box::pin(async { Err(BqError::Unsupported("tables.insert")) })
+    }
+
+    /// `datasets.insert`: `Ok(false)` when the dataset exists already.
+    fn create_dataset(&self, _dataset: &str) -> BoxFuture<'static, Result<bool, BqError>> {
+        Box::pin(async { Err(BqError::Unsupported("datasets.insert")) })
+    }
+
+    /// `tables.patch` with a table's complete new schema.
+    fn patch_schema(
+        &self,
+        _table: &TableRef,
+        _schema: Vec<FieldSchema>,
+    ) -> BoxFuture<'static, Result<(), BqError>> {
+        Box::pin(async { Err(BqError::Unsupported("tables.patch")) })
+    }
+
+    /// The table management [`send_with_retry`] applies (auto-creation, new fields, insert
+    /// options); see [`crate::tables::Managed`]. Default none.
+    fn tables(&self) -> Option<&TableManager> {
+        None
+    }
 }
 
 /// The 200 response of insertAll: rows not listed were inserted.
@@ -74,6 +111,10 @@ pub enum BqError {
     Transport(String),
     #[error("unreadable response from BigQuery: {0}")]
     Decode(String),
+    #[error("cannot get an OAuth token for BigQuery: {message}")]
+    Auth { message: String, retryable: bool },
+    #[error("the BigQuery client does not implement {0}")]
+    Unsupported(&'static str),
 }
 
 /// Error reasons worth a retry (BigQuery's error-message table).
@@ -89,7 +130,8 @@ impl BqError {
     pub fn is_retryable(&self) -> bool {
         match self {
             BqError::Timeout | BqError::Transport(_) => true,
-            BqError::Decode(_) => false,
+            BqError::Decode(_) | BqError::Unsupported(_) => false,
+            BqError::Auth { retryable, .. } => *retryable,
             BqError::Http { status, reason, .. } => {
                 *status >= 500 || *status == 429 || RETRYABLE_REASONS.contains(&reason.as_str())
             }
@@ -103,7 +145,14 @@ impl BqError {
             BqError::Transport(_) => "transport",
             BqError::Decode(_) => "decode",
             BqError::Http { .. } => "http",
+            BqError::Auth { .. } => "auth",
+            BqError::Unsupported(_) => "unsupported",
         }
+    }
+
+    /// HTTP 404: the table (or its dataset) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BqError::Http { status: 404, .. })
     }
 }
 
@@ -175,6 +224,10 @@ impl Drop for RetryingGuard<'_> {
 /// BigQuery stopped because of another row, until each row is written or failed. Before every
 /// attempt, rows the hooks no longer `keep` (their partition was revoked) are abandoned; while it
 /// waits to retry, the hooks are told (`retrying`).
+///
+/// With table management ([`BigQuery::tables`]): a missing table is created (once per call; later
+/// 404s are retried, since a new table takes a moment to accept rows), and rows rejected only for
+/// fields the table lacks get those fields added, then are sent again.
 pub async fn send_with_retry(
     bq: &dyn BigQuery,
     table: &TableRef,
@@ -184,6 +237,11 @@ pub async fn send_with_retry(
 ) -> Outcome {
     let mut retrying = RetryingGuard { hooks, on: false };
     let started = Instant::now();
+    let tables = bq.tables();
+    let options = tables.map_or(InsertOptions::default(), |t| t.options);
+    let add_fields = tables.filter(|t| t.allow_new_fields);
+    let create = tables.filter(|t| t.auto_create_tables);
+    let mut tried_create = false;
     let mut backoff = ExponentialBuilder::default()
         .with_min_delay(policy.min_delay)
         .with_max_delay(policy.max_delay)
@@ -204,25 +262,86 @@ pub async fn send_with_retry(
             return outcome;
         }
         let size = todo.iter().map(|&i| entries[i].len() + 1).sum::<usize>() + 80;
-        let body = crate::stage::batch::encode_body(todo.iter().map(|&i| entries[i]), size);
+        let body =
+            crate::stage::batch::encode_body_with(options, todo.iter().map(|&i| entries[i]), size);
         let retry_reason = match bq.insert_all(table, body).await {
             Ok(resp) => {
-                let (written, failed, stopped) = classify(&todo, &resp);
-                outcome.written.extend(written);
-                outcome.failed.extend(failed);
-                if stopped.is_empty() {
-                    return outcome;
-                }
-                // Rows stopped only because another row was invalid: send again at once, no backoff.
-                let progressed = stopped.len() < todo.len();
-                todo = stopped;
-                if progressed {
-                    continue;
-                }
-                BqError::Http {
+                let rows = classify(&todo, &resp, add_fields.is_some());
+                outcome.written.extend(rows.written);
+                outcome.failed.extend(rows.failed);
+                let mut again = rows.stopped;
+                let mut patched = false;
+                let mut reason = BqError::Http {
                     status: 200,
                     reason: "stopped".into(),
                     message: "every row was stopped without an invalid row".into(),
+                };
+                if let (Some(t), false) = (add_fields, rows.unknown_field.is_empty()) {
+                    let sample: Vec<&[u8]> =
+                        rows.unknown_field.iter().map(|&i| entries[i]).collect();
+                    match t.add_fields(bq, table, &sample).await {
+                        Ok(added) => {
+                            patched = !added.is_empty();
+                            if !patched {
+                                reason = BqError::Http {
+                                    status: 200,
+                                    reason: "invalid".into(),
+                                    message: "rows rejected for fields the table has (a schema \
+                                              update takes a moment to apply)"
+                                        .into(),
+                                };
+                            }
+                            again.extend(rows.unknown_field);
+                        }
+                        Err(e) if e.is_retryable() => {
+                            again.extend(rows.unknown_field);
+                            reason = e;
+                        }
+                        Err(e) => {
+                            let text = format!("adding the rows' new fields to {table}: {e}");
+                            outcome.failed.extend(
+                                rows.unknown_field
+                                    .iter()
+                                    .map(|&i| (i, "schema_update", text.clone())),
+                            );
+                        }
+                    }
+                    again.sort_unstable();
+                }
+                if again.is_empty() {
+                    return outcome;
+                }
+                // Rows stopped only because another row was invalid, or rejected for fields that
+                // now exist: send again at once, no backoff.
+                let progressed = again.len() < todo.len() || patched;
+                todo = again;
+                if progressed {
+                    continue;
+                }
+                reason
+            }
+            Err(e) if e.is_not_found() && create.is_some() => {
+                if tried_create {
+                    // Created (or found created) in this call: BigQuery may need a moment.
+                    e
+                } else {
+                    tried_create = true;
+                    let sample: Vec<&[u8]> = todo.iter().map(|&i| entries[i]).collect();
+                    let t = create.expect("checked in the guard");
+                    match t.ensure_table(bq, table, &sample).await {
+                        Ok(()) => continue,
+                        Err(ce) if ce.is_retryable() => {
+                            tried_create = false;
+                            ce
+                        }
+                        Err(ce) => {
+                            let text = format!("creating table {table}: {ce}");
+                            outcome
+                                .failed
+                                .extend(todo.iter().map(|&i| (i, "create_table", text.clone())));
+                            return outcome;
+                        }
+                    }
                 }
             }
             Err(e) if e.is_retryable() => e,
@@ -273,26 +392,50 @@ pub fn retry_delay(next: Duration, reason: &BqError, policy: &RetryPolicy) -> Du
     }
 }
 
+/// The rows of one insertAll request by what became of them (entry indices).
+#[derive(Debug, Default)]
+struct Classified {
+    written: Vec<usize>,
+    failed: Vec<RowFailure>,
+    /// Stopped because of another row, or a retryable error: send again.
+    stopped: Vec<usize>,
+    /// Rejected only for fields the table lacks (when new fields are allowed).
+    unknown_field: Vec<usize>,
+}
+
+/// Whether BigQuery rejected a row for a field the table lacks (`invalid`: "no such field: x.").
+pub fn is_unknown_field(e: &ErrorProto) -> bool {
+    e.reason == "invalid" && e.message.to_ascii_lowercase().contains("no such field")
+}
+
 /// Splits the rows of one request (`sent[i]` is the entry index of request row `i`) by the response:
-/// written, failed for good, or stopped (to send again).
-fn classify(sent: &[usize], resp: &InsertAllResponse) -> (Vec<usize>, Vec<RowFailure>, Vec<usize>) {
+/// written, failed for good, stopped (to send again), or rejected for unknown fields.
+fn classify(sent: &[usize], resp: &InsertAllResponse, unknown_fields_allowed: bool) -> Classified {
     let mut state = vec![None::<&RowErrors>; sent.len()];
     for row in &resp.insert_errors {
         if let Some(s) = state.get_mut(row.index) {
             *s = Some(row);
         }
     }
-    let (mut written, mut failed, mut stopped) = (Vec::new(), Vec::new(), Vec::new());
+    let mut out = Classified::default();
     for (req_idx, errs) in state.into_iter().enumerate() {
         let entry = sent[req_idx];
         match errs {
-            None => written.push(entry),
+            None => out.written.push(entry),
             Some(r)
                 if r.errors.iter().all(|e| {
                     e.reason == "stopped" || RETRYABLE_REASONS.contains(&e.reason.as_str())
                 }) =>
             {
-                stopped.push(entry)
+                out.stopped.push(entry)
+            }
+            Some(r)
+                if unknown_fields_allowed
+                    && r.errors
+                        .iter()
+                        .all(|e| e.reason == "stopped" || is_unknown_field(e)) =>
+            {
+                out.unknown_field.push(entry)
             }
             Some(r) => {
                 let text = r
@@ -302,7 +445,7 @@ fn classify(sent: &[usize], resp: &InsertAllResponse) -> (Vec<usize>, Vec<RowFai
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("; ");
-                failed.push((
+                out.failed.push((
                     entry,
                     "insert_error",
                     format!("BigQuery rejected the row: {text}"),
@@ -310,7 +453,7 @@ fn classify(sent: &[usize], resp: &InsertAllResponse) -> (Vec<usize>, Vec<RowFai
             }
         }
     }
-    (written, failed, stopped)
+    out
 }
 
 #[cfg(test)]

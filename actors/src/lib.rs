@@ -17,5 +17,6 @@ pub mod converter;
 pub mod deduplicator;
 pub mod error_report;
 pub mod supervisor;
+pub mod tables;
 pub mod transformer;
 pub mod writer;

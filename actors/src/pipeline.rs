@@ -50,6 +50,8 @@ pub fn start_with_destinations(
 ) -> Addr<SupervisorActor> {
     let config = config.clone();
     let workers = config.workers();
+    // Table auto-creation, new fields and insert options from `[bigquery]` (see tables.rs).
+    let bq: Arc<dyn BigQuery> = Arc::new(crate::tables::Managed::new(bq, &config));
     SupervisorActor::create(move |ctx| {
         let errors = ErrorReportActor {
             tolerance: config.errors.tolerance,

@@ -52,6 +52,31 @@ pub fn encode_body<'a>(entries: impl IntoIterator<Item = &'a [u8]>, size_hint: u
     body
 }
 
+/// insertAll's request options (`bigquery.skip_invalid_rows`, `bigquery.ignore_unknown_values`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InsertOptions {
+    pub skip_invalid_rows: bool,
+    pub ignore_unknown_values: bool,
+}
+
+/// Encodes an insertAll request body with these options. Never longer than [`encode_body`]'s (which
+/// the batcher's size accounting assumes): `true` is shorter than `false`.
+pub fn encode_body_with<'a>(
+    options: InsertOptions,
+    entries: impl IntoIterator<Item = &'a [u8]>,
+    size_hint: usize,
+) -> Vec<u8> {
+    let mut body = encode_body(entries, size_hint);
+    if options != InsertOptions::default() {
+        let head = format!(
+            r#"{{"skipInvalidRows":{},"ignoreUnknownValues":{},"rows":["#,
+            options.skip_invalid_rows, options.ignore_unknown_values
+        );
+        body.splice(..BODY_HEAD.len(), head.into_bytes());
+    }
+    body
+}
+
 /// Groups rows per table.
 pub struct Batcher<T> {
     max_rows: usize,
@@ -141,6 +166,25 @@ mod tests {
             t.clone(),
             format!("{{\"json\":{{\"n\":{n}}}}}").into_bytes(),
         )
+    }
+
+    #[test]
+    fn insert_options_are_encoded_and_never_lengthen_the_body() {
+        let t = table("a");
+        let rows = [row(&t, 1), row(&t, 2)];
+        let plain = encode_body(rows.iter().map(|r| r.entry()), 0);
+        for (skip, ignore) in [(false, false), (true, false), (false, true), (true, true)] {
+            let opts = InsertOptions {
+                skip_invalid_rows: skip,
+                ignore_unknown_values: ignore,
+            };
+            let body = encode_body_with(opts, rows.iter().map(|r| r.entry()), 0);
+            assert!(body.len() <= plain.len());
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["skipInvalidRows"], skip);
+            assert_eq!(v["ignoreUnknownValues"], ignore);
+            assert_eq!(v["rows"][1]["json"]["n"], 2);
+        }
     }
 
     #[test]

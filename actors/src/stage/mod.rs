@@ -6,4 +6,5 @@ pub mod convert;
 pub mod dedup;
 pub mod flow;
 pub mod offsets;
+pub mod schema;
 pub mod transform;

@@ -11,6 +11,7 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::{Config, DedupKey, InsertIdMode, TransformConfig};
 use crate::messages::{RawRecord, Tp};
+use crate::stage::schema::{sanitize_field_names, NameCollision};
 
 /// A BigQuery table within the configured project.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,6 +72,8 @@ pub enum TransformError {
     Oversize { size: usize, limit: usize },
     #[error("rename of `{from}` to `{to}` would overwrite an existing field")]
     RenameCollision { from: String, to: String },
+    #[error(transparent)]
+    FieldNameCollision(#[from] NameCollision),
 }
 
 impl TransformError {
@@ -78,6 +81,7 @@ impl TransformError {
         match self {
             TransformError::Oversize { .. } => "oversize",
             TransformError::RenameCollision { .. } => "rename_collision",
+            TransformError::FieldNameCollision(_) => "field_name_collision",
         }
     }
 }
@@ -99,17 +103,45 @@ pub struct Transformer {
     dataset: String,
     configured: HashMap<String, Arc<TableRef>>,
     routed: HashMap<Arc<str>, Arc<TableRef>>,
+    /// Topics routed by a record field (`table_from`).
+    by_field: HashMap<String, FieldRoute>,
+    sanitize_field_names: bool,
 }
+
+/// Routing by a record field: the pointer, the fallback table, and the tables named so far.
+struct FieldRoute {
+    pointer: String,
+    fallback: Arc<TableRef>,
+    tables: HashMap<String, Arc<TableRef>>,
+}
+
+/// Field values remembered per routed topic; beyond, the memory starts over.
+const MAX_ROUTED_VALUES: usize = 10_000;
 
 impl Transformer {
     pub fn new(config: &Config) -> Self {
         let dataset = config.bigquery.dataset.clone();
-        let configured = config
-            .bigquery
-            .tables
-            .iter()
-            .filter_map(|(topic, t)| Some((topic.clone(), Arc::new(TableRef::parse(t, &dataset)?))))
-            .collect();
+        let mut configured = HashMap::new();
+        let mut by_field = HashMap::new();
+        for entry in config.bigquery.tables.iter() {
+            let Some(table) = TableRef::parse(&entry.table, &dataset) else {
+                continue; // rejected by Config::validate
+            };
+            let table = Arc::new(table);
+            for topic in &entry.topics {
+                configured.insert(topic.clone(), Arc::clone(&table));
+                if let Some(pointer) = &entry.table_from {
+                    by_field.insert(
+                        topic.clone(),
+                        FieldRoute {
+                            pointer: pointer.clone(),
+                            fallback: Arc::clone(&table),
+                            tables: HashMap::new(),
+                        },
+                    );
+                }
+            }
+        }
         Self {
             cfg: config.transform.clone(),
             dedup_key: config.dedup.key.clone(),
@@ -118,7 +150,40 @@ impl Transformer {
             dataset,
             configured,
             routed: HashMap::new(),
+            by_field,
+            sanitize_field_names: config.bigquery.sanitize_field_names,
         }
+    }
+
+    /// The table a record goes to: named by its `table_from` field when its topic has one (the
+    /// value sanitized like a topic name, in the dataset of the fallback table), else by topic.
+    /// A missing, null, empty, object or array value goes to the fallback table.
+    pub fn table_for_record(
+        &mut self,
+        topic: &Arc<str>,
+        value: &Map<String, Value>,
+    ) -> Arc<TableRef> {
+        let Some(route) = self.by_field.get_mut(&**topic) else {
+            return self.table_for(topic);
+        };
+        let name: std::borrow::Cow<'_, str> = match pointer(value, &route.pointer) {
+            Some(Value::String(s)) if !s.is_empty() => std::borrow::Cow::Borrowed(s),
+            Some(Value::Number(n)) => std::borrow::Cow::Owned(n.to_string()),
+            Some(Value::Bool(b)) => std::borrow::Cow::Owned(b.to_string()),
+            _ => return Arc::clone(&route.fallback),
+        };
+        if let Some(t) = route.tables.get(&*name) {
+            return Arc::clone(t);
+        }
+        if route.tables.len() >= MAX_ROUTED_VALUES {
+            route.tables.clear();
+        }
+        let table = Arc::new(TableRef {
+            dataset: route.fallback.dataset.clone(),
+            table: sanitize_table_name(&name),
+        });
+        route.tables.insert(name.into_owned(), Arc::clone(&table));
+        table
     }
 
     /// The table a topic's rows go to.
@@ -143,7 +208,7 @@ impl Transformer {
         source: &RawRecord,
         mut value: Map<String, Value>,
     ) -> Result<Transformed, TransformError> {
-        let table = self.table_for(&tp.topic);
+        let table = self.table_for_record(&tp.topic, &value);
         // The dedup key is read from the record as produced, before any field is dropped or renamed.
         let dedup = dedup_key(&self.dedup_key, &value, source).map(|key| {
             let mut scoped = Vec::with_capacity(table.table.len() + key.len() + 2);
@@ -168,6 +233,9 @@ impl Transformer {
                 }
                 value.insert(to.clone(), v);
             }
+        }
+        if self.sanitize_field_names {
+            sanitize_field_names(&mut value)?;
         }
         let meta = &self.cfg.metadata;
         if meta.topic {
@@ -386,6 +454,83 @@ mod tests {
         assert_eq!(sanitize_table_name("über-topic.v2"), "_ber_topic_v2");
         assert!(TableRef::parse("a.b.c", "d").is_none());
         assert!(TableRef::parse("bad name", "d").is_none());
+    }
+
+    #[test]
+    fn routes_by_a_record_field_with_a_fallback() {
+        let c = crate::config::Config {
+            bigquery: crate::config::BigQueryConfig {
+                dataset: "events".into(),
+                tables: crate::config::Tables(vec![crate::config::TableConfig {
+                    topics: vec!["member-events".into()],
+                    table: "raw.unrouted".into(),
+                    table_from: Some("/event_type".into()),
+                    ..Default::default()
+                }]),
+                ..config().bigquery
+            },
+            ..config()
+        };
+        let mut t = Transformer::new(&c);
+        let table = |t: &mut Transformer, payload: &str| {
+            run(t, "member-events", &record(1, payload))
+                .unwrap()
+                .0
+                .table
+                .to_string()
+        };
+        assert_eq!(table(&mut t, r#"{"event_type":"sign-up"}"#), "raw.sign_up");
+        assert_eq!(table(&mut t, r#"{"event_type":"login"}"#), "raw.login");
+        assert_eq!(
+            table(&mut t, r#"{"event_type":"sign-up","x":1}"#),
+            "raw.sign_up"
+        );
+        assert_eq!(table(&mut t, r#"{"event_type":7}"#), "raw.7");
+        for fallback in [
+            r#"{}"#,
+            r#"{"event_type":null}"#,
+            r#"{"event_type":""}"#,
+            r#"{"event_type":{"a":1}}"#,
+        ] {
+            assert_eq!(table(&mut t, fallback), "raw.unrouted", "{fallback}");
+        }
+        // Other topics are routed by topic.
+        assert_eq!(
+            run(&mut t, "other", &record(1, r#"{"event_type":"login"}"#))
+                .unwrap()
+                .0
+                .table
+                .to_string(),
+            "events.other"
+        );
+        // The field is read from the record as produced, before drops and renames.
+        let mut c2 = c.clone();
+        c2.transform.drop = vec!["event_type".into()];
+        let mut t2 = Transformer::new(&c2);
+        let (out, entry) = run(
+            &mut t2,
+            "member-events",
+            &record(1, r#"{"event_type":"login"}"#),
+        )
+        .unwrap();
+        assert_eq!(out.table.to_string(), "raw.login");
+        assert!(entry["json"].get("event_type").is_none());
+    }
+
+    #[test]
+    fn sanitizes_field_names_when_asked() {
+        let mut c = config();
+        let payload = r#"{"event_id":"e1","user-id":1,"1st":{"a.b":2}}"#;
+        let (_, entry) = run(&mut Transformer::new(&c), "t", &record(1, payload)).unwrap();
+        assert_eq!(entry["json"]["user-id"], 1, "off by default");
+        c.bigquery.sanitize_field_names = true;
+        let mut t = Transformer::new(&c);
+        let (_, entry) = run(&mut t, "t", &record(1, payload)).unwrap();
+        assert_eq!(entry["json"]["user_id"], 1);
+        assert_eq!(entry["json"]["_1st"]["a_b"], 2);
+        assert_eq!(entry["insertId"], "e1");
+        let err = run(&mut t, "t", &record(2, r#"{"a-b":1,"a.b":2}"#)).unwrap_err();
+        assert_eq!(err.class(), "field_name_collision");
     }
 
     #[test]

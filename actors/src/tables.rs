@@ -1,0 +1,845 @@
+//! Table management, as kafka-connect-bigquery users know it: a missing table (and dataset) is
+//! created from its configured definition or from a schema inferred from the first batch's rows, and
+//! fields that BigQuery rejected rows for are added to the table. [`send_with_retry`] drives both;
+//! the writer does not know about them.
+//!
+//! [`send_with_retry`]: crate::bigquery::send_with_retry
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+
+use crate::bigquery::{BigQuery, BqError, InsertAllResponse};
+use crate::config::{BigQueryConfig, Config, PartitionType};
+use crate::stage::batch::InsertOptions;
+use crate::stage::schema::{self, FieldSchema};
+use crate::stage::transform::TableRef;
+
+/// What `tables.insert` is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDefinition {
+    pub table: TableRef,
+    pub schema: Vec<FieldSchema>,
+    pub time_partitioning: Option<TimePartitioning>,
+    /// Clustering columns (none: not clustered).
+    pub clustering: Vec<String>,
+}
+
+/// `timePartitioning`: by a column, or by ingestion time when `field` is `None`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimePartitioning {
+    pub kind: PartitionType,
+    pub field: Option<String>,
+}
+
+/// The configured definition of a table (or of the tables a `table_from` entry routes to).
+#[derive(Debug, Default)]
+struct Spec {
+    /// Empty: inferred.
+    schema: Vec<FieldSchema>,
+    time_partitioning: Option<TimePartitioning>,
+    clustering: Vec<String>,
+}
+
+/// Types that inference must use whatever the rows hold.
+const TIMESTAMP_COLUMNS: &[&str] = &["_kafka_timestamp"];
+
+/// Table settings from `[bigquery]`, and a lock per table so that concurrent batches create or
+/// patch a table once.
+pub struct TableManager {
+    pub auto_create_tables: bool,
+    pub auto_create_dataset: bool,
+    pub allow_new_fields: bool,
+    pub options: InsertOptions,
+    specs: HashMap<TableRef, Arc<Spec>>,
+    /// For tables named by a record field that no entry defines: the routing entry's definition,
+    /// by the dataset of its fallback table.
+    templates: Vec<(String, Arc<Spec>)>,
+    /// The tables of topics no entry lists (named after the topic): never routed by a field.
+    topic_tables: std::collections::HashSet<TableRef>,
+    locks: Mutex<HashMap<TableRef, Arc<tokio::sync::Mutex<()>>>>,
+    /// Datasets created (or found) by this process.
+    datasets: Mutex<std::collections::HashSet<String>>,
+}
+
+impl TableManager {
+    /// Table management for `config` (`topics`: the topics consumed, `kafka.topics`).
+    pub fn new(config: &BigQueryConfig, topics: &[String]) -> Self {
+        let listed: std::collections::HashSet<&str> = config
+            .tables
+            .iter()
+            .flat_map(|t| t.topics.iter().map(String::as_str))
+            .collect();
+        let topic_tables = topics
+            .iter()
+            .filter(|t| !listed.contains(t.as_str()))
+            .map(|t| TableRef {
+                dataset: config.dataset.clone(),
+                table: crate::stage::transform::sanitize_table_name(t),
+            })
+            .collect();
+        let mut specs = HashMap::new();
+        let mut templates = Vec::new();
+        for t in config.tables.iter() {
+            let Some(table) = TableRef::parse(&t.table, &config.dataset) else {
+                continue; // rejected by Config::validate
+            };
+            let time_partitioning = match (t.partition_type, &t.partition_field) {
+                (None, None) => None,
+                (kind, field) => Some(TimePartitioning {
+                    kind: kind.unwrap_or(PartitionType::Day),
+                    field: field.clone(),
+                }),
+            };
+            let spec = Arc::new(Spec {
+                schema: t.schema.iter().map(FieldSchema::from).collect(),
+                time_partitioning,
+                clustering: t.clustering.clone(),
+            });
+            if t.table_from.is_some() {
+                templates.push((table.dataset.clone(), Arc::clone(&spec)));
+            }
+            specs.insert(table, spec);
+        }
+        Self {
+            auto_create_tables: config.auto_create_tables,
+            auto_create_dataset: config.auto_create_dataset,
+            allow_new_fields: config.allow_new_fields,
+            options: InsertOptions {
+                skip_invalid_rows: config.skip_invalid_rows,
+                ignore_unknown_values: config.ignore_unknown_values,
+            },
+            specs,
+            templates,
+            topic_tables,
+            locks: Mutex::new(HashMap::new()),
+            datasets: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    fn spec(&self, table: &TableRef) -> Option<&Spec> {
+        if self.topic_tables.contains(table) {
+            return None;
+        }
+        self.specs
+            .get(table)
+            .or_else(|| {
+                self.templates
+                    .iter()
+                    .find(|(d, _)| *d == table.dataset)
+                    .map(|(_, s)| s)
+            })
+            .map(|s| &**s)
+    }
+
+    /// Type hints for inference: `_kafka_timestamp` and the partitioning column are TIMESTAMPs.
+    fn hints<'a>(&self, spec: Option<&'a Spec>) -> Vec<(&'a str, &'static str)> {
+        let mut hints: Vec<(&str, &str)> = TIMESTAMP_COLUMNS
+            .iter()
+            .map(|c| (*c, "TIMESTAMP"))
+            .collect();
+        if let Some(field) = spec
+            .and_then(|s| s.time_partitioning.as_ref())
+            .and_then(|p| p.field.as_deref())
+        {
+            hints.push((field, "TIMESTAMP"));
+        }
+        hints
+    }
+
+    /// The definition `table` is created with: its configured schema, or one inferred from `rows`
+    /// (encoded insertAll entries), with the configured partitioning and clustering.
+    pub fn definition(&self, table: &TableRef, rows: &[&[u8]]) -> TableDefinition {
+        let spec = self.spec(table);
+        let schema = match spec {
+            Some(s) if !s.schema.is_empty() => s.schema.clone(),
+            _ => {
+                let rows = row_objects(rows);
+                let mut schema = schema::infer(rows.iter(), &self.hints(spec));
+                // Partitioning and clustering columns must exist: ones no row had are added.
+                let partition = spec
+                    .and_then(|s| s.time_partitioning.as_ref())
+                    .and_then(|p| p.field.as_ref())
+                    .map(|f| (f, "TIMESTAMP"));
+                let clustering = spec
+                    .map(|s| s.clustering.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|c| (c, "STRING"));
+                for (name, t) in partition.into_iter().chain(clustering) {
+                    if !schema.iter().any(|f| f.name.eq_ignore_ascii_case(name)) {
+                        schema.push(FieldSchema::new(name.clone(), t, "NULLABLE"));
+                    }
+                }
+                schema
+            }
+        };
+        TableDefinition {
+            table: table.clone(),
+            schema,
+            time_partitioning: spec.and_then(|s| s.time_partitioning.clone()),
+            clustering: spec.map(|s| s.clustering.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn lock(&self, table: &TableRef) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(locks.entry(table.clone()).or_default())
+    }
+
+    /// Creates `table` (and, with `auto_create_dataset`, its dataset) from [`Self::definition`].
+    /// A table that exists already is fine: another batch or instance created it.
+    pub async fn ensure_table(
+        &self,
+        bq: &dyn BigQuery,
+        table: &TableRef,
+        rows: &[&[u8]],
+    ) -> Result<(), BqError> {
+        let lock = self.lock(table);
+        let _held = lock.lock().await;
+        let def = self.definition(table, rows);
+        let known = |m: &Mutex<std::collections::HashSet<String>>| {
+            m.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&table.dataset)
+        };
+        if self.auto_create_dataset && !known(&self.datasets) {
+            // Before the table: some servers (bqemulator) answer 500, not 404, for a table in a
+            // missing dataset.
+            self.create_dataset(bq, &table.dataset).await?;
+        }
+        let created = match bq.create_table(&def).await {
+            Err(e) if e.is_not_found() && self.auto_create_dataset => {
+                // The dataset went away since.
+                self.create_dataset(bq, &table.dataset).await?;
+                bq.create_table(&def).await?
+            }
+            other => other?,
+        };
+        if created {
+            tracing::info!(
+                table = %table,
+                fields = def.schema.len(),
+                inferred = self.spec(table).is_none_or(|s| s.schema.is_empty()),
+                partitioning = ?def.time_partitioning,
+                clustering = ?def.clustering,
+                "created table"
+            );
+        }
+        Ok(())
+    }
+
+    async fn create_dataset(&self, bq: &dyn BigQuery, dataset: &str) -> Result<(), BqError> {
+        if bq.create_dataset(dataset).await? {
+            tracing::info!(dataset = %dataset, "created dataset");
+        }
+        self.datasets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(dataset.to_owned());
+        Ok(())
+    }
+
+    /// Adds the fields of `rows` (encoded insertAll entries) that `table` lacks, typed by inference,
+    /// with `tables.patch`. Returns their paths; none when the table has them all already (another
+    /// batch added them, or a type mismatch is to blame).
+    pub async fn add_fields(
+        &self,
+        bq: &dyn BigQuery,
+        table: &TableRef,
+        rows: &[&[u8]],
+    ) -> Result<Vec<String>, BqError> {
+        let lock = self.lock(table);
+        let _held = lock.lock().await;
+        let current = bq.get_table(table).await?.ok_or_else(|| BqError::Http {
+            status: 404,
+            reason: "notFound".into(),
+            message: format!("table {table} disappeared while adding fields"),
+        })?;
+        let rows = row_objects(rows);
+        let inferred = schema::infer(rows.iter(), &self.hints(self.spec(table)));
+        let (merged, added) = schema::merge_missing(&current, &inferred);
+        if !added.is_empty() {
+            bq.patch_schema(table, merged).await?;
+            tracing::info!(table = %table, fields = ?added, "added fields to the table");
+        }
+        Ok(added)
+    }
+}
+
+/// The `json` objects of encoded insertAll entries (ones that do not parse are skipped).
+fn row_objects(entries: &[&[u8]]) -> Vec<Map<String, Value>> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            match serde_json::from_slice::<Value>(e)
+                .ok()?
+                .get_mut("json")?
+                .take()
+            {
+                Value::Object(m) => Some(m),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A BigQuery client with table management: what the writer is given when `[bigquery]` asks for
+/// any (see [`TableManager`]). Every call goes to the inner client.
+pub struct Managed {
+    inner: Arc<dyn BigQuery>,
+    tables: TableManager,
+}
+
+impl Managed {
+    pub fn new(inner: Arc<dyn BigQuery>, config: &Config) -> Self {
+        Self {
+            inner,
+            tables: TableManager::new(&config.bigquery, &config.kafka.topics),
+        }
+    }
+}
+
+impl BigQuery for Managed {
+    fn insert_all(
+        &self,
+        table: &TableRef,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
+        self.inner.insert_all(table, body)
+    }
+
+    fn get_table(
+        &self,
+        table: &TableRef,
+    ) -> BoxFuture<'static, Result<Option<Vec<FieldSchema>>, BqError>> {
+        self.inner.get_table(table)
+    }
+
+    fn create_table(&self, def: &TableDefinition) -> BoxFuture<'static, Result<bool, BqError>> {
+        self.inner.create_table(def)
+    }
+
+    fn create_dataset(&self, dataset: &str) -> BoxFuture<'static, Result<bool, BqError>> {
+        self.inner.create_dataset(dataset)
+    }
+
+    fn patch_schema(
+        &self,
+        table: &TableRef,
+        schema: Vec<FieldSchema>,
+    ) -> BoxFuture<'static, Result<(), BqError>> {
+        self.inner.patch_schema(table, schema)
+    }
+
+    fn tables(&self) -> Option<&TableManager> {
+        Some(&self.tables)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::bigquery::{send_with_retry, ErrorProto, Outcome, RetryPolicy, RowErrors};
+    use crate::config::{FieldConfig, FieldMode, FieldType, TableConfig, Tables};
+    use crate::stage::schema::unknown_fields;
+
+    /// BigQuery in memory: datasets, tables with schemas, rows; "no such field" rejections like
+    /// BigQuery's (the other rows `stopped`, unless skipInvalidRows).
+    #[derive(Default)]
+    struct State {
+        datasets: HashSet<String>,
+        tables: HashMap<String, TableDefinition>,
+        rows: HashMap<String, Vec<Value>>,
+        calls: Vec<String>,
+        /// insertAll answers 404 this many more times after a table exists (BigQuery's delay).
+        lag_404: usize,
+    }
+
+    #[derive(Default)]
+    struct Memory(Mutex<State>);
+
+    fn not_found(what: String) -> BqError {
+        BqError::Http {
+            status: 404,
+            reason: "notFound".into(),
+            message: format!("Not found: {what}"),
+        }
+    }
+
+    impl Memory {
+        fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            self.0.lock().unwrap()
+        }
+
+        fn insert(&self, table: &TableRef, body: &[u8]) -> Result<InsertAllResponse, BqError> {
+            let mut st = self.state();
+            st.calls.push("insertAll".into());
+            let key = table.to_string();
+            let Some(def) = st.tables.get(&key) else {
+                return Err(not_found(format!("Table p:{key}")));
+            };
+            let schema = def.schema.clone();
+            if st.lag_404 > 0 {
+                st.lag_404 -= 1;
+                return Err(not_found(format!("Table p:{key}")));
+            }
+            let req: Value = serde_json::from_slice(body).unwrap();
+            let (skip, ignore) = (
+                req["skipInvalidRows"] == true,
+                req["ignoreUnknownValues"] == true,
+            );
+            let rows = req["rows"].as_array().unwrap();
+            let mut bad = Vec::new();
+            for (index, r) in rows.iter().enumerate() {
+                let unknown = unknown_fields(&schema, r["json"].as_object().unwrap());
+                if !unknown.is_empty() && !ignore {
+                    let errors = unknown
+                        .iter()
+                        .map(|f| ErrorProto {
+                            reason: "invalid".into(),
+                            location: f.clone(),
+                            message: format!("no such field: {f}."),
+                        })
+                        .collect();
+                    bad.push(RowErrors { index, errors });
+                }
+            }
+            let bad_idx: HashSet<usize> = bad.iter().map(|r| r.index).collect();
+            if bad.is_empty() || skip {
+                let stored = st.rows.entry(key).or_default();
+                stored.extend(
+                    rows.iter()
+                        .enumerate()
+                        .filter(|(i, _)| !bad_idx.contains(i))
+                        .map(|(_, r)| r["json"].clone()),
+                );
+            } else {
+                for index in (0..rows.len()).filter(|i| !bad_idx.contains(i)) {
+                    bad.push(RowErrors {
+                        index,
+                        errors: vec![ErrorProto {
+                            reason: "stopped".into(),
+                            ..Default::default()
+                        }],
+                    });
+                }
+            }
+            Ok(InsertAllResponse { insert_errors: bad })
+        }
+    }
+
+    impl BigQuery for Memory {
+        fn insert_all(
+            &self,
+            table: &TableRef,
+            body: Vec<u8>,
+        ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
+            let r = self.insert(table, &body);
+            Box::pin(async move { r })
+        }
+
+        fn get_table(
+            &self,
+            table: &TableRef,
+        ) -> BoxFuture<'static, Result<Option<Vec<FieldSchema>>, BqError>> {
+            let mut st = self.state();
+            st.calls.push("tables.get".into());
+            let r = st.tables.get(&table.to_string()).map(|d| d.schema.clone());
+            Box::pin(async move { Ok(r) })
+        }
+
+        fn create_table(&self, def: &TableDefinition) -> BoxFuture<'static, Result<bool, BqError>> {
+            let mut st = self.state();
+            st.calls.push("tables.insert".into());
+            let r = if !st.datasets.contains(&def.table.dataset) {
+                Err(not_found(format!("Dataset p:{}", def.table.dataset)))
+            } else {
+                match st.tables.entry(def.table.to_string()) {
+                    std::collections::hash_map::Entry::Occupied(_) => Ok(false),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(def.clone());
+                        Ok(true)
+                    }
+                }
+            };
+            Box::pin(async move { r })
+        }
+
+        fn create_dataset(&self, dataset: &str) -> BoxFuture<'static, Result<bool, BqError>> {
+            let mut st = self.state();
+            st.calls.push("datasets.insert".into());
+            let r = Ok(st.datasets.insert(dataset.to_owned()));
+            Box::pin(async move { r })
+        }
+
+        fn patch_schema(
+            &self,
+            table: &TableRef,
+            schema: Vec<FieldSchema>,
+        ) -> BoxFuture<'static, Result<(), BqError>> {
+            let mut st = self.state();
+            st.calls.push("tables.patch".into());
+            let r = match st.tables.get_mut(&table.to_string()) {
+                Some(d) => {
+                    d.schema = schema;
+                    Ok(())
+                }
+                None => Err(not_found(table.to_string())),
+            };
+            Box::pin(async move { r })
+        }
+    }
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            timeout: Duration::from_secs(10),
+            max_delay: Duration::from_millis(5),
+            min_delay: Duration::from_millis(1),
+        }
+    }
+
+    fn table() -> TableRef {
+        TableRef {
+            dataset: "ds".into(),
+            table: "t".into(),
+        }
+    }
+
+    fn config(f: impl FnOnce(&mut BigQueryConfig)) -> BigQueryConfig {
+        let mut c = BigQueryConfig {
+            project: "p".into(),
+            dataset: "ds".into(),
+            ..Default::default()
+        };
+        f(&mut c);
+        c
+    }
+
+    fn entries(rows: &[Value]) -> Vec<Vec<u8>> {
+        rows.iter()
+            .map(|r| serde_json::to_vec(&json!({ "json": r })).unwrap())
+            .collect()
+    }
+
+    fn managed(memory: Arc<Memory>, config: &BigQueryConfig) -> Managed {
+        let config = Config {
+            bigquery: config.clone(),
+            ..Config::default()
+        };
+        Managed::new(memory, &config)
+    }
+
+    async fn send(memory: Arc<Memory>, config: &BigQueryConfig, rows: &[Value]) -> Outcome {
+        let managed = managed(memory, config);
+        let e = entries(rows);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        send_with_retry(&managed, &table(), &refs, policy(), &|_| true).await
+    }
+
+    fn names(schema: &[FieldSchema]) -> Vec<(&str, &str, &str)> {
+        schema
+            .iter()
+            .map(|f| {
+                (
+                    f.name.as_str(),
+                    f.field_type.as_str(),
+                    f.mode.as_deref().unwrap_or(""),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_and_dataset_are_created_from_the_rows_then_written() {
+        let memory = Arc::new(Memory::default());
+        let c = config(|c| {
+            c.auto_create_tables = true;
+            c.auto_create_dataset = true;
+        });
+        let rows = [
+            json!({"id": "a", "n": 1, "_kafka_timestamp": "2026-01-01T00:00:00.000Z"}),
+            json!({"id": "b", "n": 2.5, "tags": ["x"], "_kafka_timestamp": null}),
+        ];
+        let out = send(Arc::clone(&memory), &c, &rows).await;
+        assert_eq!(out.written, vec![0, 1]);
+        assert!(out.failed.is_empty());
+        let st = memory.state();
+        assert_eq!(
+            st.calls,
+            ["insertAll", "datasets.insert", "tables.insert", "insertAll"]
+        );
+        let def = &st.tables["ds.t"];
+        assert_eq!(
+            names(&def.schema),
+            [
+                ("_kafka_timestamp", "TIMESTAMP", "NULLABLE"),
+                ("id", "STRING", "NULLABLE"),
+                ("n", "FLOAT", "NULLABLE"),
+                ("tags", "STRING", "REPEATED"),
+            ]
+        );
+        assert_eq!(def.time_partitioning, None);
+        assert_eq!(st.rows["ds.t"].len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_configured_definition_is_sent_and_404s_after_creation_are_retried() {
+        let memory = Arc::new(Memory::default());
+        memory.state().datasets.insert("ds".into());
+        memory.state().lag_404 = 2;
+        let field = |name: &str, t: FieldType, mode: FieldMode| FieldConfig {
+            name: name.into(),
+            field_type: t,
+            mode,
+            fields: vec![],
+            description: None,
+        };
+        let c = config(|c| {
+            c.auto_create_tables = true;
+            c.tables = Tables(vec![TableConfig {
+                table: "t".into(),
+                schema: vec![
+                    field("id", FieldType::String, FieldMode::Required),
+                    field("at", FieldType::Timestamp, FieldMode::Nullable),
+                    FieldConfig {
+                        fields: vec![field("ip", FieldType::String, FieldMode::Nullable)],
+                        ..field("attrs", FieldType::Record, FieldMode::Nullable)
+                    },
+                ],
+                partition_field: Some("at".into()),
+                partition_type: Some(PartitionType::Hour),
+                clustering: vec!["id".into()],
+                ..Default::default()
+            }]);
+        });
+        let out = send(
+            Arc::clone(&memory),
+            &c,
+            &[json!({"id": "a", "at": "2026-01-01T00:00:00Z"})],
+        )
+        .await;
+        assert_eq!(out.written, vec![0]);
+        assert_eq!(
+            out.retries, 2,
+            "404s after the creation are retried with backoff"
+        );
+        let st = memory.state();
+        assert_eq!(st.calls.iter().filter(|c| *c == "tables.insert").count(), 1);
+        let def = &st.tables["ds.t"];
+        assert_eq!(
+            names(&def.schema),
+            [
+                ("id", "STRING", "REQUIRED"),
+                ("at", "TIMESTAMP", "NULLABLE"),
+                ("attrs", "RECORD", "NULLABLE")
+            ]
+        );
+        assert_eq!(names(&def.schema[2].fields), [("ip", "STRING", "NULLABLE")]);
+        assert_eq!(
+            def.time_partitioning,
+            Some(TimePartitioning {
+                kind: PartitionType::Hour,
+                field: Some("at".into())
+            })
+        );
+        assert_eq!(def.clustering, ["id"]);
+    }
+
+    #[test]
+    fn routed_tables_take_their_routing_entry_definition_and_topic_tables_none() {
+        let bq = config(|c| {
+            c.tables = Tables(vec![
+                TableConfig {
+                    topics: vec!["events".into()],
+                    table: "fallback".into(),
+                    table_from: Some("/type".into()),
+                    partition_field: Some("at".into()),
+                    clustering: vec!["k".into()],
+                    ..Default::default()
+                },
+                TableConfig {
+                    table: "other.own".into(),
+                    partition_type: Some(PartitionType::Month),
+                    ..Default::default()
+                },
+            ]);
+        });
+        let m = TableManager::new(&bq, &["events".into(), "plain-topic".into()]);
+        let t = |d: &str, n: &str| TableRef {
+            dataset: d.into(),
+            table: n.into(),
+        };
+        let row = entries(&[json!({"k": "a", "n": 1})]);
+        let rows: Vec<&[u8]> = row.iter().map(Vec::as_slice).collect();
+        // A table a record field named: partitioned and clustered like its routing entry, the
+        // partitioning column added as TIMESTAMP although no row had it.
+        let routed = m.definition(&t("ds", "signup"), &rows);
+        assert_eq!(
+            routed.time_partitioning,
+            Some(TimePartitioning {
+                kind: PartitionType::Day,
+                field: Some("at".into())
+            })
+        );
+        assert_eq!(routed.clustering, ["k"]);
+        assert_eq!(
+            names(&routed.schema),
+            [
+                ("k", "STRING", "NULLABLE"),
+                ("n", "INTEGER", "NULLABLE"),
+                ("at", "TIMESTAMP", "NULLABLE")
+            ]
+        );
+        // An entry's own table: its own definition (ingestion-time MONTH partitions).
+        let own = m.definition(&t("other", "own"), &rows);
+        assert_eq!(
+            own.time_partitioning,
+            Some(TimePartitioning {
+                kind: PartitionType::Month,
+                field: None
+            })
+        );
+        // The table of a topic no entry lists: nothing but the inferred schema.
+        let plain = m.definition(&t("ds", "plain_topic"), &rows);
+        assert_eq!((plain.time_partitioning, plain.clustering.len()), (None, 0));
+        assert_eq!(plain.schema.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn without_auto_create_a_missing_table_fails_the_rows() {
+        let memory = Arc::new(Memory::default());
+        let out = send(Arc::clone(&memory), &config(|_| {}), &[json!({"a": 1})]).await;
+        assert!(out.written.is_empty());
+        assert_eq!(out.failed.len(), 1);
+        assert!(out.failed[0].2.contains("404"), "{:?}", out.failed);
+        assert_eq!(memory.state().calls, ["insertAll"]);
+        // With auto-create but no dataset and no auto_create_dataset: a failure naming the cause.
+        let c = config(|c| c.auto_create_tables = true);
+        let out = send(Arc::clone(&memory), &c, &[json!({"a": 1})]).await;
+        assert_eq!(out.failed[0].1, "create_table");
+        assert!(out.failed[0].2.contains("Dataset"), "{:?}", out.failed);
+    }
+
+    fn existing(memory: &Memory) {
+        let mut st = memory.state();
+        st.datasets.insert("ds".into());
+        st.tables.insert(
+            "ds.t".into(),
+            TableDefinition {
+                table: table(),
+                schema: vec![FieldSchema::new("a", "STRING", "REQUIRED")],
+                time_partitioning: None,
+                clustering: vec![],
+            },
+        );
+    }
+
+    fn unknown_rows() -> [Value; 3] {
+        [
+            json!({"a": "x"}),
+            json!({"a": "y", "b": 1}),
+            json!({"a": "z", "r": {"x": true}, "b": 2}),
+        ]
+    }
+
+    #[tokio::test]
+    async fn new_fields_are_added_then_the_rejected_rows_written() {
+        let memory = Arc::new(Memory::default());
+        existing(&memory);
+        let c = config(|c| c.allow_new_fields = true);
+        let out = send(Arc::clone(&memory), &c, &unknown_rows()).await;
+        let mut written = out.written.clone();
+        written.sort();
+        assert_eq!(written, vec![0, 1, 2]);
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+        let st = memory.state();
+        assert_eq!(
+            st.calls,
+            ["insertAll", "tables.get", "tables.patch", "insertAll"]
+        );
+        let schema = &st.tables["ds.t"].schema;
+        assert_eq!(
+            names(schema),
+            [
+                ("a", "STRING", "REQUIRED"),
+                ("b", "INTEGER", "NULLABLE"),
+                ("r", "RECORD", "NULLABLE")
+            ]
+        );
+        assert_eq!(names(&schema[2].fields), [("x", "BOOLEAN", "NULLABLE")]);
+        assert_eq!(st.rows["ds.t"].len(), 3, "each row once");
+    }
+
+    #[tokio::test]
+    async fn without_allow_new_fields_rows_with_unknown_fields_fail() {
+        let memory = Arc::new(Memory::default());
+        existing(&memory);
+        let out = send(Arc::clone(&memory), &config(|_| {}), &unknown_rows()).await;
+        assert_eq!(out.written, vec![0]);
+        let failed: Vec<usize> = out.failed.iter().map(|f| f.0).collect();
+        assert_eq!(failed, vec![1, 2]);
+        assert!(
+            out.failed[0].2.contains("no such field: b."),
+            "{:?}",
+            out.failed
+        );
+        assert!(!memory.state().calls.contains(&"tables.patch".to_string()));
+    }
+
+    #[tokio::test]
+    async fn insert_options_reach_bigquery() {
+        // skipInvalidRows: the valid row is written by the first request, the others fail.
+        let memory = Arc::new(Memory::default());
+        existing(&memory);
+        let c = config(|c| c.skip_invalid_rows = true);
+        let out = send(Arc::clone(&memory), &c, &unknown_rows()).await;
+        assert_eq!((out.written.len(), out.failed.len()), (1, 2));
+        assert_eq!(memory.state().calls, ["insertAll"]);
+        // ignoreUnknownValues: every row is written, without the unknown fields.
+        let memory = Arc::new(Memory::default());
+        existing(&memory);
+        let c = config(|c| c.ignore_unknown_values = true);
+        let out = send(Arc::clone(&memory), &c, &unknown_rows()).await;
+        assert_eq!(out.written.len(), 3);
+        assert_eq!(memory.state().calls, ["insertAll"]);
+    }
+
+    #[tokio::test]
+    async fn concurrent_batches_create_and_patch_a_table_once() {
+        let memory = Arc::new(Memory::default());
+        memory.state().datasets.insert("ds".into());
+        let c = config(|c| {
+            c.auto_create_tables = true;
+            c.allow_new_fields = true;
+        });
+        let managed = managed(memory.clone(), &c);
+        let a = entries(&[json!({"a": 1})]);
+        let b = entries(&[json!({"a": 2, "extra": "x"})]);
+        let (ra, rb): (Vec<&[u8]>, Vec<&[u8]>) = (
+            a.iter().map(Vec::as_slice).collect(),
+            b.iter().map(Vec::as_slice).collect(),
+        );
+        let t = table();
+        let (oa, ob) = tokio::join!(
+            send_with_retry(&managed, &t, &ra, policy(), &|_| true),
+            send_with_retry(&managed, &t, &rb, policy(), &|_| true)
+        );
+        assert_eq!((oa.written.len(), ob.written.len()), (1, 1));
+        let st = memory.state();
+        assert_eq!(st.rows["ds.t"].len(), 2);
+        assert!(st.calls.iter().filter(|c| *c == "tables.patch").count() <= 1);
+        assert!(unknown_fields(
+            &st.tables["ds.t"].schema,
+            json!({"a": 1, "extra": "y"}).as_object().unwrap()
+        )
+        .is_empty());
+    }
+}
