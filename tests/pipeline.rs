@@ -5,14 +5,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bqsink::bigquery::RestClient;
 use bqsink::generator::{Counts, Generator, Mix};
-use bqsink::run::PipelineHandle;
 use bqsink::sink::{Reply, Sink, SinkOptions};
-use bqsink_actors::config::{Config, Tolerance};
+use bqsink_actors::config::Tolerance;
 use common::*;
 
 const TOPIC: &str = "member-events";
@@ -25,23 +22,6 @@ fn sink() -> Sink {
         ..Default::default()
     })
     .unwrap()
-}
-
-fn start(config: &Config) -> PipelineHandle {
-    PipelineHandle::spawn(
-        config.clone(),
-        Arc::new(RestClient::new(&config.bigquery).unwrap()),
-    )
-    .unwrap()
-}
-
-fn events(n: usize, mix: Mix) -> (Vec<bqsink::generator::Event>, Counts) {
-    let mut counts = Counts::default();
-    let events: Vec<_> = Generator::new(mix)
-        .take(n)
-        .inspect(|e| counts.add(e.kind))
-        .collect();
-    (events, counts)
 }
 
 /// Every (partition, offset) stored more than once.

@@ -6,32 +6,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bqsink::bigquery::RestClient;
-use bqsink::generator::{Counts, Event, Generator, Kind, Mix};
-use bqsink::run::PipelineHandle;
+use bqsink::generator::{Event, Generator, Kind, Mix};
 use bqsink::sink::{Reply, Sink, SinkOptions};
-use bqsink_actors::config::{Config, InsertIdMode, Tolerance};
+use bqsink_actors::config::{InsertIdMode, Tolerance};
 use common::*;
 
 const TOPIC: &str = "member-events";
 const TABLE: &str = "ds.member_events";
-
-fn start(config: &Config) -> PipelineHandle {
-    PipelineHandle::spawn(
-        config.clone(),
-        Arc::new(RestClient::new(&config.bigquery).unwrap()),
-    )
-    .unwrap()
-}
-
-fn events(n: usize, mix: Mix) -> (Vec<Event>, Counts) {
-    let mut counts = Counts::default();
-    let events: Vec<_> = Generator::new(mix)
-        .take(n)
-        .inspect(|e| counts.add(e.kind))
-        .collect();
-    (events, counts)
-}
 
 fn rss_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bqsink::demo;
-use bqsink::generator::Event;
+use bqsink::generator::{Counts, Event, Generator, Mix};
+use bqsink::run::PipelineHandle;
 use bqsink_actors::config::Config;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -152,4 +153,20 @@ pub fn count_by(rows: &[Value], field: &str) -> HashMap<String, usize> {
         *m.entry(r[field].to_string()).or_default() += 1;
     }
     m
+}
+
+/// Starts a pipeline with the reqwest BigQuery client.
+pub fn start(config: &Config) -> PipelineHandle {
+    let client = bqsink::bigquery::RestClient::new(&config.bigquery).unwrap();
+    PipelineHandle::spawn(config.clone(), std::sync::Arc::new(client)).unwrap()
+}
+
+/// `n` generated events and what they are.
+pub fn events(n: usize, mix: Mix) -> (Vec<Event>, Counts) {
+    let mut counts = Counts::default();
+    let events: Vec<_> = Generator::new(mix)
+        .take(n)
+        .inspect(|e| counts.add(e.kind))
+        .collect();
+    (events, counts)
 }
