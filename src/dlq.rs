@@ -32,6 +32,8 @@ pub mod headers {
     pub const EXCEPTION_CLASS_NAME: &str = "__connect.errors.exception.class.name";
     pub const EXCEPTION_MESSAGE: &str = "__connect.errors.exception.message";
     pub const EXCEPTION_STACKTRACE: &str = "__connect.errors.exception.stacktrace";
+    /// bqsink's addition: the trace id of the record's W3C `traceparent` header, when it has one.
+    pub const TRACE_ID: &str = "__connect.errors.trace.id";
 }
 
 /// rdkafka's future producer needs a runtime type; only `send_result` is used, which spawns
@@ -138,7 +140,7 @@ pub fn task_id() -> String {
 
 /// The context headers of one failed record, in Kafka Connect's names and formats (UTF-8 strings).
 pub fn context_headers(r: &FailureRecord, ctx: &Context) -> Vec<(&'static str, String)> {
-    vec![
+    let mut h = vec![
         (headers::TOPIC, r.tp.topic.to_string()),
         (headers::PARTITION, r.tp.partition.to_string()),
         (headers::OFFSET, r.source.offset.to_string()),
@@ -152,7 +154,11 @@ pub fn context_headers(r: &FailureRecord, ctx: &Context) -> Vec<(&'static str, S
             headers::EXCEPTION_STACKTRACE,
             format!("{}: {}\n\tat stage {}", r.class, r.error, r.stage.as_str()),
         ),
-    ]
+    ];
+    if let Some(id) = bqsink_actors::telemetry::trace_id_of(&r.source) {
+        h.push((headers::TRACE_ID, id));
+    }
+    h
 }
 
 impl DeadLetterQueue {
@@ -308,6 +314,20 @@ mod tests {
         assert!(get("__connect.errors.exception.stacktrace").is_some());
         assert_eq!(h.len(), 10);
         assert!(h.iter().all(|(k, _)| k.starts_with(headers::PREFIX)));
+        // A record with a W3C traceparent header also names its trace.
+        let traced = FailureRecord {
+            source: RawRecord {
+                headers: vec![(
+                    "traceparent".into(),
+                    Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec()),
+                )],
+                ..r.source.clone()
+            },
+            ..r
+        };
+        let h = context_headers(&traced, &ctx);
+        assert_eq!(h.len(), 11);
+        assert!(h.contains(&(headers::TRACE_ID, "4bf92f3577b34da6a3ce929d0e0e4736".into())));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! the adapters (rdkafka, reqwest), configuration loading, the CLI's subcommands, and the local
 //! insertAll sink used by the demo and the tests.
 
+pub mod admin;
 pub mod auth;
 pub mod bigquery;
 pub mod demo;
@@ -14,8 +15,11 @@ pub mod error_file;
 pub mod generator;
 pub mod kafka;
 pub mod logging;
+pub mod prometheus;
 pub mod replay;
 pub mod run;
+pub mod service;
 pub mod settings;
 pub mod sink;
 pub mod slack;
+pub mod telemetry;

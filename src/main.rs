@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use bqsink::replay::{self, ReplayFrom, ReplayOptions, ReplayTo};
+use bqsink::service::Service;
 use bqsink::settings::{self, Sources};
-use bqsink::{bigquery, demo, logging, run};
+use bqsink::{bigquery, demo, logging};
 use bqsink_actors::config::LoggingConfig;
 use bqsink_actors::destinations::parse_stage;
 use bqsink_actors::stats::Stats;
@@ -122,18 +123,14 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Run => {
             let config = settings::load(&sources)?;
-            logging::init(&config.logging);
+            // Kept until exit: dropping it exports the last spans.
+            let _traces = logging::init_with_traces(&config.logging, &config.telemetry)
+                .context("setting up trace export")?;
             tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, endpoint = %config.bigquery.endpoint, "starting bqsink");
             let client =
                 bigquery::RestClient::new(&config.bigquery).context("setting up BigQuery")?;
             tracing::info!(auth = %client.auth_description(), "BigQuery authentication");
-            run::run(
-                &config,
-                Arc::new(client),
-                Arc::new(Stats::default()),
-                true,
-                None,
-            )
+            Service::start(config, Arc::new(client), Arc::new(Stats::default()), true)?.run()
         }
         Command::Replay(args) => {
             let config = settings::load(&sources)?;

@@ -79,6 +79,9 @@ pub fn to_toml_redacted(config: &Config) -> String {
     if c.errors.slack.webhook_url.is_some() {
         c.errors.slack.webhook_url = Some("<redacted>".into());
     }
+    if c.admin.token.is_some() {
+        c.admin.token = Some("<redacted>".into());
+    }
     for (k, v) in c.kafka.properties.iter_mut() {
         if k.contains("password") || k.contains("secret") || k.contains("jaas") {
             *v = "<redacted>".into();

@@ -65,6 +65,8 @@ log_include_messages = true
 [logging]
 format = "json"
 level = "info"
+[admin]
+listen = "127.0.0.1:0"
 "#
         ),
     )

@@ -264,7 +264,7 @@ pub async fn send_with_retry(
         let size = todo.iter().map(|&i| entries[i].len() + 1).sum::<usize>() + 80;
         let body =
             crate::stage::batch::encode_body_with(options, todo.iter().map(|&i| entries[i]), size);
-        let retry_reason = match bq.insert_all(table, body).await {
+        let retry_reason = match crate::telemetry::insert_all(bq, table, body, todo.len()).await {
             Ok(resp) => {
                 let rows = classify(&todo, &resp, add_fields.is_some());
                 outcome.written.extend(rows.written);
@@ -368,7 +368,7 @@ pub async fn send_with_retry(
                 .extend(todo.iter().map(|&i| (i, "retries_exhausted", text.clone())));
             return outcome;
         }
-        tracing::warn!(table = %table, rows = todo.len(), error = %retry_reason, delay_ms = delay.as_millis() as u64, "insertAll failed, retrying");
+        tracing::warn!(table = %table, rows = todo.len(), error = %retry_reason, delay_ms = delay.as_millis() as u64, trace_id = crate::telemetry::current_trace_id(), "insertAll failed, retrying");
         outcome.retries += 1;
         retrying.start();
         tokio::time::sleep(delay).await;

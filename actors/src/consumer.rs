@@ -13,6 +13,7 @@ use crate::messages::{Convert, Handled, HandledKind, Origin, Progress, RawChunk,
 use crate::stage::flow::Inflight;
 use crate::stage::offsets::OffsetTracker;
 use crate::stats::Stats;
+use crate::telemetry;
 
 pub struct ConsumerActor {
     tp: Tp,
@@ -109,7 +110,13 @@ impl Handler<RawChunk> for ConsumerActor {
             return;
         }
         Stats::add(&self.stats.consumed, records.len());
-        self.converter.do_send(Convert { origin, records });
+        telemetry::count(telemetry::names::CONSUMED, &self.tp, records.len());
+        let span = telemetry::poll_span(&self.tp, &records);
+        self.converter.do_send(Convert {
+            origin,
+            records,
+            span,
+        });
         self.after_change();
     }
 }

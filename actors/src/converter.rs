@@ -8,6 +8,7 @@ use actix::prelude::*;
 use crate::error_report::ErrorReportActor;
 use crate::messages::{Convert, ConvertedRecord, Failed, Failure, Stage, Transform};
 use crate::stage::convert::convert;
+use crate::telemetry;
 use crate::transformer::TransformActor;
 
 pub struct ConvertActor {
@@ -24,7 +25,7 @@ impl Handler<Convert> for ConvertActor {
 
     fn handle(&mut self, msg: Convert, _: &mut Self::Context) {
         let _span =
-            tracing::debug_span!("convert", tp = %msg.origin.tp, records = msg.records.len())
+            tracing::debug_span!(parent: &msg.span, "convert", records = msg.records.len() as i64)
                 .entered();
         let mut records = Vec::with_capacity(msg.records.len());
         let mut failures = Vec::new();
@@ -33,7 +34,11 @@ impl Handler<Convert> for ConvertActor {
             let result = catch_unwind(AssertUnwindSafe(|| convert(source.payload.as_deref())));
             let (class, error) = match result {
                 Ok(Ok(value)) => {
-                    records.push(ConvertedRecord { source, value });
+                    records.push(ConvertedRecord {
+                        trace: telemetry::record_span(&msg.origin.tp, &source),
+                        source,
+                        value,
+                    });
                     continue;
                 }
                 Ok(Err(e)) => (e.class(), e.to_string()),
@@ -50,10 +55,12 @@ impl Handler<Convert> for ConvertActor {
         if !failures.is_empty() {
             self.errors.do_send(Failed { failures });
         }
+        telemetry::count(telemetry::names::CONVERTED, &msg.origin.tp, records.len());
         if !records.is_empty() {
             self.transformer.do_send(Transform {
                 origin: msg.origin,
                 records,
+                span: msg.span,
             });
         }
     }

@@ -8,6 +8,7 @@ use actix::prelude::*;
 use crate::messages::{acknowledge, Dedup, Forget, HandledKind, WarmupKeys, Write};
 use crate::stage::dedup::{Deduplicator, Position, Verdict};
 use crate::stats::Stats;
+use crate::telemetry;
 use crate::writer::WriterActor;
 
 pub struct DedupActor {
@@ -18,13 +19,19 @@ pub struct DedupActor {
 
 impl Actor for DedupActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(std::time::Duration::from_secs(1), |act, _| {
+            metrics::gauge!(telemetry::names::DEDUP_CACHE_KEYS).set(act.dedup.len() as f64);
+        });
+    }
 }
 
 impl Handler<Dedup> for DedupActor {
     type Result = ();
 
     fn handle(&mut self, msg: Dedup, _: &mut Self::Context) {
-        let _span = tracing::debug_span!("dedup", rows = msg.rows.len()).entered();
+        let _span = tracing::debug_span!(parent: &msg.span, "dedup", rows = msg.rows.len() as i64, duplicates = tracing::field::Empty).entered();
         let (unique, dups): (Vec<_>, Vec<_>) =
             msg.rows.into_iter().partition(|row| match row.dedup_hash {
                 None => true,
@@ -36,6 +43,10 @@ impl Handler<Dedup> for DedupActor {
             });
         if !dups.is_empty() {
             Stats::add(&self.stats.deduplicated, dups.len());
+            _span.record("duplicates", dups.len() as i64);
+            if let Some(first) = dups.first() {
+                telemetry::count(telemetry::names::DEDUPLICATED, &first.origin.tp, dups.len());
+            }
             acknowledge(
                 dups.iter().map(|r| (&r.origin, r.source.offset)),
                 HandledKind::Done,

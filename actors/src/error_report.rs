@@ -15,7 +15,7 @@ use crate::destinations::{
     deliver_until_done, DeliveryBackoff, ErrorDestination, FailureRecord, Role,
 };
 use crate::messages::{acknowledge, Failed, Failure, Fatal, HandledKind, Origin};
-use crate::stats::Stats;
+use crate::stats::{PartitionError, Stats};
 
 pub struct ErrorReportActor {
     pub tolerance: Tolerance,
@@ -43,6 +43,8 @@ pub fn printable(bytes: &[u8]) -> String {
 impl ErrorReportActor {
     fn log(&self, f: &Failure) {
         let tp = &f.origin.tp;
+        // The producer's trace, from the record's `traceparent` header.
+        let trace_id = crate::telemetry::trace_id_of(&f.source);
         if self.include_messages {
             let key = f.source.key.as_deref().map(printable);
             let payload = f.source.payload.as_deref().map(printable);
@@ -50,13 +52,13 @@ impl ErrorReportActor {
                 topic = %tp.topic, partition = tp.partition, offset = f.source.offset,
                 stage = f.stage.as_str(), class = f.class, error = %f.error,
                 key = key.as_deref().unwrap_or(""), payload = payload.as_deref().unwrap_or(""),
-                "record failed"
+                trace_id, "record failed"
             );
         } else {
             tracing::error!(
                 topic = %tp.topic, partition = tp.partition, offset = f.source.offset,
                 stage = f.stage.as_str(), class = f.class, error = %f.error,
-                "record failed"
+                trace_id, "record failed"
             );
         }
     }
@@ -133,8 +135,18 @@ impl Handler<Failed> for ErrorReportActor {
 
     fn handle(&mut self, msg: Failed, ctx: &mut Self::Context) {
         Stats::add(&self.stats.failed, msg.failures.len());
+        crate::telemetry::failed(&msg.failures);
         for f in &msg.failures {
             self.log(f);
+            self.stats.note_error(
+                &f.origin.tp,
+                PartitionError {
+                    offset: f.source.offset,
+                    error: format!("{} ({}): {}", f.stage.as_str(), f.class, f.error),
+                    at: std::time::SystemTime::now(),
+                    fatal: self.tolerance == Tolerance::None,
+                },
+            );
         }
         match self.tolerance {
             Tolerance::All => {

@@ -11,11 +11,13 @@ pub mod messages;
 pub mod pipeline;
 pub mod stage;
 pub mod stats;
+pub mod telemetry;
 
 pub mod consumer;
 pub mod converter;
 pub mod deduplicator;
 pub mod error_report;
+pub mod pause;
 pub mod supervisor;
 pub mod tables;
 pub mod transformer;

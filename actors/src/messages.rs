@@ -86,6 +86,8 @@ pub struct RawChunk {
 pub struct Convert {
     pub origin: Arc<Origin>,
     pub records: Vec<RawRecord>,
+    /// The chunk's `poll` span, parent of the stage spans (disabled unless spans are exported).
+    pub span: tracing::Span,
 }
 
 /// A record parsed into a JSON object.
@@ -93,6 +95,9 @@ pub struct Convert {
 pub struct ConvertedRecord {
     pub source: RawRecord,
     pub value: serde_json::Map<String, serde_json::Value>,
+    /// The record's own span when it carries a `traceparent` header and spans are exported
+    /// (see [`crate::telemetry::record_span`]); `Span::none()` otherwise.
+    pub trace: tracing::Span,
 }
 
 /// Converted records on their way to the transformer (converter → transformer).
@@ -101,6 +106,8 @@ pub struct ConvertedRecord {
 pub struct Transform {
     pub origin: Arc<Origin>,
     pub records: Vec<ConvertedRecord>,
+    /// The chunk's `poll` span.
+    pub span: tracing::Span,
 }
 
 /// A row ready for BigQuery: its table, dedup key and encoded insertAll entry.
@@ -113,6 +120,8 @@ pub struct Row {
     pub dedup_hash: Option<u64>,
     /// `{"insertId":…,"json":{…}}`, as sent in the request's `rows` array.
     pub entry: Vec<u8>,
+    /// The record's own span (see [`ConvertedRecord::trace`]); it ends when the row is dropped.
+    pub trace: tracing::Span,
 }
 
 /// Rows on their way to dedup (transformer → deduplicator).
@@ -120,6 +129,8 @@ pub struct Row {
 #[rtype(result = "()")]
 pub struct Dedup {
     pub rows: Vec<Row>,
+    /// The chunk's `poll` span.
+    pub span: tracing::Span,
 }
 
 /// Unique rows on their way to BigQuery (deduplicator → writer).
@@ -279,3 +290,45 @@ pub struct Forget {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ForgetVia(pub Recipient<Forget>);
+
+/// What the supervisor knows now (admin API → supervisor).
+#[derive(Message, Debug)]
+#[rtype(result = "StatusReport")]
+pub struct GetStatus;
+
+/// The supervisor's view of the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusReport {
+    /// Shutting down (draining in-flight records).
+    pub draining: bool,
+    /// The consumer has received an assignment (it is a member of its group).
+    pub joined: bool,
+    /// Paused by the operator (`PauseAll`).
+    pub paused: bool,
+    /// Assigned partitions, by topic and partition.
+    pub partitions: Vec<PartitionReport>,
+}
+
+/// One assigned partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionReport {
+    pub tp: Tp,
+    /// Every record before this offset is handled.
+    pub commit_offset: Option<i64>,
+    /// Offset last committed by this instance.
+    pub committed: Option<i64>,
+    pub inflight_records: usize,
+    /// Paused by the operator.
+    pub paused: bool,
+}
+
+/// Pause every assigned partition, and those assigned later, until [`ResumeAll`] (admin API →
+/// supervisor). Records already fetched are still processed and committed.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct PauseAll;
+
+/// Undo [`PauseAll`] (admin API → supervisor).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ResumeAll;

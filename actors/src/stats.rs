@@ -1,6 +1,11 @@
 //! Counters shared by the actors, read by the demo summary and tests.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use crate::messages::Tp;
 
 /// Pipeline-wide counters (monotonic).
 #[derive(Debug, Default)]
@@ -34,6 +39,19 @@ pub struct Stats {
     pub resumes: AtomicU64,
     /// Deliveries of failed records to an error destination (dead-letter topic, file) retried.
     pub report_retries: AtomicU64,
+    /// The last failed record of each partition (for the admin API's status).
+    pub last_errors: Mutex<HashMap<Tp, PartitionError>>,
+}
+
+/// The last failure of a partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionError {
+    pub offset: i64,
+    /// Stage, class and error text.
+    pub error: String,
+    pub at: SystemTime,
+    /// The failure stopped the pipeline (`errors.tolerance = "none"`).
+    pub fatal: bool,
 }
 
 /// A copy of [`Stats`] at one moment.
@@ -59,6 +77,32 @@ pub struct StatsSnapshot {
 impl Stats {
     pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Remembers a partition's latest failure.
+    pub fn note_error(&self, tp: &Tp, error: PartitionError) {
+        let mut errors = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        // A fatal error stays: it explains why the pipeline stopped.
+        if errors.get(tp).is_some_and(|e| e.fatal) {
+            return;
+        }
+        errors.insert(tp.clone(), error);
+    }
+
+    /// Every partition's latest failure.
+    pub fn errors(&self) -> HashMap<Tp, PartitionError> {
+        self.last_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Forgets failures (a restarted pipeline starts clean).
+    pub fn clear_errors(&self) {
+        self.last_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

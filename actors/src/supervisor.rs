@@ -15,8 +15,10 @@ use crate::consumer::ConsumerActor;
 use crate::converter::ConvertActor;
 use crate::kafka::KafkaControl;
 use crate::messages::{
-    Assigned, Fatal, Flush, Progress, RawChunk, Revoked, Revoking, Shutdown, Tp, WarmupKeys,
+    Assigned, Fatal, Flush, GetStatus, PartitionReport, PauseAll, Progress, RawChunk, ResumeAll,
+    Revoked, Revoking, Shutdown, StatusReport, Tp, WarmupKeys,
 };
+use crate::pause::OperatorPause;
 use crate::stage::flow::Inflight;
 use crate::stats::Stats;
 use crate::writer::WriterActor;
@@ -61,6 +63,8 @@ pub struct SupervisorActor {
     state: PipelineState,
     exit_code: i32,
     stats: Arc<Stats>,
+    /// Pausing by the operator (admin API).
+    operator: OperatorPause,
 }
 
 /// Supervisor settings.
@@ -79,6 +83,7 @@ impl SupervisorActor {
         settings: SupervisorSettings,
         stats: Arc<Stats>,
     ) -> Self {
+        let operator = OperatorPause::new(Arc::clone(&kafka));
         Self {
             kafka,
             converter,
@@ -92,6 +97,7 @@ impl SupervisorActor {
             state: PipelineState::Running,
             exit_code: 0,
             stats,
+            operator,
         }
     }
 
@@ -248,6 +254,7 @@ impl SupervisorActor {
             partition.committed = old.committed;
             let from = old.commit_offset.or(old.committed);
             self.kafka.restart_partition(&tp, from, route, inflight);
+            self.operator.restarted(&tp);
             Stats::add(&self.stats.restarts, 1);
             self.partitions.insert(tp, partition);
         }
@@ -258,6 +265,7 @@ impl Handler<Assigned> for SupervisorActor {
     type Result = MessageResult<Assigned>;
 
     fn handle(&mut self, msg: Assigned, ctx: &mut Self::Context) -> Self::Result {
+        self.operator.assigned(&msg.tps);
         if !msg.warmup.is_empty() {
             tracing::info!(keys = msg.warmup.len(), "dedup warm-up keys loaded");
             self.dedup.do_send(WarmupKeys { keys: msg.warmup });
@@ -344,6 +352,55 @@ impl Handler<Shutdown> for SupervisorActor {
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) {
         tracing::info!("shutting down: draining in-flight records");
         self.begin_shutdown(ctx);
+    }
+}
+
+impl Handler<GetStatus> for SupervisorActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        let paused = self.operator.is_paused();
+        let mut partitions: Vec<PartitionReport> = self
+            .partitions
+            .iter()
+            .map(|(tp, p)| PartitionReport {
+                tp: tp.clone(),
+                commit_offset: p.commit_offset,
+                committed: p.committed,
+                inflight_records: p.inflight_records,
+                paused,
+            })
+            .collect();
+        partitions.sort_by(|a, b| a.tp.cmp(&b.tp));
+        MessageResult(StatusReport {
+            draining: self.state != PipelineState::Running,
+            joined: self.operator.joined(),
+            paused,
+            partitions,
+        })
+    }
+}
+
+impl Handler<PauseAll> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, _: PauseAll, _: &mut Self::Context) {
+        tracing::info!(partitions = self.partitions.len(), "paused by the operator");
+        self.operator.pause_all(self.partitions.keys());
+    }
+}
+
+impl Handler<ResumeAll> for SupervisorActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ResumeAll, _: &mut Self::Context) {
+        tracing::info!(
+            partitions = self.partitions.len(),
+            "resumed by the operator"
+        );
+        if self.state == PipelineState::Running {
+            self.operator.resume_all(self.partitions.keys());
+        }
     }
 }
 

@@ -11,6 +11,7 @@ use crate::deduplicator::DedupActor;
 use crate::error_report::ErrorReportActor;
 use crate::messages::{ConvertedRecord, Dedup, Failed, Failure, Row, Stage, Transform};
 use crate::stage::transform::Transformer;
+use crate::telemetry;
 
 pub struct TransformActor {
     pub transformer: Transformer,
@@ -27,12 +28,16 @@ impl Handler<Transform> for TransformActor {
 
     fn handle(&mut self, msg: Transform, _: &mut Self::Context) {
         let _span =
-            tracing::debug_span!("transform", tp = %msg.origin.tp, records = msg.records.len())
+            tracing::debug_span!(parent: &msg.span, "transform", records = msg.records.len() as i64)
                 .entered();
         let mut rows = Vec::with_capacity(msg.records.len());
         let mut failures = Vec::new();
         for rec in msg.records {
-            let ConvertedRecord { source, value } = rec;
+            let ConvertedRecord {
+                source,
+                value,
+                trace,
+            } = rec;
             // A panic on some input must not take the stage down: it is that record's failure.
             let result = catch_unwind(AssertUnwindSafe(|| {
                 self.transformer.apply(&msg.origin.tp, &source, value)
@@ -45,6 +50,7 @@ impl Handler<Transform> for TransformActor {
                         table: t.table,
                         dedup_hash: t.dedup_hash,
                         entry: t.entry,
+                        trace,
                     });
                     continue;
                 }
@@ -62,8 +68,12 @@ impl Handler<Transform> for TransformActor {
         if !failures.is_empty() {
             self.errors.do_send(Failed { failures });
         }
+        telemetry::count(telemetry::names::TRANSFORMED, &msg.origin.tp, rows.len());
         if !rows.is_empty() {
-            self.dedup.do_send(Dedup { rows });
+            self.dedup.do_send(Dedup {
+                rows,
+                span: msg.span,
+            });
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::messages::{
 use crate::stage::batch::{Batch, Batcher};
 use crate::stage::dedup::Position;
 use crate::stats::Stats;
+use crate::telemetry;
 
 pub struct WriterActor {
     bq: Arc<dyn BigQuery>,
@@ -72,7 +73,7 @@ impl WriterActor {
             let bq = Arc::clone(&self.bq);
             let policy = self.policy;
             let send = async move {
-                let span = tracing::debug_span!("bigquery.insert_all", table = %batch.table, rows = batch.rows.len(), bytes = batch.bytes);
+                let span = telemetry::batch_span(&batch.table, &batch.rows, batch.bytes);
                 let entries: Vec<&[u8]> = batch.rows.iter().map(|r| r.entry.as_slice()).collect();
                 let hooks = BatchHooks(&batch.rows);
                 let outcome = tracing::Instrument::instrument(
@@ -98,6 +99,13 @@ impl WriterActor {
         Stats::add(&self.stats.abandoned, outcome.abandoned.len());
         Stats::add(&self.stats.abandoned, outcome.abandoned.len());
         let rows = &batch.rows;
+        telemetry::batch_done(
+            &batch.table,
+            rows.len(),
+            batch.bytes,
+            outcome.retries,
+            outcome.written.iter().filter_map(|&i| rows.get(i)),
+        );
         acknowledge(
             outcome
                 .written

@@ -1,0 +1,190 @@
+//! `bqsink run` as operators run it, with trace export and the admin API on: the ERROR line of a
+//! failed record carries the trace id of its `traceparent` header, the admin API and `/metrics`
+//! answer from the real binary, and the spans still queued at SIGTERM reach the OTLP receiver.
+
+mod common;
+#[path = "support/otlp.rs"]
+mod otlp;
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bqsink::sink::{Sink, SinkOptions};
+use common::*;
+use otlp::{traceparent, Receiver};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer};
+
+const TOPIC: &str = "observed";
+const BAD: &str = r#"{"event_id":"bad","amount": 12,,}"#;
+
+/// Offsets 0..10 good, 10 malformed, 11..20 good; each with the traceparent of trace `offset`.
+fn produce(bootstrap: &str) {
+    let p = bqsink::demo::producer(bootstrap).unwrap();
+    for i in 0..20u64 {
+        let payload = if i == 10 {
+            BAD.to_owned()
+        } else {
+            format!(r#"{{"event_id":"o-{i}"}}"#)
+        };
+        let (tp, _, _) = traceparent(i);
+        let r = BaseRecord::<(), str>::to(TOPIC)
+            .partition(0)
+            .payload(&payload)
+            .headers(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some(tp.as_str()),
+            }));
+        p.send(r).map_err(|(e, _)| e).unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn run_with_traces_and_admin_api_logs_trace_ids_serves_metrics_and_flushes_spans_at_exit() {
+    let receiver = Receiver::start();
+    let (_cluster, bootstrap) = cluster(TOPIC, 1);
+    produce(&bootstrap);
+    let sink = Sink::start(SinkOptions::default()).unwrap();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("test.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+brokers = "{bootstrap}"
+group_id = "g-observed"
+topics = ["{TOPIC}"]
+commit_interval_ms = 200
+[kafka.properties]
+"session.timeout.ms" = "6000"
+"max.poll.interval.ms" = "10000"
+[bigquery]
+endpoint = "{endpoint}"
+project = "test"
+dataset = "ds"
+[batch]
+linger_ms = 20
+[errors]
+tolerance = "all"
+[logging]
+format = "json"
+level = "info"
+[telemetry]
+otlp_endpoint = "{otlp}"
+service_name = "bqsink-cli"
+[admin]
+listen = "127.0.0.1:{port}"
+[metrics]
+refresh_interval_ms = 200
+"#,
+            endpoint = sink.url(),
+            otlp = receiver.url,
+        ),
+    )
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bqsink"))
+        .args(["run", "--config-dir"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let collected = Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            collected
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+
+    wait_fully_committed(&bootstrap, "g-observed", TOPIC, 1, Duration::from_secs(60));
+    let admin = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::new();
+    let get = |path: &str| {
+        let r = http.get(format!("{admin}{path}")).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    assert_eq!(get("/healthz").0, 200);
+    let (code, status) = get("/status");
+    assert_eq!(code, 200, "{status}");
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["state"], "RUNNING");
+    assert_eq!(status["partitions"][0]["last_error"]["offset"], 10);
+    let (_, metrics) = get("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bqsink_records_failed_total{")
+                && l.contains(r#"stage="convert""#)
+                && l.contains(r#"class="invalid_json""#)
+                && l.ends_with(" 1")),
+        "{metrics}"
+    );
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code().unwrap_or(-1);
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = log.lock().unwrap().clone();
+    assert_eq!(code, 0, "{log}");
+
+    // The ERROR line names the producer's trace.
+    let (_, bad_trace, _) = traceparent(10);
+    let errors: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "ERROR" && v["message"] == "record failed")
+        .collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert_eq!(errors[0]["offset"], 10);
+    assert_eq!(errors[0]["trace_id"], bad_trace.as_str(), "{log}");
+
+    // Spans were exported before exit: one record span per good record, in its producer's trace.
+    let records = receiver.named("record");
+    let mut traces: Vec<String> = records.iter().map(|s| s.trace_id.clone()).collect();
+    traces.sort();
+    let mut expected: Vec<String> = (0..20u64)
+        .filter(|&i| i != 10)
+        .map(|i| traceparent(i).1)
+        .collect();
+    expected.sort();
+    assert_eq!(traces, expected);
+    assert!(records.iter().all(|s| s.service == "bqsink-cli"));
+    assert!(!receiver.named("batch").is_empty());
+    assert_eq!(sink.total_rows(), 19);
+}
