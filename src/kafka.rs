@@ -125,7 +125,13 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("auto.offset.reset", k.auto_offset_reset.as_str())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // Throughput and memory (README, Performance); `kafka.properties` overrides them. Prefetch
+        // at most 4 MiB (librdkafka: 64 MiB): records wait in the pipeline's in-flight budget
+        // instead. With a queue that small, librdkafka's 1 s back-off when it is full stalls the
+        // pipeline; 20 ms does not.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "20");
     for (key, value) in &k.properties {
         c.set(key, value);
     }

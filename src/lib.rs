@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bench;
 pub mod bigquery;
 pub mod demo;
 pub mod destinations;

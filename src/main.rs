@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use bqsink::replay::{self, ReplayFrom, ReplayOptions, ReplayTo};
 use bqsink::service::Service;
 use bqsink::settings::{self, Sources};
-use bqsink::{bigquery, demo, logging};
+use bqsink::{bench, bigquery, demo, logging};
 use bqsink_actors::config::LoggingConfig;
 use bqsink_actors::destinations::parse_stage;
 use bqsink_actors::stats::Stats;
@@ -61,6 +61,35 @@ enum Command {
     /// or straight to BigQuery. Progress is committed, so a second run repeats nothing; records
     /// that fail again are reported (exit code 1).
     Replay(ReplayArgs),
+    /// Measure the pipeline end to end: records/s, MB/s, latency, peak RSS, CPU per record.
+    Bench {
+        /// Member events to produce (~250 bytes each).
+        #[arg(long, default_value_t = 2_000_000)]
+        records: u64,
+        /// Partitions of the bench topic.
+        #[arg(long, default_value_t = 16)]
+        partitions: i32,
+        /// Produce at this many records/s while the pipeline consumes, to measure record latency
+        /// (default: consume a backlog at full speed, to measure throughput).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Share of duplicate events.
+        #[arg(long, default_value_t = 0.01)]
+        duplicates: f64,
+        /// Share of malformed events.
+        #[arg(long, default_value_t = 0.001)]
+        malformed: f64,
+        /// Seed of the event generator.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// A TOML file of pipeline settings to try (layered under the bench's own: Kafka and sink
+        /// addresses, `errors.tolerance = "all"`).
+        #[arg(long)]
+        worker_config: Option<PathBuf>,
+    },
+    /// The pipeline process of `bqsink bench` (runs until standard input closes).
+    #[command(hide = true)]
+    BenchWorker,
 }
 
 #[derive(Args)]
@@ -181,6 +210,34 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 partitions,
                 follow_rate: rate.max(1),
             })
+        }
+        Command::Bench {
+            records,
+            partitions,
+            rate,
+            duplicates,
+            malformed,
+            seed,
+            worker_config,
+        } => {
+            logging::init(&LoggingConfig {
+                level: "warn".into(),
+                ..Default::default()
+            });
+            bench::run(&bench::BenchOptions {
+                records,
+                partitions,
+                rate: rate.map(|r| r.max(1)),
+                duplicates,
+                malformed,
+                seed,
+                worker_config,
+            })
+        }
+        Command::BenchWorker => {
+            let config = settings::load(&sources)?;
+            logging::init(&config.logging);
+            bench::worker(config)
         }
     }
 }

@@ -12,10 +12,11 @@
 //! schema lacks ("no such field"), honouring `skipInvalidRows` and `ignoreUnknownValues`.
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -23,7 +24,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bqsink_actors::stage::json::{lookup, Key, Pick};
 use bqsink_actors::stage::schema::{unknown_fields, FieldSchema};
+use hdrhistogram::Histogram;
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserializer;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -89,6 +95,7 @@ struct Inner {
     definitions: HashMap<String, Value>,
     /// Table-management calls, e.g. `tables.insert ds.t`.
     calls: Vec<String>,
+    latency: LatencyTracker,
 }
 
 struct Shared {
@@ -231,6 +238,17 @@ impl Sink {
         self.shared.lock().requests
     }
 
+    /// Write latency of the stored rows that have a `_kafka_timestamp` column: the time the sink
+    /// received a row minus that timestamp (the record's produce time), with millisecond resolution.
+    pub fn latency(&self) -> Latency {
+        self.shared.lock().latency.summary()
+    }
+
+    /// Forgets the latencies recorded so far (e.g. after a warm-up).
+    pub fn reset_latency(&self) {
+        self.shared.lock().latency = LatencyTracker::default();
+    }
+
     /// Behave like BigQuery about datasets and tables from now on: insertAll to a table that was
     /// not created answers 404, rows with fields the schema lacks are rejected.
     pub fn manage_tables(&self) {
@@ -283,10 +301,246 @@ impl Drop for Sink {
     }
 }
 
+/// Write latencies of the rows a sink stored, and when it stored its first and last row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Latency {
+    /// Rows with a readable `_kafka_timestamp`.
+    pub rows: u64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+    /// When the first and the last stored row arrived (all rows, with or without a timestamp).
+    pub first_row: Option<Instant>,
+    pub last_row: Option<Instant>,
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "p50 {} ms, p99 {} ms, max {} ms over {} rows",
+            self.p50.as_millis(),
+            self.p99.as_millis(),
+            self.max.as_millis(),
+            self.rows
+        )
+    }
+}
+
+struct LatencyTracker {
+    /// Milliseconds, two significant digits (1 % resolution).
+    histogram: Histogram<u64>,
+    first_row: Option<Instant>,
+    last_row: Option<Instant>,
+}
+
+impl Default for LatencyTracker {
+    fn default() -> Self {
+        Self {
+            // Up to a day; longer latencies are recorded as a day.
+            histogram: Histogram::new_with_max(86_400_000, 2).expect("valid histogram bounds"),
+            first_row: None,
+            last_row: None,
+        }
+    }
+}
+
+impl LatencyTracker {
+    fn summary(&self) -> Latency {
+        let ms = |v: u64| Duration::from_millis(v);
+        let h = &self.histogram;
+        Latency {
+            rows: h.len(),
+            p50: ms(h.value_at_quantile(0.5)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+            first_row: self.first_row,
+            last_row: self.last_row,
+        }
+    }
+}
+
 fn error_body(status: u16, reason: &str, message: &str) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = json!({"error": {"code": status, "message": message, "errors": [{"reason": reason, "message": message}]}});
     (code, Json(body)).into_response()
+}
+
+/// What the sink reads of a row: its `json` object's `_kafka_timestamp` and the member the id
+/// pointer starts with (as raw JSON text); `None` for a row without `json`.
+type RowFacts<'a> = Option<[Option<&'a RawValue>; 2]>;
+
+/// Reads a request body in one pass, keeping two members of each row's `json` object.
+#[derive(Clone, Copy)]
+struct BodySeed<'k> {
+    keys: [&'k str; 2],
+}
+
+impl<'de> DeserializeSeed<'de> for BodySeed<'_> {
+    type Value = Vec<RowFacts<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for BodySeed<'_> {
+    type Value = Vec<RowFacts<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an insertAll request")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut rows = None;
+        while let Some(Key(key)) = map.next_key()? {
+            if key == "rows" {
+                rows = Some(map.next_value_seed(RowsSeed(self))?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        rows.ok_or_else(|| A::Error::missing_field("rows"))
+    }
+}
+
+struct RowsSeed<'k>(BodySeed<'k>);
+
+impl<'de> DeserializeSeed<'de> for RowsSeed<'_> {
+    type Value = Vec<RowFacts<'de>>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowsSeed<'_> {
+    type Value = Vec<RowFacts<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of rows")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(512));
+        while let Some(facts) = seq.next_element_seed(RowSeed(self.0))? {
+            rows.push(facts);
+        }
+        Ok(rows)
+    }
+}
+
+struct RowSeed<'k>(BodySeed<'k>);
+
+impl<'de> DeserializeSeed<'de> for RowSeed<'_> {
+    type Value = RowFacts<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RowSeed<'_> {
+    type Value = RowFacts<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a row object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut facts = None;
+        while let Some(Key(key)) = map.next_key()? {
+            if key == "json" {
+                facts = Some(map.next_value_seed(Pick(self.0.keys))?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(facts)
+    }
+}
+
+/// `SinkOptions::id_pointer`, split for reading: the first member's name and the rest.
+struct IdPointer<'a> {
+    pointer: Option<&'a str>,
+    first: String,
+    rest: &'a str,
+}
+
+impl<'a> IdPointer<'a> {
+    fn new(pointer: Option<&'a str>) -> Self {
+        let (first, rest) = match pointer.and_then(|p| p.strip_prefix('/')) {
+            Some(p) => {
+                let (first, rest) = p.split_at(p.find('/').unwrap_or(p.len()));
+                (first.replace("~1", "/").replace("~0", "~"), rest)
+            }
+            None => (String::new(), ""),
+        };
+        Self {
+            pointer,
+            first,
+            rest,
+        }
+    }
+
+    /// The id of a row, from the member its first token named (read with the row).
+    fn id<'r>(
+        &self,
+        first: Option<&'r RawValue>,
+    ) -> Result<Option<&'r RawValue>, serde_json::Error> {
+        match (self.pointer, first) {
+            (None, _) | (_, None) => Ok(None),
+            // Pointers that do not start with `/` (other than the whole row) point at nothing.
+            (Some(p), _) if !p.starts_with('/') => Ok(None),
+            (Some(_), Some(v)) if self.rest.is_empty() => Ok(Some(v)),
+            (Some(_), Some(v)) => lookup(v.get(), self.rest),
+        }
+    }
+}
+
+/// The common case (no hook, no table management, no kept rows, no insertId dedup): the body is read
+/// in one pass for what is counted (rows, ids, latencies), without building values.
+fn store_fast(shared: &Shared, table: &str, body: &[u8]) -> Response {
+    let (at, now) = (Instant::now(), SystemTime::now());
+    let pointer = IdPointer::new(shared.options.id_pointer.as_deref());
+    let seed = BodySeed {
+        keys: ["_kafka_timestamp", &pointer.first],
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let rows = match seed
+        .deserialize(&mut de)
+        .and_then(|rows| de.end().map(|()| rows))
+    {
+        Ok(rows) => rows,
+        Err(e) => return error_body(400, "invalid", &format!("invalid request body: {e}")),
+    };
+    let mut ids = Vec::with_capacity(rows.len());
+    let mut latencies = Vec::with_capacity(rows.len());
+    let mut seconds = Seconds::default();
+    for [timestamp, first] in rows.iter().flatten() {
+        let text = timestamp.and_then(|t| serde_json::from_str::<&str>(t.get()).ok());
+        if let Some(ms) = text.and_then(|t| seconds.latency_ms(t, now)) {
+            latencies.push(ms);
+        }
+        match pointer.id(*first) {
+            Ok(Some(id)) => ids.push(xxh3_64(id.get().as_bytes())),
+            Ok(None) => {}
+            Err(e) => return error_body(400, "invalid", &format!("invalid row: {e}")),
+        }
+    }
+    let mut inner = shared.lock();
+    let inner = &mut *inner;
+    inner.requests += 1;
+    for id in ids {
+        *inner.ids.entry(id).or_default() += 1;
+    }
+    let lat = &mut inner.latency;
+    for ms in latencies {
+        lat.histogram.saturating_record(ms);
+    }
+    if !rows.is_empty() {
+        lat.first_row.get_or_insert(at);
+        lat.last_row = Some(at);
+    }
+    inner.tables.entry(table.to_owned()).or_default().count += rows.len() as u64;
+    Json(json!({"kind": "bigquery#tableDataInsertAllResponse"})).into_response()
 }
 
 async fn insert_all(
@@ -296,6 +550,14 @@ async fn insert_all(
     body: Bytes,
 ) -> Response {
     let table = format!("{dataset}.{table}");
+    let fast = {
+        let inner = shared.lock();
+        inner.hook.is_none() && !inner.managed
+    } && !shared.options.keep_rows
+        && !shared.options.honor_insert_id;
+    if fast {
+        return store_fast(&shared, &table, &body);
+    }
     let Ok(mut request) = serde_json::from_slice::<Value>(&body) else {
         return error_body(400, "invalid", "request body is not JSON");
     };
@@ -353,8 +615,23 @@ async fn insert_all(
 }
 
 fn store(shared: &Shared, table: &str, mut rows: Vec<Value>) {
+    let (at, now) = (Instant::now(), SystemTime::now());
+    let mut seconds = Seconds::default();
+    let latencies: Vec<u64> = rows
+        .iter()
+        .filter_map(|r| r.get("json")?.get("_kafka_timestamp")?.as_str())
+        .filter_map(|t| seconds.latency_ms(t, now))
+        .collect();
     let mut inner = shared.lock();
     let inner = &mut *inner;
+    let lat = &mut inner.latency;
+    for ms in latencies {
+        lat.histogram.saturating_record(ms);
+    }
+    if !rows.is_empty() {
+        lat.first_row.get_or_insert(at);
+        lat.last_row = Some(at);
+    }
     if shared.options.honor_insert_id {
         let before = rows.len();
         rows.retain(|r| match r.get("insertId").and_then(Value::as_str) {
@@ -382,6 +659,37 @@ fn store(shared: &Shared, table: &str, mut rows: Vec<Value>) {
             rows.into_iter()
                 .map(|mut r| r.get_mut("json").map(Value::take).unwrap_or(Value::Null)),
         );
+    }
+}
+
+/// Reads `_kafka_timestamp`s, parsing each second's date and time once (rows come in time order).
+#[derive(Default)]
+struct Seconds {
+    last: Option<(String, SystemTime)>,
+}
+
+impl Seconds {
+    /// Milliseconds from an RFC 3339 timestamp (a JSON string) to `now`; `None` if it is not one.
+    fn latency_ms(&mut self, text: &str, now: SystemTime) -> Option<u64> {
+        // `YYYY-MM-DDThh:mm:ss.mmmZ`, as bqsink writes it; anything else is parsed whole.
+        let at = match (text.get(..19), text.get(19..)) {
+            (Some(second), Some(rest))
+                if rest.len() == 5 && rest.starts_with('.') && rest.ends_with('Z') =>
+            {
+                let millis: u64 = rest[1..4].parse().ok()?;
+                let start = match &self.last {
+                    Some((s, t)) if s == second => *t,
+                    _ => {
+                        let t = humantime::parse_rfc3339(&format!("{second}Z")).ok()?;
+                        self.last = Some((second.to_owned(), t));
+                        t
+                    }
+                };
+                start + Duration::from_millis(millis)
+            }
+            _ => humantime::parse_rfc3339(text).ok()?,
+        };
+        Some(now.duration_since(at).unwrap_or_default().as_millis() as u64)
     }
 }
 
@@ -651,4 +959,43 @@ async fn tables_patch(
         def["schema"] = json!({ "fields": fields });
     }
     Json(def.clone()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_read_in_one_pass() {
+        let body = br#"{"skipInvalidRows":false,"rows":[
+            {"insertId":"a","json":{"event_id":"e1","_kafka_timestamp":"2026-01-01T00:00:00.000Z","x":[1]}},
+            {"json":{"n":{"id":7}}},
+            {"insertId":"c"}]}"#;
+        for (pointer, ids) in [
+            ("/event_id", vec![Some(r#""e1""#), None]),
+            ("/n/id", vec![None, Some("7")]),
+            ("event_id", vec![None, None]),
+        ] {
+            let p = IdPointer::new(Some(pointer));
+            let seed = BodySeed {
+                keys: ["_kafka_timestamp", &p.first],
+            };
+            let rows = seed
+                .deserialize(&mut serde_json::Deserializer::from_slice(body))
+                .unwrap();
+            assert_eq!(rows.len(), 3);
+            assert!(rows[2].is_none(), "a row without json");
+            let got: Vec<_> = rows
+                .iter()
+                .flatten()
+                .map(|[_, first]| p.id(*first).unwrap().map(|v| v.get().to_owned()))
+                .collect();
+            let want: Vec<_> = ids.into_iter().map(|v| v.map(str::to_owned)).collect();
+            assert_eq!(got, want, "{pointer}");
+            assert!(rows[0].unwrap()[0].is_some() && rows[1].unwrap()[0].is_none());
+        }
+        let bad = BodySeed { keys: ["a", "b"] }
+            .deserialize(&mut serde_json::Deserializer::from_slice(br#"{"rowz":[]}"#));
+        assert!(bad.is_err(), "no rows array");
+    }
 }

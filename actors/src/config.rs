@@ -612,10 +612,10 @@ pub struct PipelineConfig {
     /// Records read from Kafka and passed between actors as one message, at most. Default 1000.
     pub chunk_records: usize,
     /// Records read but not yet handled, per partition, before the partition is paused (it resumes
-    /// below half). Default 20000.
+    /// below half). Each costs about 0.75 KiB of memory until it is handled. Default 2500.
     pub max_inflight_records: usize,
     /// Payload bytes read but not yet handled, per partition, before the partition is paused.
-    /// Default 8388608 (8 MiB).
+    /// Default 1048576 (1 MiB).
     pub max_inflight_bytes: usize,
     /// Threads for each CPU stage (convert, transform); 0 means one per core. Default 0.
     pub workers: usize,
@@ -628,8 +628,8 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             chunk_records: 1_000,
-            max_inflight_records: 20_000,
-            max_inflight_bytes: 8 * 1024 * 1024,
+            max_inflight_records: 2_500,
+            max_inflight_bytes: 1024 * 1024,
             workers: 0,
             shutdown_timeout_ms: 30_000,
         }

@@ -7,7 +7,7 @@ use actix::prelude::*;
 
 use crate::error_report::ErrorReportActor;
 use crate::messages::{Convert, ConvertedRecord, Failed, Failure, Stage, Transform};
-use crate::stage::convert::convert;
+use crate::stage::convert::parse_object;
 use crate::telemetry;
 use crate::transformer::TransformActor;
 
@@ -31,7 +31,7 @@ impl Handler<Convert> for ConvertActor {
         let mut failures = Vec::new();
         for source in msg.records {
             // A panic on some input must not take the stage down: it is that record's failure.
-            let result = catch_unwind(AssertUnwindSafe(|| convert(source.payload.as_deref())));
+            let result = catch_unwind(AssertUnwindSafe(|| parse_object(source.payload.as_deref())));
             let (class, error) = match result {
                 Ok(Ok(value)) => {
                     records.push(ConvertedRecord {

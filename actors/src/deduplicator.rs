@@ -2,6 +2,7 @@
 //! and acknowledges their offsets as handled; passes the rest to the writer.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 
@@ -32,28 +33,35 @@ impl Handler<Dedup> for DedupActor {
 
     fn handle(&mut self, msg: Dedup, _: &mut Self::Context) {
         let _span = tracing::debug_span!(parent: &msg.span, "dedup", rows = msg.rows.len() as i64, duplicates = tracing::field::Empty).entered();
-        let (unique, dups): (Vec<_>, Vec<_>) =
-            msg.rows.into_iter().partition(|row| match row.dedup_hash {
-                None => true,
-                Some(hash) => {
-                    self.dedup
-                        .check(hash, Position::new(&row.origin.tp, row.source.offset))
-                        == Verdict::Pass
-                }
-            });
+        let mut rows = msg.rows;
+        let mut dups = Vec::new();
+        let mut batch = self.dedup.batch(Instant::now());
+        // In place: the unique rows stay where they are, the duplicates leave their offsets.
+        rows.retain(|row| {
+            let Some(hash) = row.dedup_hash else {
+                return true;
+            };
+            let at = Position::new(&row.origin.tp, row.source.offset);
+            let pass = batch.check(hash, at) == Verdict::Pass;
+            if !pass {
+                dups.push((Arc::clone(&row.origin), row.source.offset));
+            }
+            pass
+        });
+        drop(batch);
         if !dups.is_empty() {
             Stats::add(&self.stats.deduplicated, dups.len());
             _span.record("duplicates", dups.len() as i64);
-            if let Some(first) = dups.first() {
-                telemetry::count(telemetry::names::DEDUPLICATED, &first.origin.tp, dups.len());
+            if let Some((origin, _)) = dups.first() {
+                telemetry::count(telemetry::names::DEDUPLICATED, &origin.tp, dups.len());
             }
             acknowledge(
-                dups.iter().map(|r| (&r.origin, r.source.offset)),
+                dups.iter().map(|(o, offset)| (o, *offset)),
                 HandledKind::Done,
             );
         }
-        if !unique.is_empty() {
-            self.writer.do_send(Write { rows: unique });
+        if !rows.is_empty() {
+            self.writer.do_send(Write { rows });
         }
     }
 }

@@ -90,11 +90,11 @@ pub struct Convert {
     pub span: tracing::Span,
 }
 
-/// A record parsed into a JSON object.
+/// A record parsed into a JSON object: its members, as spans of `source.payload`.
 #[derive(Debug)]
 pub struct ConvertedRecord {
     pub source: RawRecord,
-    pub value: serde_json::Map<String, serde_json::Value>,
+    pub value: crate::stage::convert::JsonObject,
     /// The record's own span when it carries a `traceparent` header and spans are exported
     /// (see [`crate::telemetry::record_span`]); `Span::none()` otherwise.
     pub trace: tracing::Span,

@@ -40,7 +40,8 @@ impl Handler<Transform> for TransformActor {
             } = rec;
             // A panic on some input must not take the stage down: it is that record's failure.
             let result = catch_unwind(AssertUnwindSafe(|| {
-                self.transformer.apply(&msg.origin.tp, &source, value)
+                self.transformer
+                    .apply_object(&msg.origin.tp, &source, &value)
             }));
             let (class, error) = match result {
                 Ok(Ok(t)) => {

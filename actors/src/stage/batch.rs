@@ -97,22 +97,28 @@ impl<T: BatchItem> Batcher<T> {
     /// not fit in it, and the new batch when it reached `max_rows`.
     pub fn push(&mut self, row: T, now: Instant) -> Vec<Batch<T>> {
         let mut ready = Vec::new();
-        let table = row.table().clone();
-        if let Some(b) = self.open.get(&table) {
-            // The row and its separating comma.
-            if b.bytes + row.entry().len() + 1 > self.max_bytes {
-                ready.extend(self.open.remove(&table));
-            }
-        }
-        let b = self.open.entry(table.clone()).or_insert_with(|| Batch {
-            table: table.clone(),
-            rows: Vec::new(),
+        let size = row.entry().len();
+        let fresh = || Batch {
+            table: row.table().clone(),
+            // Rows are moved in one by one: room for a full batch (within reason) up front.
+            rows: Vec::with_capacity(self.max_rows.min(1024)),
             bytes: BODY_HEAD.len() + BODY_TAIL.len(),
             opened: now,
-        });
-        b.bytes += row.entry().len() + usize::from(!b.rows.is_empty());
-        b.rows.push(row);
-        if b.rows.len() >= self.max_rows || b.bytes >= self.max_bytes {
+        };
+        // One lookup per row in the common case: the table's batch is open and the row fits.
+        let batch = match self.open.get_mut(row.table()) {
+            // The row and its separating comma do not fit: send what is there, start anew.
+            Some(b) if b.bytes + size + 1 > self.max_bytes => {
+                ready.push(std::mem::replace(b, fresh()));
+                b
+            }
+            Some(b) => b,
+            None => self.open.entry(row.table().clone()).or_insert_with(fresh),
+        };
+        batch.bytes += size + usize::from(!batch.rows.is_empty());
+        batch.rows.push(row);
+        if batch.rows.len() >= self.max_rows || batch.bytes >= self.max_bytes {
+            let table = batch.table.clone();
             ready.extend(self.open.remove(&table));
         }
         ready

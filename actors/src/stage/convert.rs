@@ -1,6 +1,12 @@
 //! Convert: a record's bytes into a JSON object.
+//!
+//! The pipeline uses [`parse_object`]: it validates the payload and keeps the object's members as
+//! spans of the payload, so that transform copies them into the row as they are. [`convert`] builds
+//! a `serde_json` map instead, for callers that want values.
 
 use serde_json::{Map, Value};
+
+use crate::stage::json::{object_members, Member, NotAnObject};
 
 /// Why a payload is not a JSON object.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +43,54 @@ pub fn convert(payload: Option<&[u8]>) -> Result<Map<String, Value>, ConvertErro
     }
 }
 
+/// A payload that is a JSON object: its members, in order, as spans of the payload (a key that
+/// appears twice keeps its last member).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonObject {
+    pub members: Vec<Member>,
+}
+
+/// Checks that a payload is a JSON object and finds its members, without building values.
+pub fn parse_object(payload: Option<&[u8]>) -> Result<JsonObject, ConvertError> {
+    let bytes = payload.ok_or(ConvertError::Tombstone)?;
+    match object_members(bytes) {
+        Ok(members) => Ok(JsonObject { members }),
+        Err(NotAnObject::Invalid(e)) => Err(ConvertError::InvalidJson(e)),
+        Err(NotAnObject::Kind(kind)) => Err(ConvertError::NotAnObject(kind)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `parse_object` and `convert` agree on what is an object and how each failure is classed.
+    #[test]
+    fn both_parsers_agree() {
+        let cases: &[&[u8]] = &[
+            br#"{"event_id":"e1","n":3,"nested":{"a":[1,2]}}"#,
+            b"{\"event_id\": ",
+            b"not json",
+            &[0xff, 0xfe],
+            b"[1,2]",
+            b"\"s\"",
+            b"null",
+            b"12",
+            b"{} {}",
+        ];
+        for case in cases {
+            let (a, b) = (parse_object(Some(case)), convert(Some(case)));
+            match (&a, &b) {
+                (Ok(o), Ok(m)) => assert_eq!(o.members.len(), m.len()),
+                (Err(x), Err(y)) => {
+                    assert_eq!(x.class(), y.class());
+                    assert_eq!(x.to_string(), y.to_string());
+                }
+                _ => panic!("{:?}: {a:?} vs {b:?}", String::from_utf8_lossy(case)),
+            }
+        }
+        assert_eq!(parse_object(None).unwrap_err().class(), "tombstone");
+    }
 
     #[test]
     fn object_is_converted() {

@@ -4,11 +4,21 @@
 //! it. A record whose key is known from *another* position is a duplicate and is dropped. A record
 //! seen again at the *same* position is a re-read (after a rebalance or a retry from the committed
 //! offset), not a duplicate: it passes, because the first pass may never have reached BigQuery.
+//!
+//! Memory: two generations of at most `max_keys / 2` keys each, hash maps of key → position
+//! fingerprint (16 bytes a slot), about 36 MiB for the default 1,000,000 keys. New keys go into the
+//! current generation; when it is full, or when a `ttl` period ends, it becomes the previous one and
+//! the previous one is forgotten whole. So a key is remembered for at least `max_keys / 2` newer keys
+//! (and at most `max_keys`) and for at least `ttl` (at most twice that). Forgetting a generation at
+//! once, rather than key by key, leaves no deleted slots behind: the maps never grow past their
+//! first size, however long the process runs.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::messages::Tp;
 
@@ -21,13 +31,18 @@ pub struct Position {
 
 impl Position {
     pub fn new(tp: &Tp, offset: i64) -> Self {
-        let mut buf = Vec::with_capacity(tp.topic.len() + 4);
-        buf.extend_from_slice(tp.topic.as_bytes());
-        buf.extend_from_slice(&tp.partition.to_le_bytes());
         Self {
-            partition: xxh3_64(&buf),
+            partition: xxh3_64_with_seed(tp.topic.as_bytes(), tp.partition as u32 as u64),
             offset,
         }
+    }
+
+    /// 64 bits that tell positions apart (as well as the key hashes tell keys apart).
+    fn fingerprint(&self) -> u64 {
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&self.partition.to_le_bytes());
+        bytes[8..].copy_from_slice(&self.offset.to_le_bytes());
+        xxh3_64(&bytes)
     }
 }
 
@@ -42,51 +57,170 @@ pub enum Verdict {
 
 /// The bounded key cache (capacity `dedup.max_keys`, time-to-live `dedup.ttl_secs`).
 pub struct Deduplicator {
-    seen: Cache<u64, Position>,
+    keys: Mutex<Keys>,
 }
 
-impl Deduplicator {
-    pub fn new(max_keys: u64, ttl: Duration) -> Self {
-        Self {
-            seen: Cache::builder()
-                .max_capacity(max_keys)
-                .time_to_live(ttl)
-                .build(),
-        }
-    }
+/// Checks made at one moment; see [`Deduplicator::batch`].
+pub struct DedupBatch<'a> {
+    keys: MutexGuard<'a, Keys>,
+}
 
+impl DedupBatch<'_> {
     /// Checks a key and remembers it.
-    pub fn check(&self, key: u64, at: Position) -> Verdict {
-        match self.seen.get(&key) {
-            Some(first) if first != at => Verdict::Duplicate,
+    pub fn check(&mut self, key: u64, at: Position) -> Verdict {
+        let fingerprint = at.fingerprint();
+        match self.keys.get(key) {
+            Some(first) if first != fingerprint => Verdict::Duplicate,
             Some(_) => Verdict::Pass,
             None => {
-                self.seen.insert(key, at);
+                self.keys.insert(key, fingerprint);
                 Verdict::Pass
             }
         }
     }
+}
+
+/// Keys are xxh3 hashes already: the map uses them as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+struct Keys {
+    /// Keys per generation.
+    half: usize,
+    ttl: Duration,
+    /// Generations are `ttl` periods counted from here.
+    origin: Instant,
+    /// The period of `current`.
+    period: u128,
+    /// Key → fingerprint of the position that first carried it.
+    current: HashMap<u64, u64, BuildHasherDefault<KeyHasher>>,
+    previous: HashMap<u64, u64, BuildHasherDefault<KeyHasher>>,
+}
+
+impl Keys {
+    /// The generation that started two periods ago is forgotten, the current one becomes previous.
+    fn expire(&mut self, now: Instant) {
+        let period =
+            now.saturating_duration_since(self.origin).as_nanos() / self.ttl.as_nanos().max(1);
+        if period >= self.period + 2 {
+            self.current.clear();
+            self.previous.clear();
+        } else if period == self.period + 1 {
+            self.rotate();
+        }
+        self.period = self.period.max(period);
+    }
+
+    /// Forgets the previous generation; the current one takes its place. `clear` keeps the
+    /// allocation, so no memory is freed or taken.
+    fn rotate(&mut self) {
+        std::mem::swap(&mut self.current, &mut self.previous);
+        self.current.clear();
+    }
+
+    fn get(&self, key: u64) -> Option<u64> {
+        self.current
+            .get(&key)
+            .or_else(|| self.previous.get(&key))
+            .copied()
+    }
+
+    fn insert(&mut self, key: u64, fingerprint: u64) {
+        if self.current.len() >= self.half {
+            self.rotate();
+        }
+        self.current.insert(key, fingerprint);
+    }
+
+    /// Removes `key` if it is remembered for `fingerprint`.
+    fn remove(&mut self, key: u64, fingerprint: u64) {
+        for map in [&mut self.current, &mut self.previous] {
+            if map.get(&key) == Some(&fingerprint) {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+impl Deduplicator {
+    pub fn new(max_keys: u64, ttl: Duration) -> Self {
+        let max_keys = usize::try_from(max_keys).unwrap_or(usize::MAX).max(2);
+        let half = max_keys / 2;
+        // Room for a whole generation up front (pages are touched only as keys come), within reason.
+        let capacity = half.min(1 << 24);
+        let map = || HashMap::with_capacity_and_hasher(capacity, Default::default());
+        Self {
+            keys: Mutex::new(Keys {
+                half,
+                ttl,
+                origin: Instant::now(),
+                period: 0,
+                current: map(),
+                previous: map(),
+            }),
+        }
+    }
+
+    fn keys(&self) -> MutexGuard<'_, Keys> {
+        // The state is consistent between calls; a panic elsewhere does not corrupt it.
+        self.keys.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks a key and remembers it.
+    pub fn check(&self, key: u64, at: Position) -> Verdict {
+        self.batch(Instant::now()).check(key, at)
+    }
+
+    /// Holds the cache for several checks made at one moment `now` (one lock, one expiry pass).
+    pub fn batch(&self, now: Instant) -> DedupBatch<'_> {
+        let mut keys = self.keys();
+        keys.expire(now);
+        DedupBatch { keys }
+    }
 
     /// Remembers a key seen before this process read anything (dedup warm-up), unless known.
     pub fn remember(&self, key: u64, at: Position) {
-        self.seen.entry(key).or_insert(at);
+        self.check(key, at);
     }
 
     /// Forgets a key, if it is remembered for this position (another record's claim stays).
     pub fn forget(&self, key: u64, at: Position) {
-        if self.seen.get(&key) == Some(at) {
-            self.seen.invalidate(&key);
-        }
+        self.keys().remove(key, at.fingerprint());
     }
 
-    /// Keys currently remembered (approximate until pending maintenance has run).
+    /// Keys currently remembered.
     pub fn len(&self) -> u64 {
-        self.seen.run_pending_tasks();
-        self.seen.entry_count()
+        let keys = self.keys();
+        (keys.current.len() + keys.previous.len()) as u64
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes allocated for the keys (the two hash maps' slots and control bytes).
+    pub fn allocated_bytes(&self) -> usize {
+        let keys = self.keys();
+        [&keys.current, &keys.previous]
+            .iter()
+            .map(|m| {
+                // hashbrown keeps at most 7/8 of a power-of-two number of slots in use.
+                let slots = (m.capacity() * 8 / 7).next_power_of_two();
+                slots * (std::mem::size_of::<(u64, u64)>() + 1)
+            })
+            .sum()
     }
 }
 
@@ -150,6 +284,50 @@ mod tests {
         let len = d.len();
         assert!(len <= 1_000, "cache holds {len} keys, cap is 1000");
         assert!(len > 0);
+    }
+
+    #[test]
+    fn when_full_the_oldest_generation_goes() {
+        // Generations of 2 keys: {1,2} is forgotten when {5} starts.
+        let d = Deduplicator::new(4, Duration::from_secs(60));
+        for k in 1..=5 {
+            assert_eq!(d.check(k, at(k as i64)), Verdict::Pass);
+        }
+        assert_eq!(d.len(), 3);
+        assert_eq!(
+            d.check(4, at(11)),
+            Verdict::Duplicate,
+            "key 4 is remembered"
+        );
+        assert_eq!(
+            d.check(3, at(12)),
+            Verdict::Duplicate,
+            "key 3 is remembered"
+        );
+        assert_eq!(d.check(1, at(10)), Verdict::Pass, "key 1 was forgotten");
+    }
+
+    #[test]
+    fn memory_stays_put_under_churn() {
+        let d = Deduplicator::new(10_000, Duration::from_secs(60));
+        d.check(0, at(0));
+        let before = d.allocated_bytes();
+        for k in 1..200_000u64 {
+            d.check(k.wrapping_mul(0x9E37_79B9_7F4A_7C15), at(k as i64));
+        }
+        assert_eq!(d.allocated_bytes(), before, "the maps never grew");
+        assert!(d.len() <= 10_000);
+    }
+
+    #[test]
+    fn a_million_keys_fit_in_64_mib() {
+        let d = Deduplicator::new(1_000_000, Duration::from_secs(3600));
+        for k in 0..1_000_000u64 {
+            d.check(k.wrapping_mul(0x9E37_79B9_7F4A_7C15), at(k as i64));
+        }
+        assert_eq!(d.len(), 1_000_000);
+        let bytes = d.allocated_bytes();
+        assert!(bytes <= 64 << 20, "{bytes} bytes");
     }
 
     #[test]

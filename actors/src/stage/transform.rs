@@ -1,8 +1,10 @@
 //! Transform: the declarative changes from `[transform]`, table routing, the dedup key, and the
 //! encoding of the row as one insertAll `rows[]` entry.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -11,6 +13,8 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::{Config, DedupKey, InsertIdMode, TransformConfig};
 use crate::messages::{RawRecord, Tp};
+use crate::stage::convert::JsonObject;
+use crate::stage::json::{lookup, object_members, Member};
 use crate::stage::schema::{sanitize_field_names, NameCollision};
 
 /// A BigQuery table within the configured project.
@@ -94,10 +98,49 @@ pub struct Transformed {
     pub entry: Vec<u8>,
 }
 
+/// What a member of the record is called in the row, if it is in the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    /// Its own key.
+    Own,
+    /// The target of `renames[i]`.
+    Renamed(usize),
+    /// Dropped, or replaced by a metadata column of the same name.
+    Gone,
+}
+
+/// The metadata columns, in the order they are written.
+const META_TOPIC: &str = "_kafka_topic";
+const META_PARTITION: &str = "_kafka_partition";
+const META_OFFSET: &str = "_kafka_offset";
+const META_TIMESTAMP: &str = "_kafka_timestamp";
+const META_KEY: &str = "_kafka_key";
+
+/// What is the same for every record of one partition: its table (unless a record field names
+/// it) and the encoded topic and partition columns.
+struct PartitionRoute {
+    tp: Tp,
+    table: Arc<TableRef>,
+    /// The topic is routed by a record field (`table_from`): `table` is only the fallback.
+    by_field: bool,
+    /// `"_kafka_topic":"…","_kafka_partition":N` as configured (possibly empty).
+    meta_prefix: Vec<u8>,
+}
+
 /// Applies `[transform]`, routes to a table, derives the dedup key and encodes the row.
+///
+/// The row is written from the record's own text: its members are copied as they are (minus those
+/// dropped, under their new names when renamed) and the metadata columns appended, so no JSON value
+/// is built.
 pub struct Transformer {
     cfg: TransformConfig,
+    /// `transform.rename`, in the order the renames apply.
+    renames: Vec<(String, String)>,
+    /// The metadata columns turned on.
+    meta_names: Vec<&'static str>,
     dedup_key: DedupKey,
+    /// A `DedupKey::Pointer` split into its first token (unescaped) and the rest.
+    pointer: Option<(String, String)>,
     insert_id: InsertIdMode,
     max_row_bytes: usize,
     dataset: String,
@@ -106,6 +149,14 @@ pub struct Transformer {
     /// Topics routed by a record field (`table_from`).
     by_field: HashMap<String, FieldRoute>,
     sanitize_field_names: bool,
+    /// The route of the partition seen last (records come in chunks of one partition).
+    last: Option<PartitionRoute>,
+    /// Per member of the record at hand (reused between records).
+    names: Vec<Name>,
+    /// The last timestamp second formatted, `2026-11-27T22:34:08` (records come in time order).
+    second: Option<(u64, String)>,
+    /// Reused for hashing dedup keys.
+    scratch: Vec<u8>,
 }
 
 /// Routing by a record field: the pointer, the fallback table, and the tables named so far.
@@ -142,9 +193,32 @@ impl Transformer {
                 }
             }
         }
+        let meta = &config.transform.metadata;
+        let meta_names = [
+            (meta.topic, META_TOPIC),
+            (meta.partition, META_PARTITION),
+            (meta.offset, META_OFFSET),
+            (meta.timestamp, META_TIMESTAMP),
+            (meta.key, META_KEY),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+        let pointer = match &config.dedup.key {
+            DedupKey::Pointer(p) => split_pointer(p),
+            _ => None,
+        };
         Self {
             cfg: config.transform.clone(),
+            renames: config
+                .transform
+                .rename
+                .iter()
+                .map(|(f, t)| (f.clone(), t.clone()))
+                .collect(),
+            meta_names,
             dedup_key: config.dedup.key.clone(),
+            pointer,
             insert_id: config.bigquery.insert_id,
             max_row_bytes: config.batch.max_bytes,
             dataset,
@@ -152,38 +226,11 @@ impl Transformer {
             routed: HashMap::new(),
             by_field,
             sanitize_field_names: config.bigquery.sanitize_field_names,
+            last: None,
+            names: Vec::new(),
+            second: None,
+            scratch: Vec::new(),
         }
-    }
-
-    /// The table a record goes to: named by its `table_from` field when its topic has one (the
-    /// value sanitized like a topic name, in the dataset of the fallback table), else by topic.
-    /// A missing, null, empty, object or array value goes to the fallback table.
-    pub fn table_for_record(
-        &mut self,
-        topic: &Arc<str>,
-        value: &Map<String, Value>,
-    ) -> Arc<TableRef> {
-        let Some(route) = self.by_field.get_mut(&**topic) else {
-            return self.table_for(topic);
-        };
-        let name: std::borrow::Cow<'_, str> = match pointer(value, &route.pointer) {
-            Some(Value::String(s)) if !s.is_empty() => std::borrow::Cow::Borrowed(s),
-            Some(Value::Number(n)) => std::borrow::Cow::Owned(n.to_string()),
-            Some(Value::Bool(b)) => std::borrow::Cow::Owned(b.to_string()),
-            _ => return Arc::clone(&route.fallback),
-        };
-        if let Some(t) = route.tables.get(&*name) {
-            return Arc::clone(t);
-        }
-        if route.tables.len() >= MAX_ROUTED_VALUES {
-            route.tables.clear();
-        }
-        let table = Arc::new(TableRef {
-            dataset: route.fallback.dataset.clone(),
-            table: sanitize_table_name(&name),
-        });
-        route.tables.insert(name.into_owned(), Arc::clone(&table));
-        table
     }
 
     /// The table a topic's rows go to.
@@ -201,77 +248,269 @@ impl Transformer {
         table
     }
 
+    /// Makes `self.last` the route of `tp` (records keep coming from one partition for a while).
+    fn update_route(&mut self, tp: &Tp) {
+        let hit = self.last.as_ref().is_some_and(|r| {
+            r.tp.partition == tp.partition
+                && (Arc::ptr_eq(&r.tp.topic, &tp.topic) || r.tp.topic == tp.topic)
+        });
+        if !hit {
+            let table = self.table_for(&tp.topic);
+            let by_field = self.by_field.contains_key(&*tp.topic);
+            let mut meta_prefix = Vec::new();
+            if self.cfg.metadata.topic {
+                meta_prefix.extend_from_slice(b"\"_kafka_topic\":");
+                write_json(&mut meta_prefix, &*tp.topic);
+            }
+            if self.cfg.metadata.partition {
+                if !meta_prefix.is_empty() {
+                    meta_prefix.push(b',');
+                }
+                meta_prefix.extend_from_slice(b"\"_kafka_partition\":");
+                write_json(&mut meta_prefix, &tp.partition);
+            }
+            self.last = Some(PartitionRoute {
+                tp: tp.clone(),
+                table,
+                by_field,
+                meta_prefix,
+            });
+        }
+    }
+
     /// Turns one converted record into a row.
     pub fn apply(
         &mut self,
         tp: &Tp,
         source: &RawRecord,
-        mut value: Map<String, Value>,
+        value: Map<String, Value>,
     ) -> Result<Transformed, TransformError> {
-        let table = self.table_for_record(&tp.topic, &value);
-        // The dedup key is read from the record as produced, before any field is dropped or renamed.
-        let dedup = dedup_key(&self.dedup_key, &value, source).map(|key| {
-            let mut scoped = Vec::with_capacity(table.table.len() + key.len() + 2);
-            scoped.extend_from_slice(table.dataset.as_bytes());
-            scoped.push(b'.');
-            scoped.extend_from_slice(table.table.as_bytes());
-            scoped.push(0);
-            scoped.extend_from_slice(key.as_bytes());
-            (xxh3_64(&scoped), insert_id_text(key))
-        });
+        let text = serde_json::to_vec(&value).expect("a JSON map serializes into memory");
+        let members = object_members(&text).expect("a serialized JSON map reads as an object");
+        self.encode(tp, source, &text, &members)
+    }
 
+    /// Turns a record whose payload [`parse_object`](crate::stage::convert::parse_object) read
+    /// into `object` into a row.
+    pub fn apply_object(
+        &mut self,
+        tp: &Tp,
+        source: &RawRecord,
+        object: &JsonObject,
+    ) -> Result<Transformed, TransformError> {
+        let text = source.payload.as_deref().unwrap_or_default();
+        self.encode(tp, source, text, &object.members)
+    }
+
+    /// Names each member as it will be in the row: drop, rename, then metadata columns replace
+    /// members of the same name.
+    fn name_members(&mut self, text: &[u8], members: &[Member]) -> Result<(), TransformError> {
+        self.names.clear();
+        self.names.resize(members.len(), Name::Own);
+        let is = |names: &[Name], renames: &[(String, String)], i: usize, name: &str| match names[i]
+        {
+            Name::Own => members[i].is(text, name),
+            Name::Renamed(r) => renames[r].1 == name,
+            Name::Gone => false,
+        };
         for field in &self.cfg.drop {
-            value.remove(field);
-        }
-        for (from, to) in &self.cfg.rename {
-            if let Some(v) = value.remove(from) {
-                if value.contains_key(to) {
-                    return Err(TransformError::RenameCollision {
-                        from: from.clone(),
-                        to: to.clone(),
-                    });
+            for i in 0..members.len() {
+                if is(&self.names, &self.renames, i, field) {
+                    self.names[i] = Name::Gone;
                 }
-                value.insert(to.clone(), v);
             }
         }
-        if self.sanitize_field_names {
-            sanitize_field_names(&mut value)?;
+        for (r, (from, to)) in self.renames.iter().enumerate() {
+            let Some(i) = (0..members.len()).find(|&i| is(&self.names, &self.renames, i, from))
+            else {
+                continue;
+            };
+            if (0..members.len()).any(|j| j != i && is(&self.names, &self.renames, j, to)) {
+                return Err(TransformError::RenameCollision {
+                    from: from.clone(),
+                    to: to.clone(),
+                });
+            }
+            self.names[i] = Name::Renamed(r);
         }
-        let meta = &self.cfg.metadata;
-        if meta.topic {
-            value.insert("_kafka_topic".into(), Value::String(tp.topic.to_string()));
-        }
-        if meta.partition {
-            value.insert("_kafka_partition".into(), Value::from(tp.partition));
-        }
-        if meta.offset {
-            value.insert("_kafka_offset".into(), Value::from(source.offset));
-        }
-        if meta.timestamp {
-            let ts = source.timestamp_ms.filter(|ms| *ms >= 0).map(|ms| {
-                let t = UNIX_EPOCH + Duration::from_millis(ms as u64);
-                Value::String(humantime::format_rfc3339_millis(t).to_string())
-            });
-            value.insert("_kafka_timestamp".into(), ts.unwrap_or(Value::Null));
-        }
-        if meta.key {
-            let key = source
-                .key
-                .as_deref()
-                .map(|k| Value::String(String::from_utf8_lossy(k).into()));
-            value.insert("_kafka_key".into(), key.unwrap_or(Value::Null));
-        }
+        self.mark_metadata_clashes(text, members);
+        Ok(())
+    }
 
-        let mut entry = Vec::with_capacity(source.payload.as_ref().map_or(64, |p| p.len() + 160));
+    /// Metadata columns replace members of the same name (as inserting into a JSON map would).
+    fn mark_metadata_clashes(&mut self, text: &[u8], members: &[Member]) {
+        let is = |names: &[Name], renames: &[(String, String)], i: usize, name: &str| match names[i]
+        {
+            Name::Own => members[i].is(text, name),
+            Name::Renamed(r) => renames[r].1 == name,
+            Name::Gone => false,
+        };
+        for (i, member) in members.iter().enumerate() {
+            let may_clash = match self.names[i] {
+                Name::Gone => false,
+                Name::Own => member.escaped || member.key.of(text).starts_with(b"_kafka_"),
+                Name::Renamed(_) => true,
+            };
+            if may_clash
+                && self
+                    .meta_names
+                    .iter()
+                    .any(|n| is(&self.names, &self.renames, i, n))
+            {
+                self.names[i] = Name::Gone;
+            }
+        }
+    }
+
+    /// Encodes the row from the record's text and members.
+    fn encode(
+        &mut self,
+        tp: &Tp,
+        source: &RawRecord,
+        text: &[u8],
+        members: &[Member],
+    ) -> Result<Transformed, TransformError> {
+        // The dedup key is read from the record as produced, before any field is dropped or renamed.
+        let key = dedup_key(
+            &self.dedup_key,
+            self.pointer.as_ref(),
+            text,
+            members,
+            source,
+        );
+        self.name_members(text, members)?;
+        self.update_route(tp);
+        let route = self.last.as_ref().expect("route set above");
+        let table = match self.by_field.get_mut(&*tp.topic).filter(|_| route.by_field) {
+            Some(field_route) => table_from_field(field_route, text, members),
+            None => Arc::clone(&route.table),
+        };
+        let dedup_hash = key
+            .as_ref()
+            .map(|k| scoped_key_hash(&mut self.scratch, &table, k));
+        if self.sanitize_field_names {
+            return self.encode_sanitized(tp, source, text, members, table, dedup_hash, key);
+        }
+        self.write_entry(tp, source, text, members, table, dedup_hash, key)
+    }
+
+    /// With `bigquery.sanitize_field_names`, names are rewritten in nested objects too: the row's
+    /// object is built as a JSON map once, sanitized, then written like any other.
+    #[allow(clippy::too_many_arguments)]
+    fn encode_sanitized(
+        &mut self,
+        tp: &Tp,
+        source: &RawRecord,
+        text: &[u8],
+        members: &[Member],
+        table: Arc<TableRef>,
+        dedup_hash: Option<u64>,
+        key: Option<Cow<'_, str>>,
+    ) -> Result<Transformed, TransformError> {
+        let mut object = Vec::with_capacity(text.len());
+        object.push(b'{');
+        for (m, name) in members.iter().zip(&self.names) {
+            if *name == Name::Gone {
+                continue;
+            }
+            if object.len() > 1 {
+                object.push(b',');
+            }
+            self.write_member(&mut object, text, m, *name);
+        }
+        object.push(b'}');
+        let mut map: Map<String, Value> =
+            serde_json::from_slice(&object).expect("members of a valid object make an object");
+        sanitize_field_names(&mut map)?;
+        let sanitized = serde_json::to_vec(&map).expect("a JSON map serializes into memory");
+        let members = object_members(&sanitized).expect("a serialized JSON map reads as an object");
+        self.names.clear();
+        self.names.resize(members.len(), Name::Own);
+        self.mark_metadata_clashes(&sanitized, &members);
+        self.write_entry(tp, source, &sanitized, &members, table, dedup_hash, key)
+    }
+
+    /// Writes one member under its name in the row.
+    fn write_member(&self, out: &mut Vec<u8>, text: &[u8], m: &Member, name: Name) {
+        match name {
+            Name::Gone => return,
+            Name::Own => {
+                out.push(b'"');
+                out.extend_from_slice(m.key.of(text));
+                out.push(b'"');
+            }
+            Name::Renamed(r) => write_json(out, &*self.renames[r].1),
+        }
+        out.push(b':');
+        out.extend_from_slice(m.value.of(text));
+    }
+
+    /// Writes `{"insertId":…,"json":{members…, metadata columns}}`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_entry(
+        &mut self,
+        tp: &Tp,
+        source: &RawRecord,
+        text: &[u8],
+        members: &[Member],
+        table: Arc<TableRef>,
+        dedup_hash: Option<u64>,
+        key: Option<Cow<'_, str>>,
+    ) -> Result<Transformed, TransformError> {
+        self.update_route(tp);
+        let route = self.last.as_ref().expect("route set above");
+        // Rows wait in memory until BigQuery has them: allocate what this one needs (the text, the
+        // insertId, the metadata columns), so that it rarely grows and wastes little.
+        let key_len = key.as_ref().map_or(0, |k| k.len().min(128) + 16);
+        let meta_len =
+            route.meta_prefix.len() + 80 + source.key.as_ref().map_or(0, |k| k.len() + 20);
+        let mut entry = Vec::with_capacity(text.len() + key_len + meta_len + 16);
         entry.push(b'{');
-        if let (InsertIdMode::DedupKey, Some((_, id))) = (self.insert_id, &dedup) {
+        if let (InsertIdMode::DedupKey, Some(key)) = (self.insert_id, &key) {
             entry.extend_from_slice(b"\"insertId\":");
-            write_json(&mut entry, id);
+            write_json(&mut entry, &*insert_id_text(key));
             entry.push(b',');
         }
-        entry.extend_from_slice(b"\"json\":");
-        write_json(&mut entry, &value);
-        entry.push(b'}');
+        entry.extend_from_slice(b"\"json\":{");
+        let mut empty = true;
+        let mut separate = |entry: &mut Vec<u8>| {
+            if !std::mem::replace(&mut empty, false) {
+                entry.push(b',');
+            }
+        };
+        for (m, name) in members.iter().zip(&self.names) {
+            if *name != Name::Gone {
+                separate(&mut entry);
+                self.write_member(&mut entry, text, m, *name);
+            }
+        }
+        if !route.meta_prefix.is_empty() {
+            separate(&mut entry);
+            entry.extend_from_slice(&route.meta_prefix);
+        }
+        let meta = &self.cfg.metadata;
+        if meta.offset {
+            separate(&mut entry);
+            let _ = write!(entry, "\"{META_OFFSET}\":");
+            write_json(&mut entry, &source.offset);
+        }
+        if meta.timestamp {
+            separate(&mut entry);
+            let _ = write!(entry, "\"{META_TIMESTAMP}\":");
+            match source.timestamp_ms.filter(|ms| *ms >= 0) {
+                Some(ms) => write_timestamp(&mut entry, ms as u64, &mut self.second),
+                None => entry.extend_from_slice(b"null"),
+            }
+        }
+        if meta.key {
+            separate(&mut entry);
+            let _ = write!(entry, "\"{META_KEY}\":");
+            match source.key.as_deref() {
+                Some(k) => write_json(&mut entry, &*String::from_utf8_lossy(k)),
+                None => entry.extend_from_slice(b"null"),
+            }
+        }
+        entry.extend_from_slice(b"}}");
         if entry.len() > self.max_row_bytes {
             return Err(TransformError::Oversize {
                 size: entry.len(),
@@ -280,24 +519,108 @@ impl Transformer {
         }
         Ok(Transformed {
             table,
-            dedup_hash: dedup.map(|(h, _)| h),
+            dedup_hash,
             entry,
         })
     }
 }
 
+/// The table named by the record's `table_from` field (sanitized like a topic name, in the dataset
+/// of the fallback table); a missing, null, empty, object or array value goes to the fallback.
+fn table_from_field(route: &mut FieldRoute, text: &[u8], members: &[Member]) -> Arc<TableRef> {
+    let (first, tail) = split_pointer(&route.pointer).unwrap_or_default();
+    let raw = pointer_value(Some(&(first, tail)), text, members);
+    let name: Cow<'_, str> = match raw {
+        Some(raw) if raw.starts_with('"') => match serde_json::from_str::<String>(raw) {
+            Ok(s) if !s.is_empty() => Cow::Owned(s),
+            _ => return Arc::clone(&route.fallback),
+        },
+        Some("true") => Cow::Borrowed("true"),
+        Some("false") => Cow::Borrowed("false"),
+        Some(raw) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+            match serde_json::from_str::<Value>(raw) {
+                Ok(Value::Number(n)) => Cow::Owned(n.to_string()),
+                _ => return Arc::clone(&route.fallback),
+            }
+        }
+        _ => return Arc::clone(&route.fallback),
+    };
+    if let Some(t) = route.tables.get(&*name) {
+        return Arc::clone(t);
+    }
+    if route.tables.len() >= MAX_ROUTED_VALUES {
+        route.tables.clear();
+    }
+    let table = Arc::new(TableRef {
+        dataset: route.fallback.dataset.clone(),
+        table: sanitize_table_name(&name),
+    });
+    route.tables.insert(name.into_owned(), Arc::clone(&table));
+    table
+}
+
+/// An RFC 6901 pointer as its first token (unescaped) and the rest.
+fn split_pointer(pointer: &str) -> Option<(String, String)> {
+    let rest = pointer.strip_prefix('/')?;
+    let (first, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    Some((first.replace("~1", "/").replace("~0", "~"), tail.to_owned()))
+}
+
+/// The dedup identity: the key scoped to its table (`dataset.table`, a zero byte, the key).
+fn scoped_key_hash(buf: &mut Vec<u8>, table: &TableRef, key: &str) -> u64 {
+    buf.clear();
+    buf.extend_from_slice(table.dataset.as_bytes());
+    buf.push(b'.');
+    buf.extend_from_slice(table.table.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(key.as_bytes());
+    xxh3_64(buf)
+}
+
+/// Writes `ms` since the epoch as a quoted RFC 3339 timestamp with milliseconds, reusing the
+/// formatted date and time of `second` when it is the same second. After year 9999 (BigQuery's
+/// largest TIMESTAMP, and humantime's largest year) it writes `null`.
+fn write_timestamp(out: &mut Vec<u8>, ms: u64, second: &mut Option<(u64, String)>) {
+    let (secs, millis) = (ms / 1000, ms % 1000);
+    if secs >= 253_402_300_800 {
+        out.extend_from_slice(b"null");
+        return;
+    }
+    let text = match second {
+        Some((s, text)) if *s == secs => text,
+        _ => {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            let mut text = humantime::format_rfc3339_seconds(t).to_string();
+            text.pop(); // the `Z`
+            &mut second.insert((secs, text)).1
+        }
+    };
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    let digits = [
+        b'.',
+        b'0' + (millis / 100) as u8,
+        b'0' + (millis / 10 % 10) as u8,
+        b'0' + (millis % 10) as u8,
+        b'Z',
+        b'"',
+    ];
+    out.extend_from_slice(&digits);
+}
+
 fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
-    // Serializing a string or a JSON map into a Vec cannot fail: keys are strings, no I/O.
+    // Serializing a string or a number into a Vec cannot fail: no I/O.
     serde_json::to_writer(out, v).expect("JSON value serializes into memory");
 }
 
 /// The record's dedup key as text, or `None` when dedup is off.
 fn dedup_key<'a>(
     key: &DedupKey,
-    value: &'a Map<String, Value>,
+    pointer: Option<&(String, String)>,
+    text: &'a [u8],
+    members: &[Member],
     source: &RawRecord,
-) -> Option<std::borrow::Cow<'a, str>> {
-    use std::borrow::Cow;
+) -> Option<Cow<'a, str>> {
     let payload_hash = || {
         Cow::Owned(format!(
             "{:032x}",
@@ -314,36 +637,44 @@ fn dedup_key<'a>(
             },
             None => payload_hash(),
         }),
-        DedupKey::Pointer(ptr) => Some(match pointer(value, ptr) {
-            Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
-            Some(Value::Null) | None => payload_hash(),
-            Some(other) => Cow::Owned(other.to_string()),
+        DedupKey::Pointer(_) => Some(match pointer_value(pointer, text, members) {
+            Some(raw) if raw.starts_with('"') => match serde_json::from_str::<&str>(raw) {
+                Ok(s) => Cow::Borrowed(s),
+                // With escapes, the string cannot be borrowed.
+                Err(_) => Cow::Owned(serde_json::from_str::<String>(raw).unwrap_or_default()),
+            },
+            Some("null") | None => payload_hash(),
+            // Numbers, booleans, objects, arrays: their compact JSON text.
+            Some(raw) => match serde_json::from_str::<Value>(raw) {
+                Ok(v) => Cow::Owned(v.to_string()),
+                Err(_) => Cow::Borrowed(raw),
+            },
         }),
     }
 }
 
-/// `insertId` is limited in length; longer keys are sent as their 128-bit hash.
-fn insert_id_text(key: std::borrow::Cow<'_, str>) -> String {
-    if key.len() <= 128 {
-        key.into_owned()
-    } else {
-        format!("{:032x}", xxh3_128(key.as_bytes()))
+/// The raw JSON text at the dedup pointer (first token, rest), if the record has it.
+fn pointer_value<'a>(
+    pointer: Option<&(String, String)>,
+    text: &'a [u8],
+    members: &[Member],
+) -> Option<&'a str> {
+    let (first, tail) = pointer?;
+    let member = members.iter().find(|m| m.is(text, first))?;
+    // Validated UTF-8 (convert checked the whole payload).
+    let raw = std::str::from_utf8(member.value.of(text)).ok()?;
+    if tail.is_empty() {
+        return Some(raw);
     }
+    lookup(raw, tail).ok().flatten().map(|v| v.get())
 }
 
-/// RFC 6901 pointer lookup on a map (serde_json offers it only on `Value`).
-fn pointer<'a>(map: &'a Map<String, Value>, ptr: &str) -> Option<&'a Value> {
-    let rest = ptr.strip_prefix('/')?;
-    let (first, tail) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let first = first.replace("~1", "/").replace("~0", "~");
-    let v = map.get(&first)?;
-    if tail.is_empty() {
-        Some(v)
+/// `insertId` is limited in length; longer keys are sent as their 128-bit hash.
+fn insert_id_text(key: &str) -> Cow<'_, str> {
+    if key.len() <= 128 {
+        Cow::Borrowed(key)
     } else {
-        v.pointer(tail)
+        Cow::Owned(format!("{:032x}", xxh3_128(key.as_bytes())))
     }
 }
 
@@ -407,6 +738,28 @@ mod tests {
             json.get("_kafka_key").is_none(),
             "key column is off by default"
         );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_with_milliseconds() {
+        let mut second = None;
+        let mut text = |ms: u64| {
+            let mut out = Vec::new();
+            write_timestamp(&mut out, ms, &mut second);
+            String::from_utf8(out).unwrap()
+        };
+        for ms in [
+            0,
+            1_700_000_000_123,
+            1_700_000_000_999,
+            1_700_000_001_005,
+            253_402_300_799_999,
+        ] {
+            let expected = humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string();
+            assert_eq!(text(ms), format!("\"{expected}\""), "{ms}");
+        }
+        assert_eq!(text(253_402_300_800_000), "null", "after year 9999");
     }
 
     #[test]

@@ -1,0 +1,237 @@
+//! Micro-benchmarks of the pipeline's CPU stages on generated member events (~250 bytes):
+//! convert, transform, dedup lookup and insert, and insertAll body encoding — each per record
+//! (`Throughput::Elements`) and per byte of payload (`Throughput::Bytes`).
+//!
+//! ```sh
+//! cargo bench --bench stages                      # all, with criterion
+//! cargo bench --bench stages -- convert           # one group
+//! ```
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bqsink::generator::{Generator, Mix};
+use bqsink_actors::config::Config;
+use bqsink_actors::messages::{RawRecord, Tp};
+use bqsink_actors::stage::batch::encode_body;
+use bqsink_actors::stage::convert::{parse_object, JsonObject};
+use bqsink_actors::stage::dedup::{Deduplicator, Position};
+use bqsink_actors::stage::transform::Transformer;
+use criterion::{criterion_group, Criterion, Throughput};
+
+/// Records per iteration.
+const CHUNK: usize = 1_000;
+
+fn records(n: usize) -> Vec<RawRecord> {
+    let mix = Mix {
+        duplicates: 0.0,
+        malformed: 0.0,
+        seed: 1,
+    };
+    Generator::new(mix)
+        .take(n)
+        .enumerate()
+        .map(|(i, e)| RawRecord {
+            offset: i as i64,
+            timestamp_ms: Some(1_790_000_000_000 + i as i64),
+            key: Some(e.key.into_bytes()),
+            payload: Some(e.payload),
+            headers: Vec::new(),
+        })
+        .collect()
+}
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.bigquery.project = "p".into();
+    c.bigquery.dataset = "events".into();
+    c
+}
+
+fn payload_bytes(records: &[RawRecord]) -> u64 {
+    records.iter().map(|r| r.size() as u64).sum()
+}
+
+/// The stages with their inputs, set up once.
+struct Stages {
+    recs: Vec<RawRecord>,
+    bytes: u64,
+    tp: Tp,
+    transformer: Transformer,
+    converted: Vec<JsonObject>,
+    dedup: Deduplicator,
+    next_key: u64,
+    seen: u64,
+    entries: Vec<Vec<u8>>,
+}
+
+/// A key hash (dedup keys are xxh3 hashes: spread them).
+fn key(k: u64) -> u64 {
+    k.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+impl Stages {
+    fn new() -> Self {
+        let recs = records(CHUNK);
+        let bytes = payload_bytes(&recs);
+        let tp = Tp::new("member-events", 3);
+        let mut transformer = Transformer::new(&config());
+        let converted: Vec<_> = recs
+            .iter()
+            .map(|r| parse_object(r.payload.as_deref()).expect("valid event"))
+            .collect();
+        let entries = recs
+            .iter()
+            .zip(&converted)
+            .map(|(r, v)| {
+                transformer
+                    .apply_object(&tp, r, v)
+                    .expect("valid event")
+                    .entry
+            })
+            .collect();
+        let dedup = Deduplicator::new(1_000_000, Duration::from_secs(3600));
+        for k in 0..1_000_000u64 {
+            dedup.check(key(k), Position::new(&tp, k as i64));
+        }
+        Self {
+            recs,
+            bytes,
+            tp,
+            transformer,
+            converted,
+            dedup,
+            next_key: 1_000_000,
+            seen: 0,
+            entries,
+        }
+    }
+
+    fn convert(&mut self) {
+        for r in &self.recs {
+            black_box(parse_object(black_box(r.payload.as_deref())).ok());
+        }
+    }
+
+    fn transform(&mut self) {
+        for (r, v) in self.recs.iter().zip(&self.converted) {
+            black_box(self.transformer.apply_object(&self.tp, r, v).ok());
+        }
+    }
+
+    /// New keys into the full cache (each evicts one).
+    fn dedup_insert(&mut self) {
+        for _ in 0..CHUNK {
+            self.next_key += 1;
+            let k = self.next_key;
+            black_box(self.dedup.check(key(k), Position::new(&self.tp, k as i64)));
+        }
+    }
+
+    /// Keys the cache holds, read again at their own position (a pass, not a duplicate).
+    fn dedup_lookup(&mut self) {
+        for _ in 0..CHUNK {
+            self.seen = (self.seen + 7919) % 900_000;
+            let k = self.next_key - self.seen;
+            black_box(self.dedup.check(key(k), Position::new(&self.tp, k as i64)));
+        }
+    }
+
+    fn encode(&mut self) {
+        let size: usize = self.entries.iter().map(|e| e.len() + 1).sum::<usize>() + 80;
+        black_box(encode_body(self.entries.iter().map(Vec::as_slice), size));
+    }
+}
+
+type Routine = fn(&mut Stages);
+
+const ROUTINES: &[(&str, &str, Routine)] = &[
+    ("convert", "json_object", Stages::convert),
+    ("transform", "row", Stages::transform),
+    ("dedup", "insert", Stages::dedup_insert),
+    ("dedup", "lookup", Stages::dedup_lookup),
+    ("encode", "insert_all_body", Stages::encode),
+];
+
+fn stages(c: &mut Criterion) {
+    let mut s = Stages::new();
+    for (group, name, routine) in ROUTINES {
+        let mut g = c.benchmark_group(*group);
+        g.throughput(Throughput::Elements(CHUNK as u64));
+        g.bench_function(format!("{name}/records"), |b| b.iter(|| routine(&mut s)));
+        g.throughput(Throughput::Bytes(s.bytes));
+        g.bench_function(format!("{name}/bytes"), |b| b.iter(|| routine(&mut s)));
+        g.finish();
+    }
+}
+
+/// One routine, `ITERATIONS` times, inside `measured` (for callgrind's `--toggle-collect`).
+const ITERATIONS: usize = 100;
+
+#[inline(never)]
+fn measured(s: &mut Stages, routine: Routine) {
+    for _ in 0..ITERATIONS {
+        routine(s);
+    }
+}
+
+/// Resident memory of this process in KiB (`VmRSS`).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// BQSINK_DEDUP_MEMORY=1: the resident memory 1,000,000 dedup keys take.
+fn dedup_memory() {
+    let tp = Tp::new("member-events", 3);
+    let before = rss_kib();
+    let dedup = Deduplicator::new(1_000_000, Duration::from_secs(3600));
+    for k in 0..1_000_000u64 {
+        dedup.check(key(k), Position::new(&tp, k as i64));
+    }
+    let after = rss_kib();
+    println!(
+        "1,000,000 dedup keys: {:.1} MiB resident ({} keys held)",
+        (after - before) as f64 / 1024.0,
+        dedup.len()
+    );
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
+    targets = stages
+}
+
+fn main() {
+    // BQSINK_CALLGRIND=<group>/<name>: run that routine only, for stable instruction counts:
+    //   BQSINK_CALLGRIND=convert/json_object valgrind --tool=callgrind \
+    //     --toggle-collect='*measured*' target/release/deps/stages-*
+    // Instructions per record = total Ir / (ITERATIONS * CHUNK).
+    if let Ok(which) = std::env::var("BQSINK_CALLGRIND") {
+        let mut s = Stages::new();
+        let Some((_, _, routine)) = ROUTINES
+            .iter()
+            .find(|(g, n, _)| format!("{g}/{n}") == which)
+        else {
+            eprintln!("unknown routine {which}");
+            std::process::exit(2);
+        };
+        measured(&mut s, *routine);
+        eprintln!("{which}: {} records", ITERATIONS * CHUNK);
+        return;
+    }
+    if std::env::var_os("BQSINK_DEDUP_MEMORY").is_some() {
+        dedup_memory();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
