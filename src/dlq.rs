@@ -10,6 +10,7 @@ use bqsink_actors::config::Config;
 use bqsink_actors::destinations::{
     connect_stage, stage_class_name, DeliveryError, ErrorDestination, FailureRecord, Role,
 };
+use bqsink_actors::messages::RawRecord;
 use futures::future::BoxFuture;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -219,16 +220,7 @@ impl ErrorDestination for DeadLetterQueue {
                         });
                     }
                 }
-                let mut record = FutureRecord::<[u8], [u8]>::to(&topic).headers(hdrs);
-                if let Some(key) = &r.source.key {
-                    record = record.key(key.as_slice());
-                }
-                if let Some(payload) = &r.source.payload {
-                    record = record.payload(payload.as_slice());
-                }
-                if let Some(ts) = r.source.timestamp_ms {
-                    record = record.timestamp(ts);
-                }
+                let mut record = original_record(&topic, &r.source, hdrs);
                 loop {
                     match producer.send_result(record) {
                         Ok(delivery) => {
@@ -271,6 +263,25 @@ impl ErrorDestination for DeadLetterQueue {
             })
         })
     }
+}
+
+/// A record to produce with `raw`'s key, value and timestamp, and the given headers.
+pub fn original_record<'a>(
+    topic: &'a str,
+    raw: &'a RawRecord,
+    headers: OwnedHeaders,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+    if let Some(key) = &raw.key {
+        record = record.key(key.as_slice());
+    }
+    if let Some(payload) = &raw.payload {
+        record = record.payload(payload.as_slice());
+    }
+    if let Some(ts) = raw.timestamp_ms {
+        record = record.timestamp(ts);
+    }
+    record
 }
 
 #[cfg(test)]

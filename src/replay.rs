@@ -27,7 +27,6 @@ use bqsink_actors::stage::transform::{TableRef, Transformer};
 use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -389,18 +388,8 @@ fn send_to_source(
                 value: value.as_deref(),
             });
         }
-        let mut record = FutureRecord::<[u8], [u8]>::to(&tp.topic)
-            .partition(tp.partition)
-            .headers(hdrs);
-        if let Some(k) = &item.raw.key {
-            record = record.key(k.as_slice());
-        }
-        if let Some(v) = &item.raw.payload {
-            record = record.payload(v.as_slice());
-        }
-        if let Some(ts) = item.raw.timestamp_ms {
-            record = record.timestamp(ts);
-        }
+        let mut record =
+            crate::dlq::original_record(&tp.topic, &item.raw, hdrs).partition(tp.partition);
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
