@@ -6,11 +6,8 @@ mod common;
 #[path = "support/otlp.rs"]
 mod otlp;
 
-use std::io::Read;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use bqsink::sink::{Sink, SinkOptions};
 use common::*;
@@ -97,31 +94,7 @@ refresh_interval_ms = 200
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bqsink"))
-        .args(["run", "--config-dir"])
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
-        .arg("--config")
-        .arg(&config)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let mut stderr = child.stderr.take().unwrap();
-    let collected = Arc::clone(&log);
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = stderr.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            collected
-                .lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let (mut child, log) = spawn_run(&config);
 
     wait_fully_committed(&bootstrap, "g-observed", TOPIC, 1, Duration::from_secs(60));
     let admin = format!("http://127.0.0.1:{port}");
@@ -152,24 +125,13 @@ refresh_interval_ms = 200
         .status()
         .unwrap()
         .success());
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code().unwrap_or(-1);
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "no exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = wait_exit(&mut child, Duration::from_secs(30));
     let log = log.lock().unwrap().clone();
     assert_eq!(code, 0, "{log}");
 
     // The ERROR line names the producer's trace.
     let (_, bad_trace, _) = traceparent(10);
-    let errors: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["level"] == "ERROR" && v["message"] == "record failed")
-        .collect();
+    let errors = error_lines(&log);
     assert_eq!(errors.len(), 1, "{log}");
     assert_eq!(errors[0]["offset"], 10);
     assert_eq!(errors[0]["trace_id"], bad_trace.as_str(), "{log}");

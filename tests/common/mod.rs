@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use bqsink::demo;
@@ -169,4 +170,59 @@ pub fn events(n: usize, mix: Mix) -> (Vec<Event>, Counts) {
         .inspect(|e| counts.add(e.kind))
         .collect();
     (events, counts)
+}
+
+/// Starts `bqsink run`, collecting its stderr.
+pub fn spawn_run(
+    config: &std::path::Path,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bqsink"))
+        .args(["run", "--config-dir"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = std::sync::Arc::clone(&log);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (child, log)
+}
+
+pub fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> i32 {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("bqsink did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn error_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "ERROR" && v["message"] == "record failed")
+        .collect()
 }
