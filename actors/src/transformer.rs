@@ -1,16 +1,15 @@
 //! The transformer: `[transform]`, table routing, dedup key and row encoding, on a pool of sync
 //! threads.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::converter::panic_text;
+use crate::converter::guarded;
 use crate::deduplicator::DedupActor;
 use crate::error_report::ErrorReportActor;
 use crate::messages::{ConvertedRecord, Dedup, Failed, Failure, Row, Stage, Transform};
-use crate::stage::transform::Transformer;
+use crate::stage::transform::{TransformError, Transformer};
 use crate::telemetry;
 
 pub struct TransformActor {
@@ -38,33 +37,27 @@ impl Handler<Transform> for TransformActor {
                 value,
                 trace,
             } = rec;
-            // A panic on some input must not take the stage down: it is that record's failure.
-            let result = catch_unwind(AssertUnwindSafe(|| {
+            let work = || {
                 self.transformer
                     .apply_object(&msg.origin.tp, &source, &value)
-            }));
-            let (class, error) = match result {
-                Ok(Ok(t)) => {
-                    rows.push(Row {
-                        origin: Arc::clone(&msg.origin),
-                        source,
-                        table: t.table,
-                        dedup_hash: t.dedup_hash,
-                        entry: t.entry,
-                        trace,
-                    });
-                    continue;
-                }
-                Ok(Err(e)) => (e.class(), e.to_string()),
-                Err(panic) => ("internal_panic", panic_text(&panic)),
             };
-            failures.push(Failure {
-                origin: Arc::clone(&msg.origin),
-                class,
-                error,
-                stage: Stage::Transform,
-                source,
-            });
+            match guarded(work, TransformError::class) {
+                Ok(t) => rows.push(Row {
+                    origin: Arc::clone(&msg.origin),
+                    source,
+                    table: t.table,
+                    dedup_hash: t.dedup_hash,
+                    entry: t.entry,
+                    trace,
+                }),
+                Err((class, error)) => failures.push(Failure {
+                    origin: Arc::clone(&msg.origin),
+                    class,
+                    error,
+                    stage: Stage::Transform,
+                    source,
+                }),
+            }
         }
         if !failures.is_empty() {
             self.errors.do_send(Failed { failures });
