@@ -35,7 +35,7 @@ use bqsink_actors::stats::Stats;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::Producer;
+use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +51,8 @@ const GROUP: &str = "bqsink-bench";
 const ROUND_PER_PARTITION: u64 = 40_000;
 /// Records produced before latencies are counted (they wait for the consumer group to form).
 const WARMUP: u64 = 1_000;
+/// `fetch.wait.max.ms` of the worker and the raw consumer (librdkafka: 500).
+const FETCH_WAIT_MS: &str = "100";
 
 /// `bqsink bench` options.
 #[derive(Debug, Clone)]
@@ -73,6 +75,11 @@ pub struct WorkerReport {
     pub written: u64,
     pub deduplicated: u64,
     pub failed: u64,
+    /// insertAll requests sent, and partitions paused at the in-flight limits.
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub pauses: u64,
     pub exit_code: i32,
     /// `VmHWM` of the worker process, in KiB.
     pub peak_rss_kib: u64,
@@ -182,6 +189,8 @@ pub fn worker(config: Config) -> anyhow::Result<i32> {
         written: s.written,
         deduplicated: s.deduplicated,
         failed: s.failed,
+        requests: s.batches,
+        pauses: s.pauses,
         exit_code,
         peak_rss_kib: peak_rss_kib().unwrap_or(0),
         user_secs,
@@ -213,7 +222,7 @@ tolerance = "all"
 # of answering when data arrives, and at the end of each round some partitions have none left: the
 # partitions resumed meanwhile would wait for it. A real broker answers when data arrives.
 [kafka.properties]
-"fetch.wait.max.ms" = "100"
+"fetch.wait.max.ms" = "{FETCH_WAIT_MS}"
 "#
     )
 }
@@ -410,18 +419,20 @@ impl Produced {
     }
 }
 
-/// Produces `n` events of `generator`; `pace(i)` runs before the i-th record.
+/// Produces `n` events of `generator` through `p`; `pace(i)` runs before the i-th record.
+///
+/// One producer serves the whole run: a new idempotent producer first fetches metadata and a
+/// producer id, and the records it is given meanwhile would be charged that start-up as latency.
 fn produce_events(
-    bootstrap: &str,
+    p: &ThreadedProducer<DefaultProducerContext>,
     generator: &mut Generator,
     n: u64,
     mut pace: impl FnMut(u64),
 ) -> anyhow::Result<Produced> {
-    let p = producer(bootstrap)?;
     let mut out = Produced::default();
     for (i, event) in generator.by_ref().take(n as usize).enumerate() {
         pace(i as u64);
-        produce(&p, TOPIC, &event.key, &event.payload)?;
+        produce(p, TOPIC, &event.key, &event.payload)?;
         out.counts.add(event.kind);
         out.payload_bytes += event.payload.len() as u64;
     }
@@ -502,8 +513,21 @@ impl Rate {
 
 /// Reads `n` records from offsets `from` on with a bare consumer that drops them: librdkafka's own
 /// rate on this data, from the first record to the last.
+///
+/// It fetches with the worker's librdkafka settings (bqsink's fetch defaults and the bench's
+/// `fetch.wait.max.ms`), so the ratio is the pipeline's cost over the same client.
 fn raw_consume(bootstrap: &str, from: &[i64], n: u64) -> anyhow::Result<Rate> {
-    let c = client(bootstrap, "bench-raw")?;
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "bench-raw")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MS);
+    for (key, value) in kafka::FETCH_DEFAULTS {
+        config.set(key, value);
+    }
+    let c: BaseConsumer = config.create().context("creating the raw consumer")?;
     let mut tpl = TopicPartitionList::new();
     for (p, offset) in from.iter().enumerate() {
         tpl.add_partition_offset(TOPIC, p as i32, Offset::Offset(*offset))?;
@@ -558,6 +582,7 @@ fn throughput(
     let (mut produced, mut raw, mut piped) =
         (Produced::default(), Rate::default(), Rate::default());
     let mut worker: Option<Worker> = None;
+    let p = producer(bootstrap)?;
     let mut total = 0;
     while total < opts.records {
         let n = round.min(opts.records - total);
@@ -565,7 +590,7 @@ fn throughput(
             w.command(&format!("pause {}", opts.partitions))?;
         }
         let before = watermarks(bootstrap, opts.partitions)?;
-        let this = produce_events(bootstrap, generator, n, |_| {})?;
+        let this = produce_events(&p, generator, n, |_| {})?;
         let after = watermarks(bootstrap, opts.partitions)?;
         let kept: i64 = before
             .iter()
@@ -631,11 +656,12 @@ fn latency(
 ) -> anyhow::Result<(Produced, Rate, Worker)> {
     let mut worker = Worker::start(dir, bootstrap, sink.url(), opts.worker_config.as_deref())?;
     let warmup = WARMUP.min(opts.records);
-    let mut produced = produce_events(bootstrap, generator, warmup, |_| {})?;
+    let p = producer(bootstrap)?;
+    let mut produced = produce_events(&p, generator, warmup, |_| {})?;
     worker.wait_handled(warmup)?;
     sink.reset_latency();
     let started = Instant::now();
-    let rest = produce_events(bootstrap, generator, opts.records - warmup, |i| {
+    let rest = produce_events(&p, generator, opts.records - warmup, |i| {
         if i % 100 == 0 {
             let due = Duration::from_secs_f64(i as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -740,6 +766,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<i32> {
         report.user_secs,
         report.sys_secs,
         fmt_n(n)
+    );
+    println!(
+        "flow           {:>10} insertAll requests, {} partition pauses at the in-flight limits",
+        fmt_n(report.requests),
+        fmt_n(report.pauses)
     );
     if let Some(h) = harness {
         println!(

@@ -19,7 +19,7 @@ use bqsink_actors::kafka::{CommitError, KafkaControl};
 use bqsink_actors::messages::{Assigned, RawChunk, RawRecord, Revoked, Revoking, Tp};
 use bqsink_actors::stage::convert::convert;
 use bqsink_actors::stage::dedup::Position;
-use bqsink_actors::stage::flow::{Flow, Inflight, InflightLimits};
+use bqsink_actors::stage::flow::{Flow, Inflight, InflightLimits, Intake, TotalFlow};
 use bqsink_actors::stage::transform::Transformer;
 use bqsink_actors::stats::Stats;
 use bqsink_actors::supervisor::SupervisorActor;
@@ -117,6 +117,15 @@ pub fn control() -> (Arc<RdKafkaControl>, Receiver<Command>) {
 }
 
 /// librdkafka settings for the group consumer: explicit commits of handled offsets only.
+/// librdkafka fetch settings bqsink changes (README, Performance); `kafka.properties` overrides
+/// them. Prefetch at most 4 MiB (librdkafka: 64 MiB): records wait in the pipeline's in-flight
+/// budget instead. With a queue that small, librdkafka's 1 s back-off when it is full stalls the
+/// pipeline; 20 ms does not.
+pub const FETCH_DEFAULTS: [(&str, &str); 2] = [
+    ("queued.max.messages.kbytes", "4096"),
+    ("fetch.queue.backoff.ms", "20"),
+];
+
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let k = &config.kafka;
     let mut c = ClientConfig::new();
@@ -125,13 +134,10 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("auto.offset.reset", k.auto_offset_reset.as_str())
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        // Throughput and memory (README, Performance); `kafka.properties` overrides them. Prefetch
-        // at most 4 MiB (librdkafka: 64 MiB): records wait in the pipeline's in-flight budget
-        // instead. With a queue that small, librdkafka's 1 s back-off when it is full stalls the
-        // pipeline; 20 ms does not.
-        .set("queued.max.messages.kbytes", "4096")
-        .set("fetch.queue.backoff.ms", "20");
+        .set("enable.partition.eof", "false");
+    for (key, value) in FETCH_DEFAULTS {
+        c.set(key, value);
+    }
     for (key, value) in &k.properties {
         c.set(key, value);
     }
@@ -431,20 +437,36 @@ pub fn spawn_consumer(
             source,
         })?;
     let chunk_records = config.pipeline.chunk_records;
+    let total = TotalFlow::new(
+        InflightLimits {
+            records: config.pipeline.max_total_inflight_records,
+            bytes: config.pipeline.max_total_inflight_bytes,
+        },
+        TOTAL_STALL,
+    );
     Ok(std::thread::Builder::new()
         .name("kafka-poller".into())
-        .spawn(move || poll_loop(consumer, commands, chunk_records))
+        .spawn(move || poll_loop(consumer, commands, chunk_records, total))
         .expect("spawning a thread"))
 }
+
+/// How long the total in-flight limits may be reached (the poller taking no records, and serving
+/// no rebalance meanwhile) before every partition is paused and polling goes on.
+const TOTAL_STALL: Duration = Duration::from_secs(1);
+
+/// How long the poller sleeps while the total in-flight limits are reached.
+const TOTAL_WAIT: Duration = Duration::from_millis(2);
 
 fn poll_loop(
     consumer: BaseConsumer<SinkContext>,
     commands: Receiver<Command>,
     chunk_records: usize,
+    mut total: TotalFlow,
 ) {
     let mut reading = true;
-    let mut topics: HashMap<String, Arc<str>> = HashMap::new();
-    let mut chunks: HashMap<(Arc<str>, i32), Vec<RawRecord>> = HashMap::new();
+    // Records arrive in runs of one partition (a fetched batch): the run's chunk is found by
+    // comparing with the previous record's partition, without hashing anything per record.
+    let mut chunks = Chunks::default();
     loop {
         loop {
             let cmd = match commands.try_recv() {
@@ -506,6 +528,36 @@ fn poll_loop(
             }
         }
 
+        // Backpressure over all partitions: at the total limits take nothing for a while (without
+        // pausing, librdkafka keeps its prefetch), then pause everything (see `stage::flow`).
+        let in_flight = lock_routes(&consumer)
+            .values()
+            .map(|r| r.inflight.get())
+            .fold((0, 0), |(r, b), (r2, b2)| (r + r2, b + b2));
+        let intake = if reading {
+            total.step(in_flight, Instant::now())
+        } else {
+            Intake::Poll
+        };
+        match intake {
+            Intake::Wait => {
+                std::thread::sleep(TOTAL_WAIT);
+                continue;
+            }
+            Intake::PauseAll => {
+                tracing::info!(
+                    records = in_flight.0,
+                    bytes = in_flight.1,
+                    "total in-flight limit reached for {TOTAL_STALL:?}: pausing every partition"
+                );
+                pause_all(&consumer);
+            }
+            Intake::ResumeAll => {
+                tracing::info!("below half the total in-flight limit: resuming partitions");
+            }
+            Intake::Poll => {}
+        }
+
         // Gather up to a chunk's worth of records (waiting only for the first), then deliver.
         let mut gathered = 0;
         let mut timeout = Duration::from_millis(50);
@@ -521,14 +573,6 @@ fn poll_loop(
                     if !reading {
                         continue; // Draining: records not delivered are not committed.
                     }
-                    let topic = match topics.get(msg.topic()) {
-                        Some(t) => t.clone(),
-                        None => {
-                            let t: Arc<str> = msg.topic().into();
-                            topics.insert(msg.topic().to_owned(), t.clone());
-                            t
-                        }
-                    };
                     let record = RawRecord {
                         offset: msg.offset(),
                         timestamp_ms: msg.timestamp().to_millis(),
@@ -543,17 +587,14 @@ fn poll_loop(
                             })
                             .unwrap_or_default(),
                     };
-                    chunks
-                        .entry((topic, msg.partition()))
-                        .or_default()
-                        .push(record);
+                    chunks.of(msg.topic(), msg.partition()).push(record);
                     gathered += 1;
                 }
             }
         }
         let limits = consumer.context().limits;
         let mut routes = lock_routes(&consumer);
-        for ((topic, partition), records) in chunks.drain() {
+        for (topic, partition, records) in chunks.drain() {
             match routes.get_mut(&(topic.clone(), partition)) {
                 Some(route) => {
                     let bytes = records.iter().map(RawRecord::size).sum();
@@ -565,9 +606,21 @@ fn poll_loop(
                 }
             }
         }
-        // Backpressure at the source: pause at the in-flight limits, resume below half.
+        let total_records: usize = routes.values().map(|r| r.inflight.get().0).sum();
+        consumer
+            .context()
+            .stats
+            .peak_total_inflight_records
+            .fetch_max(total_records as u64, std::sync::atomic::Ordering::Relaxed);
+        // Backpressure per partition: pause at the in-flight limits, resume below half (unless
+        // the total limits hold every partition).
         for ((topic, partition), route) in routes.iter_mut() {
-            let flow = route.inflight.flow(limits, route.paused);
+            let flow = match route.inflight.flow(limits, route.paused) {
+                Flow::Resume if total.paused_all() => Flow::Keep,
+                // Assigned after everything was paused.
+                Flow::Keep if total.paused_all() && !route.paused => Flow::Pause,
+                flow => flow,
+            };
             let tp = Tp::new(topic.clone(), *partition);
             match flow {
                 Flow::Pause => {
@@ -591,6 +644,54 @@ fn poll_loop(
                 Flow::Keep => {}
             }
         }
+    }
+}
+
+/// Pauses every assigned partition not paused yet, as backpressure (resumed by the flow checks).
+fn pause_all(consumer: &BaseConsumer<SinkContext>) {
+    let mut routes = lock_routes(consumer);
+    for ((topic, partition), route) in routes.iter_mut().filter(|(_, r)| !r.paused) {
+        route.paused = true;
+        Stats::add(&consumer.context().stats.pauses, 1);
+        let tp = Tp::new(topic.clone(), *partition);
+        if let Err(e) = consumer.pause(&tpl_of(&tp)) {
+            tracing::warn!(%tp, error = %e, "pause failed");
+        }
+    }
+}
+
+/// The records of one poll round, per partition, in the order the partitions were first seen.
+#[derive(Default)]
+struct Chunks {
+    chunks: Vec<(Arc<str>, i32, Vec<RawRecord>)>,
+    /// Index of the previous record's chunk.
+    last: usize,
+}
+
+impl Chunks {
+    /// The chunk of `topic`/`partition`, created empty if this round has none yet.
+    fn of(&mut self, topic: &str, partition: i32) -> &mut Vec<RawRecord> {
+        let is = |(t, p, _): &(Arc<str>, i32, Vec<RawRecord>)| *p == partition && &**t == topic;
+        if !self.chunks.get(self.last).is_some_and(is) {
+            self.last = match self.chunks.iter().position(is) {
+                Some(i) => i,
+                None => {
+                    // The topic's name is shared with the other chunks of the topic.
+                    let name = match self.chunks.iter().find(|(t, _, _)| &**t == topic) {
+                        Some((t, _, _)) => Arc::clone(t),
+                        None => topic.into(),
+                    };
+                    self.chunks.push((name, partition, Vec::new()));
+                    self.chunks.len() - 1
+                }
+            };
+        }
+        &mut self.chunks[self.last].2
+    }
+
+    fn drain(&mut self) -> std::vec::Drain<'_, (Arc<str>, i32, Vec<RawRecord>)> {
+        self.last = 0;
+        self.chunks.drain(..)
     }
 }
 

@@ -236,6 +236,64 @@ fn a_slow_bigquery_pauses_partitions_keeps_memory_bounded_and_keeps_the_group() 
     assert_eq!(sink.id_stats(), (counts.unique, 0));
 }
 
+#[test]
+fn a_slow_bigquery_holds_the_total_in_flight_bound_then_pauses_everything() {
+    let (_cluster, bootstrap) = cluster(TOPIC, 8);
+    let (events, counts) = events(
+        60_000,
+        Mix {
+            duplicates: 0.0,
+            malformed: 0.0,
+            seed: 34,
+        },
+    );
+    produce(&bootstrap, TOPIC, &events);
+    let sink = Sink::start(SinkOptions {
+        keep_rows: false,
+        id_pointer: Some("/event_id".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    sink.set_hook(|_| Reply::Delay(Duration::from_secs(2), Box::new(Reply::Accept)));
+    let mut config = config(&bootstrap, "g-total", TOPIC, sink.url());
+    // Per partition out of reach: only the total bound holds the backlog back.
+    config.pipeline.max_inflight_records = 100_000;
+    config.pipeline.max_inflight_bytes = 1 << 30;
+    config.pipeline.max_total_inflight_records = 3_000;
+    config.pipeline.chunk_records = 500;
+    config.bigquery.request_timeout_ms = 10_000;
+
+    let p = start(&config);
+    // Longer than max.poll.interval.ms (10 s), and much longer than the 1 s the poller takes no
+    // records before it pauses every partition and polls on.
+    std::thread::sleep(Duration::from_secs(12));
+    let slow = p.stats.snapshot();
+    sink.clear_hook();
+    wait_fully_committed(&bootstrap, "g-total", TOPIC, 8, Duration::from_secs(120));
+    let done = p.stats.snapshot();
+    assert_eq!(p.shutdown().unwrap(), 0);
+
+    assert!(
+        slow.written > 0 && slow.consumed < 60_000,
+        "the backlog was held back: {slow:?}"
+    );
+    assert!(
+        (3_000..3_000 + 500).contains(&slow.peak_total_inflight_records),
+        "in flight over all partitions reached the bound and passed it by less than a chunk: {}",
+        slow.peak_total_inflight_records
+    );
+    assert!(
+        slow.pauses >= 8,
+        "the bound held for over a second: every partition was paused: {slow:?}"
+    );
+    assert_eq!(
+        (done.assigned, done.revoked),
+        (8, 0),
+        "never kicked out of the group: {done:?}"
+    );
+    assert_eq!(sink.id_stats(), (counts.unique, 0));
+}
+
 /// Part one is written and committed; part two repeats some of its events; the instance crashes
 /// while part two's first batches are in flight; a new instance finishes. Returns the rows stored
 /// more than once.

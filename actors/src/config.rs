@@ -612,12 +612,19 @@ pub struct PipelineConfig {
     /// Records read from Kafka and passed between actors as one message, at most. Default 1000.
     pub chunk_records: usize,
     /// Records read but not yet handled, per partition, before the partition is paused (it resumes
-    /// below half). Each costs about 0.75 KiB of memory until it is handled. Default 2500.
+    /// below half), so that one partition cannot hold the whole total. Default 10000.
     pub max_inflight_records: usize,
     /// Payload bytes read but not yet handled, per partition, before the partition is paused.
-    /// Default 1048576 (1 MiB).
+    /// Default 4194304 (4 MiB).
     pub max_inflight_bytes: usize,
-    /// Threads for each CPU stage (convert, transform); 0 means one per core. Default 0.
+    /// Records read but not yet handled, all partitions together, before the consumer stops taking
+    /// records from librdkafka (which then stops fetching once `queued.max.messages.kbytes` is
+    /// prefetched). Each costs about 0.75 KiB of memory until it is handled. Default 40000.
+    pub max_total_inflight_records: usize,
+    /// Payload bytes read but not yet handled, all partitions together. Default 16777216 (16 MiB).
+    pub max_total_inflight_bytes: usize,
+    /// Threads for each CPU stage (convert, transform); 0 means half the cores each (at least
+    /// one), so the two stages together have one thread per core. Default 0.
     pub workers: usize,
     /// How long a shutdown waits for in-flight rows to be written before it commits what was
     /// handled and exits, in ms. Default 30000.
@@ -628,8 +635,10 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             chunk_records: 1_000,
-            max_inflight_records: 2_500,
-            max_inflight_bytes: 1024 * 1024,
+            max_inflight_records: 10_000,
+            max_inflight_bytes: 4 * 1024 * 1024,
+            max_total_inflight_records: 40_000,
+            max_total_inflight_bytes: 16 * 1024 * 1024,
             workers: 0,
             shutdown_timeout_ms: 30_000,
         }
@@ -849,6 +858,15 @@ impl Config {
         if self.pipeline.max_inflight_bytes == 0 {
             return bad("pipeline.max_inflight_bytes", "must be > 0");
         }
+        if self.pipeline.max_total_inflight_records < self.pipeline.chunk_records {
+            return bad(
+                "pipeline.max_total_inflight_records",
+                "must be >= pipeline.chunk_records",
+            );
+        }
+        if self.pipeline.max_total_inflight_bytes == 0 {
+            return bad("pipeline.max_total_inflight_bytes", "must be > 0");
+        }
         let dlq = &self.errors.deadletterqueue.topic_name;
         if !dlq.is_empty() && self.kafka.topics.contains(dlq) {
             return bad(
@@ -908,12 +926,13 @@ impl Config {
         Ok(())
     }
 
-    /// Threads per CPU stage after resolving `pipeline.workers = 0`.
+    /// Threads per CPU stage after resolving `pipeline.workers = 0`: half the cores each, so the
+    /// two stages together have one thread per core.
     pub fn workers(&self) -> usize {
         match self.pipeline.workers {
             0 => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
+                .map(|n| (n.get() / 2).max(1))
+                .unwrap_or(1),
             n => n,
         }
     }

@@ -32,6 +32,8 @@ pub struct Stats {
     pub abandoned: AtomicU64,
     /// Highest number of records in flight seen in one partition.
     pub peak_inflight_records: AtomicU64,
+    /// Highest number of records in flight seen over all partitions (by the Kafka poller).
+    pub peak_total_inflight_records: AtomicU64,
     /// Partition consumers restarted after they died.
     pub restarts: AtomicU64,
     /// Partitions paused (in-flight limit reached or BigQuery retrying) and resumed.
@@ -68,6 +70,7 @@ pub struct StatsSnapshot {
     pub revoked: u64,
     pub abandoned: u64,
     pub peak_inflight_records: u64,
+    pub peak_total_inflight_records: u64,
     pub restarts: u64,
     pub pauses: u64,
     pub resumes: u64,
@@ -118,6 +121,7 @@ impl Stats {
             revoked: self.revoked.load(Relaxed),
             abandoned: self.abandoned.load(Relaxed),
             peak_inflight_records: self.peak_inflight_records.load(Relaxed),
+            peak_total_inflight_records: self.peak_total_inflight_records.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
             pauses: self.pauses.load(Relaxed),
             resumes: self.resumes.load(Relaxed),

@@ -1,7 +1,6 @@
 //! Batch: rows grouped per table into insertAll requests within `batch.max_rows`, `batch.max_bytes`
 //! and `batch.linger_ms`, and the request body encoding.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,7 +80,9 @@ pub fn encode_body_with<'a>(
 pub struct Batcher<T> {
     max_rows: usize,
     max_bytes: usize,
-    open: HashMap<Arc<TableRef>, Batch<T>>,
+    /// Open batches, one per table: a handful, searched by pointer first (rows of a table share
+    /// its `Arc`), without hashing table names per row.
+    open: Vec<Batch<T>>,
 }
 
 impl<T: BatchItem> Batcher<T> {
@@ -89,7 +90,7 @@ impl<T: BatchItem> Batcher<T> {
         Self {
             max_rows,
             max_bytes,
-            open: HashMap::new(),
+            open: Vec::new(),
         }
     }
 
@@ -105,44 +106,54 @@ impl<T: BatchItem> Batcher<T> {
             bytes: BODY_HEAD.len() + BODY_TAIL.len(),
             opened: now,
         };
-        // One lookup per row in the common case: the table's batch is open and the row fits.
-        let batch = match self.open.get_mut(row.table()) {
-            // The row and its separating comma do not fit: send what is there, start anew.
-            Some(b) if b.bytes + size + 1 > self.max_bytes => {
-                ready.push(std::mem::replace(b, fresh()));
-                b
+        let i = match self.position(row.table()) {
+            Some(i) => {
+                let b = &mut self.open[i];
+                // The row and its separating comma do not fit: send what is there, start anew.
+                if b.bytes + size + 1 > self.max_bytes {
+                    ready.push(std::mem::replace(b, fresh()));
+                }
+                i
             }
-            Some(b) => b,
-            None => self.open.entry(row.table().clone()).or_insert_with(fresh),
+            None => {
+                self.open.push(fresh());
+                self.open.len() - 1
+            }
         };
+        let batch = &mut self.open[i];
         batch.bytes += size + usize::from(!batch.rows.is_empty());
         batch.rows.push(row);
         if batch.rows.len() >= self.max_rows || batch.bytes >= self.max_bytes {
-            let table = batch.table.clone();
-            ready.extend(self.open.remove(&table));
+            ready.push(self.open.swap_remove(i));
         }
         ready
     }
 
+    /// The open batch of `table`.
+    fn position(&self, table: &Arc<TableRef>) -> Option<usize> {
+        self.open
+            .iter()
+            .position(|b| Arc::ptr_eq(&b.table, table))
+            .or_else(|| self.open.iter().position(|b| *b.table == **table))
+    }
+
     /// Takes the batches open for at least `linger`.
     pub fn due(&mut self, now: Instant, linger: Duration) -> Vec<Batch<T>> {
-        let due: Vec<_> = self
-            .open
-            .iter()
-            .filter(|(_, b)| now.duration_since(b.opened) >= linger)
-            .map(|(t, _)| t.clone())
-            .collect();
-        due.iter().filter_map(|t| self.open.remove(t)).collect()
+        let (due, open) = std::mem::take(&mut self.open)
+            .into_iter()
+            .partition(|b| now.duration_since(b.opened) >= linger);
+        self.open = open;
+        due
     }
 
     /// Takes every open batch.
     pub fn drain(&mut self) -> Vec<Batch<T>> {
-        self.open.drain().map(|(_, b)| b).collect()
+        std::mem::take(&mut self.open)
     }
 
     /// Rows waiting in open batches.
     pub fn pending_rows(&self) -> usize {
-        self.open.values().map(|b| b.rows.len()).sum()
+        self.open.iter().map(|b| b.rows.len()).sum()
     }
 }
 

@@ -1,9 +1,18 @@
-//! Flow control: records and bytes of one partition that were delivered to the pipeline and are not
-//! settled yet. The Kafka poller adds what it delivers and pauses the partition at the limits (so
-//! the bound holds at the source, whatever is queued in mailboxes); the partition consumer subtracts
-//! what settles. The partition resumes below half the limits.
+//! Flow control: records and bytes that were delivered to the pipeline and are not settled yet.
+//!
+//! Two bounds hold at the source, whatever is queued in mailboxes:
+//! - all partitions together ([`Intake`]): at the total limits the Kafka poller stops taking records
+//!   from librdkafka, whose prefetch queue is bounded (`queued.max.messages.kbytes`) and simply
+//!   stops fetching. Nothing is paused, so nothing prefetched is thrown away and fetched again.
+//!   Should that last (the pipeline is stuck), every partition is paused instead, so the poller can
+//!   keep serving the group (rebalances, `max.poll.interval.ms`) without taking records;
+//! - each partition ([`Inflight`]): at its limits, or while BigQuery retries its rows, the poller
+//!   pauses it, so one partition cannot hold the whole budget. It resumes below half the limits.
+//!
+//! The poller adds what it delivers; the partition consumer subtracts what settles.
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 /// In-flight bounds of one partition (`pipeline.max_inflight_*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,9 +85,97 @@ impl Inflight {
     }
 }
 
+/// What the poller does next, by the records in flight of all partitions together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intake {
+    /// Take records.
+    Poll,
+    /// At the total limits: take nothing for now (serve commands, look again shortly).
+    Wait,
+    /// At the total limits for too long: pause every partition, then poll (nothing arrives).
+    PauseAll,
+    /// Below half the total limits again after [`Intake::PauseAll`]: partitions may resume.
+    ResumeAll,
+}
+
+/// The process-wide bound (`pipeline.max_total_inflight_*`), see the module doc.
+#[derive(Debug)]
+pub struct TotalFlow {
+    limits: InflightLimits,
+    /// How long the limits may be reached before every partition is paused.
+    stall: Duration,
+    full_since: Option<Instant>,
+    paused_all: bool,
+}
+
+impl TotalFlow {
+    pub fn new(limits: InflightLimits, stall: Duration) -> Self {
+        Self {
+            limits,
+            stall,
+            full_since: None,
+            paused_all: false,
+        }
+    }
+
+    /// Every partition is paused by this bound (a partition must not resume on its own counts).
+    pub fn paused_all(&self) -> bool {
+        self.paused_all
+    }
+
+    /// The next step, given the `(records, bytes)` in flight over all partitions.
+    pub fn step(&mut self, (records, bytes): (usize, usize), now: Instant) -> Intake {
+        let l = self.limits;
+        if self.paused_all {
+            if records <= l.records / 2 && bytes <= l.bytes / 2 {
+                self.paused_all = false;
+                self.full_since = None;
+                return Intake::ResumeAll;
+            }
+            return Intake::Poll;
+        }
+        if records < l.records && bytes < l.bytes {
+            self.full_since = None;
+            return Intake::Poll;
+        }
+        let since = *self.full_since.get_or_insert(now);
+        if now.duration_since(since) >= self.stall {
+            self.paused_all = true;
+            Intake::PauseAll
+        } else {
+            Intake::Wait
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn total_limits_wait_then_pause_everything_until_below_half() {
+        let stall = Duration::from_secs(1);
+        let mut t = TotalFlow::new(LIMITS, stall);
+        let t0 = Instant::now();
+        assert_eq!(t.step((99, 999), t0), Intake::Poll);
+        assert_eq!(t.step((100, 0), t0), Intake::Wait, "records at the limit");
+        assert_eq!(t.step((0, 1_000), t0), Intake::Wait, "bytes at the limit");
+        assert_eq!(
+            t.step((60, 0), t0),
+            Intake::Poll,
+            "below again: take records"
+        );
+        assert_eq!(t.step((100, 0), t0), Intake::Wait, "the wait starts over");
+        let later = t0 + stall / 2;
+        assert_eq!(t.step((100, 0), later), Intake::Wait);
+        assert!(!t.paused_all());
+        assert_eq!(t.step((100, 0), t0 + stall), Intake::PauseAll);
+        assert!(t.paused_all());
+        assert_eq!(t.step((51, 0), t0 + stall), Intake::Poll, "above half");
+        assert_eq!(t.step((50, 500), t0 + stall), Intake::ResumeAll);
+        assert!(!t.paused_all());
+        assert_eq!(t.step((50, 500), t0 + stall), Intake::Poll);
+    }
 
     const LIMITS: InflightLimits = InflightLimits {
         records: 100,

@@ -68,8 +68,17 @@ impl OffsetTracker {
     }
 
     fn settle(&mut self, offset: i64, to: State) -> bool {
-        let Ok(i) = self.pending.binary_search_by_key(&offset, |(o, _, _)| *o) else {
-            return false;
+        // Offsets are mostly contiguous: try the record's place as if they were, then search.
+        let guess = self
+            .pending
+            .front()
+            .and_then(|(first, _, _)| usize::try_from(offset - first).ok());
+        let i = match guess {
+            Some(i) if self.pending.get(i).is_some_and(|(o, _, _)| *o == offset) => i,
+            _ => match self.pending.binary_search_by_key(&offset, |(o, _, _)| *o) {
+                Ok(i) => i,
+                Err(_) => return false,
+            },
         };
         let (_, state, bytes) = &mut self.pending[i];
         if *state != State::InFlight {
