@@ -19,6 +19,10 @@ use bqsink_actors::stage::dedup::{Deduplicator, Position};
 use bqsink_actors::stage::transform::Transformer;
 use criterion::{criterion_group, Criterion, Throughput};
 
+/// The allocator `bqsink` ships with (`src/main.rs`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Records per iteration.
 const CHUNK: usize = 1_000;
 
