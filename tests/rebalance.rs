@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bqsink::generator::{Event, Generator, Kind, Mix};
+use bqsink::generator::{Counts, Event, Generator, Kind, Mix};
 use bqsink::sink::{Reply, Sink, SinkOptions};
 use bqsink_actors::config::{InsertIdMode, Tolerance};
 use common::*;
@@ -170,18 +170,15 @@ fn cooperative_sticky_moves_only_the_partitions_that_change_owner() {
     assert!(by_id.values().all(|&n| n == 1));
 }
 
-#[test]
-fn a_slow_bigquery_pauses_partitions_keeps_memory_bounded_and_keeps_the_group() {
-    let (_cluster, bootstrap) = cluster(TOPIC, 8);
-    let (events, counts) = events(
-        100_000,
-        Mix {
-            duplicates: 0.0,
-            malformed: 0.0,
-            seed: 33,
-        },
-    );
-    produce(&bootstrap, TOPIC, &events);
+/// A backlog of `n` unique events, and a BigQuery fake that takes 2 s per request.
+fn backlog_and_slow_sink(bootstrap: &str, n: usize, seed: u64) -> (Sink, Counts) {
+    let mix = Mix {
+        duplicates: 0.0,
+        malformed: 0.0,
+        seed,
+    };
+    let (events, counts) = events(n, mix);
+    produce(bootstrap, TOPIC, &events);
     let sink = Sink::start(SinkOptions {
         keep_rows: false,
         id_pointer: Some("/event_id".into()),
@@ -189,6 +186,13 @@ fn a_slow_bigquery_pauses_partitions_keeps_memory_bounded_and_keeps_the_group() 
     })
     .unwrap();
     sink.set_hook(|_| Reply::Delay(Duration::from_secs(2), Box::new(Reply::Accept)));
+    (sink, counts)
+}
+
+#[test]
+fn a_slow_bigquery_pauses_partitions_keeps_memory_bounded_and_keeps_the_group() {
+    let (_cluster, bootstrap) = cluster(TOPIC, 8);
+    let (sink, counts) = backlog_and_slow_sink(&bootstrap, 100_000, 33);
     let mut config = config(&bootstrap, "g-slow", TOPIC, sink.url());
     config.pipeline.max_inflight_records = 2_000;
     config.pipeline.chunk_records = 500;
@@ -239,22 +243,7 @@ fn a_slow_bigquery_pauses_partitions_keeps_memory_bounded_and_keeps_the_group() 
 #[test]
 fn a_slow_bigquery_holds_the_total_in_flight_bound_then_pauses_everything() {
     let (_cluster, bootstrap) = cluster(TOPIC, 8);
-    let (events, counts) = events(
-        60_000,
-        Mix {
-            duplicates: 0.0,
-            malformed: 0.0,
-            seed: 34,
-        },
-    );
-    produce(&bootstrap, TOPIC, &events);
-    let sink = Sink::start(SinkOptions {
-        keep_rows: false,
-        id_pointer: Some("/event_id".into()),
-        ..Default::default()
-    })
-    .unwrap();
-    sink.set_hook(|_| Reply::Delay(Duration::from_secs(2), Box::new(Reply::Accept)));
+    let (sink, counts) = backlog_and_slow_sink(&bootstrap, 60_000, 34);
     let mut config = config(&bootstrap, "g-total", TOPIC, sink.url());
     // Per partition out of reach: only the total bound holds the backlog back.
     config.pipeline.max_inflight_records = 100_000;
