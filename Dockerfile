@@ -1,6 +1,6 @@
 # bqsink container image: build in the Rust image, run in a distroless one (glibc, CA certificates,
-# no shell). librdkafka and zlib are built from source and linked statically; TLS to BigQuery is
-# rustls, so the runtime image needs no OpenSSL.
+# no shell). librdkafka, OpenSSL (Kafka over TLS/SASL) and zlib are built from source and linked
+# statically; TLS to BigQuery is rustls, so the runtime image needs no shared OpenSSL.
 #
 #   docker build -t bqsink .
 #   docker run --rm -p 8083:8083 -e BQSINK__KAFKA__BROKERS=kafka:9092 ... bqsink

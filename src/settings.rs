@@ -50,7 +50,48 @@ pub fn figment(sources: &Sources) -> Result<Figment, SettingsError> {
         }
         f = f.merge(Toml::file_exact(file));
     }
-    Ok(f.merge(Env::prefixed("BQSINK__").split("__")))
+    let env = Env::prefixed("BQSINK__").split("__").filter(|key| {
+        !PROPERTY_SECTIONS
+            .iter()
+            .any(|(_, path)| is_under(key, path))
+    });
+    f = f.merge(env);
+    for (prefix, path) in PROPERTY_SECTIONS {
+        let properties = librdkafka_properties(prefix, std::env::vars());
+        if !properties.is_empty() {
+            f = f.merge(Serialized::default(path, properties));
+        }
+    }
+    Ok(f)
+}
+
+/// Sections whose keys are librdkafka property names, which have dots, and the prefix of their
+/// environment variables. A variable names its property with `_` for `.` (librdkafka's names have
+/// no `_`): `BQSINK__KAFKA__PROPERTIES__SASL_PASSWORD` sets `kafka.properties."sasl.password"`.
+const PROPERTY_SECTIONS: [(&str, &str); 2] = [
+    ("BQSINK__KAFKA__PROPERTIES__", "kafka.properties"),
+    (
+        "BQSINK__ERRORS__DEADLETTERQUEUE__PROPERTIES__",
+        "errors.deadletterqueue.properties",
+    ),
+];
+
+/// `key` (an environment key after `BQSINK__`, split at `__`) lies in the section at `path`.
+fn is_under(key: &figment::value::UncasedStr, path: &str) -> bool {
+    let key = key.as_str().to_ascii_lowercase();
+    key.len() > path.len() && key.starts_with(path) && key.as_bytes()[path.len()] == b'.'
+}
+
+/// librdkafka properties set by environment variables that start with `prefix`.
+fn librdkafka_properties(
+    prefix: &str,
+    vars: impl Iterator<Item = (String, String)>,
+) -> std::collections::BTreeMap<String, String> {
+    vars.filter_map(|(name, value)| {
+        let property = name.strip_prefix(prefix)?;
+        (!property.is_empty()).then(|| (property.to_ascii_lowercase().replace('_', "."), value))
+    })
+    .collect()
 }
 
 /// Loads and validates the configuration.
@@ -82,7 +123,12 @@ pub fn to_toml_redacted(config: &Config) -> String {
     if c.admin.token.is_some() {
         c.admin.token = Some("<redacted>".into());
     }
-    for (k, v) in c.kafka.properties.iter_mut() {
+    let properties = c
+        .kafka
+        .properties
+        .iter_mut()
+        .chain(c.errors.deadletterqueue.properties.iter_mut());
+    for (k, v) in properties {
         if k.contains("password") || k.contains("secret") || k.contains("jaas") {
             *v = "<redacted>".into();
         }
@@ -261,7 +307,7 @@ table = "login"
         .unwrap();
         std::fs::write(
             dir.path().join("staging.toml"),
-            "[kafka]\nbrokers = \"b:1\"\n",
+            "[kafka]\nbrokers = \"b:1\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"session.timeout.ms\" = \"6000\"\n",
         )
         .unwrap();
         let extra = dir.path().join("extra.toml");
@@ -273,11 +319,35 @@ table = "login"
         };
         figment::Jail::expect_with(|jail| {
             jail.set_env("BQSINK__BATCH__LINGER_MS", "9");
+            // librdkafka properties: `_` for `.`, merged with the files' properties.
+            jail.set_env("BQSINK__KAFKA__PROPERTIES__SASL_PASSWORD", "s3cret");
+            jail.set_env("BQSINK__KAFKA__PROPERTIES__SESSION_TIMEOUT_MS", "7000");
+            jail.set_env(
+                "BQSINK__ERRORS__DEADLETTERQUEUE__PROPERTIES__LINGER_MS",
+                "3",
+            );
             let c: Config = figment(&sources).unwrap().extract().unwrap();
             assert_eq!(c.kafka.brokers, "b:1");
             assert_eq!(c.kafka.group_id, "g0");
             assert_eq!(c.batch.max_rows, 7);
             assert_eq!(c.batch.linger_ms, 9);
+            let props = |m: &std::collections::BTreeMap<String, String>| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(
+                props(&c.kafka.properties),
+                [
+                    ("sasl.password".to_string(), "s3cret".to_string()),
+                    ("security.protocol".into(), "SASL_SSL".into()),
+                    ("session.timeout.ms".into(), "7000".into()),
+                ]
+            );
+            assert_eq!(
+                props(&c.errors.deadletterqueue.properties),
+                [("linger.ms".to_string(), "3".to_string())]
+            );
             Ok(())
         });
         let missing = Sources {
