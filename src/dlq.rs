@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bqsink_actors::config::Config;
 use bqsink_actors::destinations::{
-    connect_stage, stage_class_name, DeliveryError, ErrorDestination, FailureRecord, Role,
+    connect_stage, stage_class_name, DeliveryError, ErrorDestination, FailureRecord,
 };
 use bqsink_actors::messages::RawRecord;
 use futures::future::BoxFuture;
@@ -185,10 +185,6 @@ impl DeadLetterQueue {
 impl ErrorDestination for DeadLetterQueue {
     fn name(&self) -> &'static str {
         "dead-letter topic"
-    }
-
-    fn role(&self) -> Role {
-        Role::Store
     }
 
     fn deliver(

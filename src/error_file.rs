@@ -12,9 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bqsink_actors::config::Config;
-use bqsink_actors::destinations::{
-    parse_stage, DeliveryError, ErrorDestination, FailureRecord, Role,
-};
+use bqsink_actors::destinations::{parse_stage, DeliveryError, ErrorDestination, FailureRecord};
 use bqsink_actors::messages::{RawRecord, Stage, Tp};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -310,10 +308,6 @@ pub fn encode_lines(records: &[FailureRecord], connector: &str) -> Vec<Vec<u8>> 
 impl ErrorDestination for ErrorFile {
     fn name(&self) -> &'static str {
         "error file"
-    }
-
-    fn role(&self) -> Role {
-        Role::Store
     }
 
     fn deliver(

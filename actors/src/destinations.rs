@@ -61,8 +61,11 @@ impl DeliveryError {
 pub trait ErrorDestination: Send + Sync + 'static {
     /// Name for logs, e.g. `dead-letter topic`.
     fn name(&self) -> &'static str;
-    /// Store or alert.
-    fn role(&self) -> Role;
+    /// Store or alert. A store unless it says otherwise: a store holds the commit back until it
+    /// has the records, the safe side for a destination that forgets to choose.
+    fn role(&self) -> Role {
+        Role::Store
+    }
     /// Delivers records. The future resolves when they are durably delivered (stores) or accepted
     /// for a later alert (alerts); it must not borrow `self`.
     fn deliver(
@@ -165,9 +168,6 @@ mod tests {
     impl ErrorDestination for Flaky {
         fn name(&self) -> &'static str {
             "flaky"
-        }
-        fn role(&self) -> Role {
-            Role::Store
         }
         fn deliver(
             &self,

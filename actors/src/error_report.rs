@@ -242,6 +242,41 @@ mod tests {
         }
     }
 
+    /// An error report with one store (delivering while `store_open`) and one alert, each
+    /// recording the offsets it received.
+    fn report_with(
+        tolerance: Tolerance,
+        stats: Arc<Stats>,
+        store_open: Arc<std::sync::atomic::AtomicBool>,
+        stored: Arc<Mutex<Vec<i64>>>,
+        alerted: Arc<Mutex<Vec<i64>>>,
+    ) -> Addr<ErrorReportActor> {
+        ErrorReportActor {
+            tolerance,
+            include_messages: false,
+            supervisor: NoFatal.start().recipient(),
+            stats,
+            fatal_sent: false,
+            destinations: vec![
+                Arc::new(Gated {
+                    role: Role::Store,
+                    open: store_open,
+                    seen: stored,
+                }),
+                Arc::new(Gated {
+                    role: Role::Alert,
+                    open: Arc::new(true.into()),
+                    seen: alerted,
+                }),
+            ],
+            delivery_backoff: DeliveryBackoff {
+                min_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(10),
+            },
+        }
+        .start()
+    }
+
     fn failures(origin: &Arc<Origin>, offsets: &[i64]) -> Failed {
         Failed {
             failures: offsets
@@ -274,30 +309,13 @@ mod tests {
         let stored = Arc::new(Mutex::new(Vec::new()));
         let alerted = Arc::new(Mutex::new(Vec::new()));
         let stats = Arc::new(Stats::default());
-        let report = ErrorReportActor {
-            tolerance: Tolerance::All,
-            include_messages: false,
-            supervisor: NoFatal.start().recipient(),
-            stats: Arc::clone(&stats),
-            fatal_sent: false,
-            destinations: vec![
-                Arc::new(Gated {
-                    role: Role::Store,
-                    open: Arc::clone(&open),
-                    seen: Arc::clone(&stored),
-                }),
-                Arc::new(Gated {
-                    role: Role::Alert,
-                    open: Arc::new(true.into()),
-                    seen: Arc::clone(&alerted),
-                }),
-            ],
-            delivery_backoff: DeliveryBackoff {
-                min_delay: Duration::from_millis(5),
-                max_delay: Duration::from_millis(10),
-            },
-        }
-        .start();
+        let report = report_with(
+            Tolerance::All,
+            Arc::clone(&stats),
+            Arc::clone(&open),
+            Arc::clone(&stored),
+            Arc::clone(&alerted),
+        );
         report.send(failures(&origin, &[3, 4])).await.unwrap();
         // The store keeps failing: the records are retried, alerted, but never acknowledged.
         while stats.snapshot().report_retries < 3 {
@@ -327,30 +345,13 @@ mod tests {
         });
         let stored = Arc::new(Mutex::new(Vec::new()));
         let alerted = Arc::new(Mutex::new(Vec::new()));
-        let report = ErrorReportActor {
-            tolerance: Tolerance::None,
-            include_messages: false,
-            supervisor: NoFatal.start().recipient(),
-            stats: Arc::new(Stats::default()),
-            fatal_sent: false,
-            destinations: vec![
-                Arc::new(Gated {
-                    role: Role::Store,
-                    open: Arc::new(true.into()),
-                    seen: Arc::clone(&stored),
-                }),
-                Arc::new(Gated {
-                    role: Role::Alert,
-                    open: Arc::new(true.into()),
-                    seen: Arc::clone(&alerted),
-                }),
-            ],
-            delivery_backoff: DeliveryBackoff {
-                min_delay: Duration::from_millis(5),
-                max_delay: Duration::from_millis(10),
-            },
-        }
-        .start();
+        let report = report_with(
+            Tolerance::None,
+            Arc::new(Stats::default()),
+            Arc::new(true.into()),
+            Arc::clone(&stored),
+            Arc::clone(&alerted),
+        );
         report.send(failures(&origin, &[7])).await.unwrap();
         while acks.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(5)).await;
