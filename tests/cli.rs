@@ -41,22 +41,9 @@ fn write_config(
     let path = dir.join("test.toml");
     std::fs::write(
         &path,
-        format!(
-            r#"
-[kafka]
-brokers = "{bootstrap}"
-group_id = "{group}"
-topics = ["{TOPIC}"]
-commit_interval_ms = 200
-[kafka.properties]
-"session.timeout.ms" = "6000"
-"max.poll.interval.ms" = "10000"
-[bigquery]
-endpoint = "{endpoint}"
-project = "test"
-dataset = "ds"
-[batch]
-linger_ms = 20
+        base_toml(bootstrap, group, TOPIC, endpoint)
+            + &format!(
+                r#"
 [errors]
 tolerance = "{tolerance}"
 log_include_messages = true
@@ -66,7 +53,7 @@ level = "info"
 [admin]
 listen = "127.0.0.1:0"
 "#
-        ),
+            ),
     )
     .unwrap();
     path

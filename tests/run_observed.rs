@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use bqsink::sink::{Sink, SinkOptions};
 use common::*;
-use otlp::{traceparent, Receiver};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer};
+use otlp::{send_traced, traceparent, Receiver};
+use rdkafka::producer::Producer;
 
 const TOPIC: &str = "observed";
 const BAD: &str = r#"{"event_id":"bad","amount": 12,,}"#;
@@ -27,15 +26,7 @@ fn produce(bootstrap: &str) {
         } else {
             format!(r#"{{"event_id":"o-{i}"}}"#)
         };
-        let (tp, _, _) = traceparent(i);
-        let r = BaseRecord::<(), str>::to(TOPIC)
-            .partition(0)
-            .payload(&payload)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some(tp.as_str()),
-            }));
-        p.send(r).map_err(|(e, _)| e).unwrap();
+        send_traced(&p, TOPIC, &payload, i);
     }
     p.flush(Duration::from_secs(30)).unwrap();
 }
@@ -59,22 +50,9 @@ fn run_with_traces_and_admin_api_logs_trace_ids_serves_metrics_and_flushes_spans
     let config = dir.path().join("test.toml");
     std::fs::write(
         &config,
-        format!(
-            r#"
-[kafka]
-brokers = "{bootstrap}"
-group_id = "g-observed"
-topics = ["{TOPIC}"]
-commit_interval_ms = 200
-[kafka.properties]
-"session.timeout.ms" = "6000"
-"max.poll.interval.ms" = "10000"
-[bigquery]
-endpoint = "{endpoint}"
-project = "test"
-dataset = "ds"
-[batch]
-linger_ms = 20
+        base_toml(&bootstrap, "g-observed", TOPIC, sink.url())
+            + &format!(
+                r#"
 [errors]
 tolerance = "all"
 [logging]
@@ -88,9 +66,8 @@ listen = "127.0.0.1:{port}"
 [metrics]
 refresh_interval_ms = 200
 "#,
-            endpoint = sink.url(),
-            otlp = receiver.url,
-        ),
+                otlp = receiver.url,
+            ),
     )
     .unwrap();
 

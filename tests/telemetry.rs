@@ -15,8 +15,7 @@ use bqsink::run::PipelineHandle;
 use bqsink::sink::{Sink, SinkOptions};
 use bqsink_actors::config::{LoggingConfig, TelemetryConfig};
 use common::*;
-use otlp::{traceparent, Receiver, RecvSpan};
-use rdkafka::message::{Header, OwnedHeaders};
+use otlp::{send_traced, traceparent, Receiver, RecvSpan};
 use rdkafka::producer::{BaseRecord, Producer};
 
 const TOPIC: &str = "traced-events";
@@ -29,15 +28,7 @@ fn produce(bootstrap: &str) {
     let p = bqsink::demo::producer(bootstrap).unwrap();
     for i in 0..TRACED {
         let payload = format!(r#"{{"event_id":"t-{i}","n":{i}}}"#);
-        let (tp, _, _) = traceparent(i);
-        let r = BaseRecord::<(), str>::to(TOPIC)
-            .partition(0)
-            .payload(&payload)
-            .headers(OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some(tp.as_str()),
-            }));
-        p.send(r).map_err(|(e, _)| e).unwrap();
+        send_traced(&p, TOPIC, &payload, i);
     }
     for i in 0..PLAIN {
         let payload = format!(r#"{{"event_id":"p-{i}","n":{i}}}"#);

@@ -120,10 +120,11 @@ pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool)
     }
 }
 
-/// A pipeline config for tests: short group timeouts (the mock coordinator waits for the rebalance
-/// timeout), fast commits and linger. Tests change fields of the result as they need.
-pub fn config(bootstrap: &str, group: &str, topic: &str, endpoint: &str) -> Config {
-    let text = format!(
+/// The TOML every test pipeline starts from: the cluster and the BigQuery fake, short group
+/// timeouts (the mock coordinator waits for the rebalance timeout), fast commits and linger. Tests
+/// append the sections they need (`[errors]`, `[logging]`, …), not these.
+pub fn base_toml(bootstrap: &str, group: &str, topic: &str, endpoint: &str) -> String {
+    format!(
         r#"
 [kafka]
 brokers = "{bootstrap}"
@@ -137,14 +138,20 @@ commit_interval_ms = 200
 endpoint = "{endpoint}"
 project = "test"
 dataset = "ds"
-request_timeout_ms = 2000
 [batch]
 linger_ms = 20
-[errors]
-retry_delay_max_ms = 200
 "#
-    );
-    bqsink::settings::from_toml(&text).unwrap()
+    )
+}
+
+/// A pipeline config for tests ([`base_toml`], quick BigQuery timeouts and retries). Tests change
+/// fields of the result as they need.
+pub fn config(bootstrap: &str, group: &str, topic: &str, endpoint: &str) -> Config {
+    let text =
+        base_toml(bootstrap, group, topic, endpoint) + "[errors]\nretry_delay_max_ms = 200\n";
+    let mut config = bqsink::settings::from_toml(&text).unwrap();
+    config.bigquery.request_timeout_ms = 2000;
+    config
 }
 
 /// Rows grouped by a field's value.

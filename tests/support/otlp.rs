@@ -187,3 +187,22 @@ pub fn traceparent(i: u64) -> (String, String, String) {
     let span_id = format!("{:016x}", 0x00f0_67aa_0ba9_0000u64 + i + 1);
     (format!("00-{trace_id}-{span_id}-01"), trace_id, span_id)
 }
+
+/// Sends `payload` to partition 0 of `topic` with the `traceparent` header of trace `i`.
+pub fn send_traced(
+    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    payload: &str,
+    i: u64,
+) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let (tp, _, _) = traceparent(i);
+    let r = rdkafka::producer::BaseRecord::<(), str>::to(topic)
+        .partition(0)
+        .payload(payload)
+        .headers(OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some(tp.as_str()),
+        }));
+    p.send(r).map_err(|(e, _)| e).unwrap();
+}
