@@ -501,8 +501,17 @@ pub struct ErrorsConfig {
     pub tolerance: Tolerance,
     /// Put the original key and payload into the ERROR log line. Default false.
     pub log_include_messages: bool,
-    /// How long a failing BigQuery request is retried (timeouts, 5xx, 429, backend errors) before
-    /// its rows count as failed, in ms. Default 300000.
+    /// What happens when a destination cannot take anything right now (a *sink failure*: BigQuery
+    /// or the dead-letter topic unreachable, 5xx, 429, 401/403, a missing table, exhausted retries).
+    /// `retry` (default): the affected partitions stay paused and the write is retried for as long
+    /// as it takes; the service stays up and reports the failure. `stop`: after
+    /// `retry_timeout_ms` the pipeline stops without committing past the unwritten records and the
+    /// process exits non-zero (or waits, per `admin.on_failure`). A sink failure is never tolerated,
+    /// dead-lettered or committed past, whatever `tolerance` says.
+    pub sink_failure: SinkFailure,
+    /// How long a sink failure lasts before it is reported (status FAILING, `/readyz` 503, metric,
+    /// Slack alert) under `sink_failure = "retry"`, or before the pipeline stops under `"stop"`, in
+    /// ms. Default 300000.
     pub retry_timeout_ms: u64,
     /// Longest wait between two retries, in ms (backoff is exponential with jitter). Default 60000.
     pub retry_delay_max_ms: u64,
@@ -519,6 +528,7 @@ impl Default for ErrorsConfig {
         Self {
             tolerance: Tolerance::None,
             log_include_messages: false,
+            sink_failure: SinkFailure::Retry,
             retry_timeout_ms: 300_000,
             retry_delay_max_ms: 60_000,
             deadletterqueue: DeadLetterQueueConfig::default(),
@@ -604,6 +614,16 @@ impl Default for ErrorFileConfig {
 pub enum Tolerance {
     None,
     All,
+}
+
+/// `errors.sink_failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkFailure {
+    /// Retry while paused, for as long as it takes; report the failure after `retry_timeout_ms`.
+    Retry,
+    /// Stop the pipeline after `retry_timeout_ms`, committing nothing past the unwritten records.
+    Stop,
 }
 
 /// Pipeline sizing.

@@ -80,12 +80,12 @@ impl Actor for ConsumerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.origin = Some(Arc::new(Origin {
-            tp: self.tp.clone(),
-            ack: ctx.address().recipient(),
-            revoked: Arc::clone(&self.revoked),
-            inflight: Arc::clone(&self.inflight),
-        }));
+        self.origin = Some(Arc::new(Origin::new(
+            self.tp.clone(),
+            ctx.address().recipient(),
+            Arc::clone(&self.revoked),
+            Arc::clone(&self.inflight),
+        )));
     }
 }
 

@@ -39,13 +39,13 @@ impl Handler<Convert> for ConvertActor {
                     source,
                     value,
                 }),
-                Err((class, error)) => failures.push(Failure {
-                    origin: Arc::clone(&msg.origin),
+                Err((class, error)) => failures.push(Failure::new(
+                    Arc::clone(&msg.origin),
+                    source,
+                    Stage::Convert,
                     class,
                     error,
-                    stage: Stage::Convert,
-                    source,
-                }),
+                )),
             }
         }
         if !failures.is_empty() {

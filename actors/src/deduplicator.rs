@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::messages::{acknowledge, Dedup, Forget, HandledKind, WarmupKeys, Write};
+use crate::messages::{acknowledge, Dedup, HandledKind, Settled, SettledAs, WarmupKeys, Write};
 use crate::stage::dedup::{Deduplicator, Position, Verdict};
 use crate::stats::Stats;
 use crate::telemetry;
@@ -76,12 +76,14 @@ impl Handler<WarmupKeys> for DedupActor {
     }
 }
 
-impl Handler<Forget> for DedupActor {
+impl Handler<Settled> for DedupActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Forget, _: &mut Self::Context) {
-        for (key, at) in msg.keys {
-            self.dedup.forget(key, at);
+    fn handle(&mut self, msg: Settled, _: &mut Self::Context) {
+        if msg.how == SettledAs::Reported {
+            for (key, at) in msg.keys {
+                self.dedup.forget(key, at);
+            }
         }
     }
 }

@@ -299,12 +299,12 @@ mod tests {
     #[actix::test]
     async fn records_are_acknowledged_only_after_every_store_delivered_them() {
         let acks = Arc::new(Mutex::new(Vec::new()));
-        let origin = Arc::new(Origin {
-            tp: Tp::new("t", 0),
-            ack: Acks(Arc::clone(&acks)).start().recipient(),
-            revoked: Arc::default(),
-            inflight: Arc::default(),
-        });
+        let origin = Arc::new(Origin::new(
+            Tp::new("t", 0),
+            Acks(Arc::clone(&acks)).start().recipient(),
+            Arc::default(),
+            Arc::default(),
+        ));
         let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stored = Arc::new(Mutex::new(Vec::new()));
         let alerted = Arc::new(Mutex::new(Vec::new()));
@@ -337,12 +337,12 @@ mod tests {
     #[actix::test]
     async fn under_tolerance_none_records_are_stuck_alerted_and_not_stored() {
         let acks = Arc::new(Mutex::new(Vec::new()));
-        let origin = Arc::new(Origin {
-            tp: Tp::new("t", 0),
-            ack: Acks(Arc::clone(&acks)).start().recipient(),
-            revoked: Arc::default(),
-            inflight: Arc::default(),
-        });
+        let origin = Arc::new(Origin::new(
+            Tp::new("t", 0),
+            Acks(Arc::clone(&acks)).start().recipient(),
+            Arc::default(),
+            Arc::default(),
+        ));
         let stored = Arc::new(Mutex::new(Vec::new()));
         let alerted = Arc::new(Mutex::new(Vec::new()));
         let report = report_with(

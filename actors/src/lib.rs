@@ -6,6 +6,7 @@
 pub mod bigquery;
 pub mod config;
 pub mod destinations;
+pub mod health;
 pub mod kafka;
 pub mod messages;
 pub mod pipeline;

@@ -6,7 +6,7 @@
 //! report) can tell its partition consumer that the offset is handled.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -65,11 +65,42 @@ pub struct Origin {
     pub revoked: Arc<AtomicBool>,
     /// The partition's in-flight counters (shared with the Kafka poller's flow control).
     pub inflight: Arc<crate::stage::flow::Inflight>,
+    /// The lowest offset of this partition whose record failed (`i64::MAX` while none has).
+    /// Under `errors.tolerance = "none"` rows after it are not written (see [`Origin::is_after_failure`]).
+    pub first_failure: AtomicI64,
 }
 
 impl Origin {
+    pub fn new(
+        tp: Tp,
+        ack: Recipient<Handled>,
+        revoked: Arc<AtomicBool>,
+        inflight: Arc<crate::stage::flow::Inflight>,
+    ) -> Self {
+        Self {
+            tp,
+            ack,
+            revoked,
+            inflight,
+            first_failure: AtomicI64::new(i64::MAX),
+        }
+    }
+
     pub fn is_revoked(&self) -> bool {
         self.revoked.load(Ordering::Relaxed)
+    }
+
+    /// The record at `offset` failed. Noted where the failure is found ([`Failure::new`]), before
+    /// later records of the partition move on, so that under `errors.tolerance = "none"` (the
+    /// pipeline stops, the commit stays at the failed record) the writer does not write rows after
+    /// it: they would be written again after every restart.
+    pub fn note_failure(&self, offset: i64) {
+        self.first_failure.fetch_min(offset, Ordering::Relaxed);
+    }
+
+    /// Whether the row at `offset` comes after a record of its partition that failed.
+    pub fn is_after_failure(&self, offset: i64) -> bool {
+        offset > self.first_failure.load(Ordering::Relaxed)
     }
 }
 
@@ -210,6 +241,26 @@ pub struct Failure {
     pub error: String,
 }
 
+impl Failure {
+    /// A record failure; notes it on its partition's origin ([`Origin::note_failure`]).
+    pub fn new(
+        origin: Arc<Origin>,
+        source: RawRecord,
+        stage: Stage,
+        class: &'static str,
+        error: String,
+    ) -> Self {
+        origin.note_failure(source.offset);
+        Self {
+            origin,
+            source,
+            stage,
+            class,
+            error,
+        }
+    }
+}
+
 /// Failed records (any stage → error report).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -277,19 +328,36 @@ pub struct Fatal {
 #[rtype(result = "()")]
 pub struct Shutdown;
 
-/// Dedup keys of rows that failed at BigQuery (writer → deduplicator): forget them, so the record
-/// sent again (replayed from the dead-letter topic to its source) is not taken for a duplicate.
+/// What became of rows the deduplicator passed on (writer → deduplicator). The first copy of a key
+/// holds back later copies of it (another partition's, or a re-conversion's) until it is settled:
+/// a duplicate is acknowledged only once its first copy is written or reported, never while the
+/// first copy could still be abandoned.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Forget {
+pub struct Settled {
     pub keys: Vec<(u64, crate::stage::dedup::Position)>,
+    pub how: SettledAs,
 }
 
-/// Where the writer sends [`Forget`] (pipeline → writer, once at start: dedup is created after the
+/// How rows passed on by the deduplicator ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettledAs {
+    /// BigQuery has them: held duplicates are acknowledged as deduplicated.
+    Written,
+    /// Failed as bad records and reported: the key is forgotten (so the record replayed from the
+    /// dead-letter topic is not taken for a duplicate) and held duplicates are passed on (they
+    /// are written or reported on their own).
+    Reported,
+    /// Not written and not reported (partition revoked, halted, pipeline stopping): the key's
+    /// claim is dropped and a held duplicate, if any, takes its place.
+    Abandoned,
+}
+
+/// Where the writer sends [`Settled`] (pipeline → writer, once at start: dedup is created after the
 /// writer, as it sends to it).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ForgetVia(pub Recipient<Forget>);
+pub struct SettledVia(pub Recipient<Settled>);
 
 /// What the supervisor knows now (admin API → supervisor).
 #[derive(Message, Debug)]

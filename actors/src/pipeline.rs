@@ -21,7 +21,7 @@ use crate::deduplicator::DedupActor;
 use crate::destinations::{DeliveryBackoff, ErrorDestination};
 use crate::error_report::ErrorReportActor;
 use crate::kafka::KafkaControl;
-use crate::messages::ForgetVia;
+use crate::messages::SettledVia;
 use crate::stage::dedup::Deduplicator;
 use crate::stage::transform::Transformer;
 use crate::stats::Stats;
@@ -96,7 +96,7 @@ pub fn start_with_destinations(
                 writer: d_writer,
                 stats: d_stats,
             });
-        writer.do_send(ForgetVia(dedup.clone().recipient()));
+        writer.do_send(SettledVia(dedup.clone().recipient()));
 
         let (t_config, t_errors, t_dedup) = (config.clone(), errors.clone(), dedup.clone());
         let transformer = SyncArbiter::start(workers, move || TransformActor {

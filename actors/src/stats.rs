@@ -43,6 +43,8 @@ pub struct Stats {
     pub report_retries: AtomicU64,
     /// The last failed record of each partition (for the admin API's status).
     pub last_errors: Mutex<HashMap<Tp, PartitionError>>,
+    /// Destinations that cannot take anything right now (sink failures; see [`crate::health`]).
+    pub health: crate::health::SinkHealth,
 }
 
 /// The last failure of a partition.

@@ -50,13 +50,13 @@ impl Handler<Transform> for TransformActor {
                     entry: t.entry,
                     trace,
                 }),
-                Err((class, error)) => failures.push(Failure {
-                    origin: Arc::clone(&msg.origin),
+                Err((class, error)) => failures.push(Failure::new(
+                    Arc::clone(&msg.origin),
+                    source,
+                    Stage::Transform,
                     class,
                     error,
-                    stage: Stage::Transform,
-                    source,
-                }),
+                )),
             }
         }
         if !failures.is_empty() {

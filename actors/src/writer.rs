@@ -11,7 +11,8 @@ use actix::prelude::*;
 use crate::bigquery::{send_with_retry, BigQuery, Outcome, RetryHooks, RetryPolicy};
 use crate::error_report::ErrorReportActor;
 use crate::messages::{
-    acknowledge, Failed, Failure, Flush, Forget, ForgetVia, HandledKind, Row, Stage, Write,
+    acknowledge, Failed, Failure, Flush, HandledKind, Row, Settled, SettledAs, SettledVia, Stage,
+    Write,
 };
 use crate::stage::batch::{Batch, Batcher};
 use crate::stage::dedup::Position;
@@ -29,7 +30,7 @@ pub struct WriterActor {
     errors: Addr<ErrorReportActor>,
     stats: Arc<Stats>,
     /// The deduplicator, told the keys of rows that failed.
-    forget: Option<Recipient<Forget>>,
+    forget: Option<Recipient<Settled>>,
 }
 
 /// Writer settings, from `[batch]`, `[bigquery]` and `[errors]`.
@@ -129,7 +130,10 @@ impl WriterActor {
                 })
                 .collect();
             if !keys.is_empty() {
-                forget.do_send(Forget { keys });
+                forget.do_send(Settled {
+                    keys,
+                    how: SettledAs::Reported,
+                });
             }
         }
         let mut rows: Vec<Option<Row>> = batch.rows.into_iter().map(Some).collect();
@@ -138,13 +142,13 @@ impl WriterActor {
             .into_iter()
             .filter_map(|(i, class, error)| {
                 let row = rows.get_mut(i)?.take()?;
-                Some(Failure {
-                    origin: row.origin,
-                    source: row.source,
-                    stage: Stage::BigQuery,
+                Some(Failure::new(
+                    row.origin,
+                    row.source,
+                    Stage::BigQuery,
                     class,
-                    error: format!("table {}: {error}", batch.table),
-                })
+                    format!("table {}: {error}", batch.table),
+                ))
             })
             .collect();
         self.errors.do_send(Failed { failures });
@@ -189,10 +193,10 @@ impl Handler<Flush> for WriterActor {
     }
 }
 
-impl Handler<ForgetVia> for WriterActor {
+impl Handler<SettledVia> for WriterActor {
     type Result = ();
 
-    fn handle(&mut self, msg: ForgetVia, _: &mut Self::Context) {
+    fn handle(&mut self, msg: SettledVia, _: &mut Self::Context) {
         self.forget = Some(msg.0);
     }
 }
