@@ -4,9 +4,9 @@
 //! | endpoint | auth | answer |
 //! |---|---|---|
 //! | `GET /healthz` | no | 200 while the process serves requests |
-//! | `GET /readyz` | no | 200 when a pipeline runs, its consumer joined the group and BigQuery answered the last probe; else 503 |
+//! | `GET /readyz` | no | 200 when a pipeline runs, its consumer joined the group, BigQuery answered the last probe and no sink is failing; else 503 |
 //! | `GET /metrics` | no | Prometheus text format |
-//! | `GET /status` | token | overall state and one entry per assigned partition |
+//! | `GET /status` | token | overall state, one entry per assigned partition (`FAILING` while its records wait for a failing sink), and the sinks that fail (`sinks`) |
 //! | `POST /pause`, `/resume`, `/restart` | token | 202, or 409 while shutting down |
 //!
 //! With `admin.token` set, the endpoints marked *token* need `Authorization: Bearer <token>`.
@@ -24,6 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bqsink_actors::health::SinkCondition;
 use bqsink_actors::messages::{StatusReport, Tp};
 use metrics_exporter_prometheus::PrometheusHandle;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -231,6 +232,14 @@ async fn readyz(State(app): State<AppState>) -> Response {
         Some(Err(e)) => reasons.push(format!("BigQuery is unreachable: {e}")),
         None => reasons.push("BigQuery has not been probed yet".into()),
     }
+    for s in service.stats.health.failing_now() {
+        reasons.push(format!(
+            "{} is failing since {}: {}",
+            s.sink,
+            humantime::format_rfc3339_seconds(s.since),
+            s.last_error
+        ));
+    }
     let code = if reasons.is_empty() {
         StatusCode::OK
     } else {
@@ -293,6 +302,14 @@ pub async fn status_json(service: &ServiceState) -> Value {
         .lock()
         .map(|w| w.clone())
         .unwrap_or_default();
+    let sinks = service.stats.health.snapshot();
+    // The failing sink a partition's records wait for, if any.
+    let sink_error = |tp: &Tp| {
+        sinks
+            .iter()
+            .find(|s| s.condition == SinkCondition::Failing && s.partitions.contains(tp))
+            .map(|s| format!("{}: {}", s.sink, s.last_error))
+    };
     let mut partitions: Vec<Value> = Vec::new();
     let error_json = |tp: &Tp| {
         errors.get(tp).map(|e| {
@@ -314,8 +331,11 @@ pub async fn status_json(service: &ServiceState) -> Value {
             let high = w.map(|w| w.high);
             let lag = high.map(|h| (h - committed.or(w.map(|w| w.low)).unwrap_or(0)).max(0));
             let fatal = errors.get(&p.tp).is_some_and(|e| e.fatal);
+            let waiting = sink_error(&p.tp);
             let state = if fatal {
                 "FAILED"
+            } else if waiting.is_some() {
+                "FAILING"
             } else if p.paused {
                 "PAUSED"
             } else {
@@ -331,6 +351,7 @@ pub async fn status_json(service: &ServiceState) -> Value {
                 "lag": lag,
                 "inflight_records": p.inflight_records,
                 "last_error": error_json(&p.tp),
+                "sink_error": waiting,
             }));
         }
     } else {
@@ -355,6 +376,14 @@ pub async fn status_json(service: &ServiceState) -> Value {
         "restarts": service.restarts(),
         "error": match &phase { Phase::Failed(reason) => Some(reason.clone()), _ => None },
         "partitions": partitions,
+        "sinks": sinks.iter().map(|s| json!({
+            "sink": s.sink,
+            "state": s.condition.as_str(),
+            "since": humantime::format_rfc3339_millis(s.since).to_string(),
+            "last_error": s.last_error,
+            "attempts": s.attempts,
+            "partitions": s.partitions.iter().map(|tp| json!({"topic": &*tp.topic, "partition": tp.partition})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
         "counters": {
             "consumed": s.consumed,
             "written": s.written,

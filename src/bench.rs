@@ -125,7 +125,7 @@ pub fn worker(config: Config) -> anyhow::Result<i32> {
     let client = Arc::new(bigquery::RestClient::new(&config.bigquery)?);
     let stats = Arc::new(Stats::default());
     // As `run::run` starts it, keeping a handle on the consumer's controls for pause and resume.
-    let destinations = destinations::from_config(&config)?;
+    let destinations = destinations::from_config(&config, &stats)?;
     let system = actix::System::new();
     let (control, commands) = kafka::control();
     let supervisor = system.block_on(async {

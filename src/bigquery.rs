@@ -129,6 +129,7 @@ impl RestClient {
                 }
                 let resp = req.send().await.map_err(transport_error)?;
                 let status = resp.status();
+                let retry_after = retry_after(resp.headers());
                 let bytes = resp.bytes().await.map_err(transport_error)?;
                 if status.is_success() {
                     return Ok(bytes);
@@ -141,14 +142,20 @@ impl RestClient {
                     refreshed = true;
                     continue;
                 }
-                return Err(http_error(status, &bytes));
+                return Err(http_error(status, &bytes, retry_after));
             }
         })
     }
 }
 
+/// The `Retry-After` header in seconds (BigQuery and Google front ends send seconds, not dates).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let text = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 /// A non-2xx answer as a [`BqError`], with BigQuery's reason and message when the body has them.
-fn http_error(status: StatusCode, bytes: &[u8]) -> BqError {
+fn http_error(status: StatusCode, bytes: &[u8], retry_after: Option<Duration>) -> BqError {
     let detail = serde_json::from_slice::<ErrorBody>(bytes)
         .unwrap_or_default()
         .error;
@@ -166,6 +173,7 @@ fn http_error(status: StatusCode, bytes: &[u8]) -> BqError {
         status: status.as_u16(),
         reason,
         message,
+        retry_after,
     }
 }
 

@@ -301,7 +301,7 @@ impl RunCtx<'_> {
         }
         let (replayed, duplicates, again) = match self.target {
             Target::Source(producer) => send_to_source(self.runtime, producer, &todo),
-            Target::BigQuery(bq) => bq.send(self.runtime, &todo),
+            Target::BigQuery(bq) => bq.send(self.runtime, &todo)?,
         };
         self.report.replayed += replayed;
         self.report.duplicates += duplicates;
@@ -466,18 +466,23 @@ impl BqTarget {
                 max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),
                 min_delay: Duration::from_millis(100)
                     .min(Duration::from_millis(config.errors.retry_delay_max_ms)),
+                // A replay is a command that ends: when BigQuery cannot take rows for
+                // errors.retry_timeout_ms it stops (without committing its progress past them).
+                give_up: true,
             },
             max_rows: config.batch.max_rows,
             max_bytes: config.batch.max_bytes,
         }
     }
 
-    /// Returns (written, duplicates, failures by item index).
+    /// Returns (written, duplicates, failures by item index); an error when BigQuery could not
+    /// take rows for `errors.retry_timeout_ms` (a sink failure: nothing of this batch counts as
+    /// replayed or still failing, and the progress is not committed past it).
     fn send(
         &mut self,
         runtime: &tokio::runtime::Runtime,
         items: &[Item],
-    ) -> (u64, u64, Vec<(usize, String)>) {
+    ) -> anyhow::Result<(u64, u64, Vec<(usize, String)>)> {
         let mut failures = Vec::new();
         let mut duplicates = 0;
         let mut batcher = Batcher::new(self.max_rows, self.max_bytes);
@@ -526,6 +531,15 @@ impl BqTarget {
                 self.policy,
                 &|_| true,
             ));
+            if let Some(sf) = outcome.sink_failure {
+                anyhow::bail!(
+                    "BigQuery table {} could not take rows for {:.1?} ({}); the replay stops here \
+                     and its progress is not committed past them: run it again later",
+                    batch.table,
+                    sf.after,
+                    sf.error
+                );
+            }
             written += outcome.written.len() as u64;
             for (row, class, error) in outcome.failed {
                 if let Some(r) = batch.rows.get(row) {
@@ -536,7 +550,7 @@ impl BqTarget {
                 }
             }
         }
-        (written, duplicates, failures)
+        Ok((written, duplicates, failures))
     }
 }
 

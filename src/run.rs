@@ -30,7 +30,7 @@ pub fn run(
     started: Option<mpsc::Sender<(Addr<SupervisorActor>, actix::System)>>,
 ) -> anyhow::Result<i32> {
     // Kept until the end, so the Slack thread posts what is pending after the pipeline stopped.
-    let destinations = destinations::from_config(config)?;
+    let destinations = destinations::from_config(config, &stats)?;
     let system = actix::System::new();
     let (control, commands) = kafka::control();
     let poller_stats = Arc::clone(&stats);

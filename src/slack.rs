@@ -3,6 +3,10 @@
 //! message per `window_secs`, never more often. Posts that get 429 or 5xx (or no answer) are retried
 //! until the window ends; what could not be posted is merged into the next window's message.
 //!
+//! Sink failures ([`bqsink_actors::health`]) are alerted through the same window: one line when a
+//! destination has failed for `errors.retry_timeout_ms` (BigQuery, the dead-letter topic), one when
+//! it recovered, each once per incident.
+//!
 //! Nothing here can hold up the pipeline: `deliver` only adds to the in-memory aggregate (bounded:
 //! at most [`MAX_GROUPS`] groups with [`MAX_SAMPLES`] offsets each; further failures are still
 //! counted, without details), and posting happens on a thread of its own.
@@ -15,6 +19,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bqsink_actors::config::Config;
 use bqsink_actors::destinations::{DeliveryError, ErrorDestination, FailureRecord, Role};
+use bqsink_actors::health::HealthEvent;
+use bqsink_actors::stats::Stats;
 use futures::future::BoxFuture;
 
 /// Groups (topic, stage, class) detailed in one message; more are summed up in one line.
@@ -23,6 +29,8 @@ pub const MAX_GROUPS: usize = 20;
 pub const MAX_SAMPLES: usize = 5;
 /// Longest error text quoted per group.
 const MAX_ERROR_CHARS: usize = 200;
+/// Sink failure and recovery lines kept for one message (more are counted).
+pub const MAX_SINK_LINES: usize = 20;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Group {
@@ -42,6 +50,10 @@ pub struct Aggregate {
     /// Failures beyond [`MAX_GROUPS`] groups (counted in `total`, not detailed).
     undetailed: u64,
     since: Option<SystemTime>,
+    /// Sink failures and recoveries, one line each, in order.
+    sinks: Vec<String>,
+    /// Sink lines beyond [`MAX_SINK_LINES`].
+    sinks_undetailed: u64,
 }
 
 impl Aggregate {
@@ -71,8 +83,43 @@ impl Aggregate {
         }
     }
 
+    /// Adds a sink failure or recovery.
+    pub fn add_sink_event(&mut self, event: &HealthEvent) {
+        if self.sinks.len() >= MAX_SINK_LINES {
+            self.sinks_undetailed += 1;
+            return;
+        }
+        let line = match event {
+            HealthEvent::Failing(s) => {
+                let partitions: Vec<String> =
+                    s.partitions.iter().map(ToString::to_string).collect();
+                format!(
+                    ":red_circle: sink failing: {} since {} ({} attempts; nothing is committed past the records waiting for it; partitions {}): {}",
+                    s.sink,
+                    humantime::format_rfc3339_seconds(s.since),
+                    s.attempts,
+                    if partitions.is_empty() { "-".to_string() } else { partitions.join(", ") },
+                    s.last_error.chars().take(MAX_ERROR_CHARS).collect::<String>()
+                )
+            }
+            HealthEvent::Recovered { sink, after } => format!(
+                ":large_green_circle: sink recovered: {sink} takes writes again after {}",
+                humantime::format_duration(Duration::from_secs(after.as_secs()))
+            ),
+        };
+        self.sinks.push(line);
+    }
+
     /// Adds a newer aggregate into this one.
     pub fn merge(&mut self, newer: Aggregate) {
+        self.sinks_undetailed += newer.sinks_undetailed;
+        for line in newer.sinks {
+            if self.sinks.len() < MAX_SINK_LINES {
+                self.sinks.push(line);
+            } else {
+                self.sinks_undetailed += 1;
+            }
+        }
         self.total += newer.total;
         self.undetailed += newer.undetailed;
         self.since = match (self.since, newer.since) {
@@ -96,23 +143,43 @@ impl Aggregate {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.total == 0
+        self.total == 0 && self.sinks.is_empty() && self.sinks_undetailed == 0
     }
 
     pub fn total(&self) -> u64 {
         self.total
     }
 
-    /// The message text (Slack mrkdwn). The first line reads `... N records failed since ...`.
+    /// The message text (Slack mrkdwn): sink lines first, then, when records failed, a line that
+    /// reads `... N records failed since ...` and the groups.
     pub fn render(&self, connector: &str) -> String {
+        let mut text = String::new();
+        for line in &self.sinks {
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(&format!("bqsink (group `{connector}`): {line}"));
+        }
+        if self.sinks_undetailed > 0 {
+            text.push_str(&format!(
+                "\n• {} more sink failures/recoveries",
+                self.sinks_undetailed
+            ));
+        }
+        if self.total == 0 {
+            return text;
+        }
+        if !text.is_empty() {
+            text.push('\n');
+        }
         let since = self
             .since
             .map(|t| humantime::format_rfc3339_seconds(t).to_string())
             .unwrap_or_default();
-        let mut text = format!(
+        text.push_str(&format!(
             ":rotating_light: bqsink (group `{connector}`): {} records failed since {since}",
             self.total
-        );
+        ));
         let mut groups: Vec<_> = self.groups.iter().collect();
         groups.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
         for ((topic, stage, class), g) in groups {
@@ -160,6 +227,8 @@ struct Shared {
 pub struct SlackAlerts {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// The sink health this instance listens to, and its subscription.
+    watching: Option<(Arc<Stats>, u64)>,
 }
 
 /// Errors setting up Slack alerts.
@@ -279,7 +348,24 @@ impl SlackAlerts {
         Ok(Self {
             shared,
             thread: Some(thread),
+            watching: None,
         })
+    }
+
+    /// Alerts sink failures and recoveries of `stats.health` too, until dropped.
+    pub fn watch_sinks(mut self, stats: &Arc<Stats>) -> Self {
+        let shared = Arc::downgrade(&self.shared);
+        let id = stats.health.subscribe(move |event| {
+            if let Some(shared) = shared.upgrade() {
+                shared
+                    .aggregate
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .add_sink_event(event);
+            }
+        });
+        self.watching = Some((Arc::clone(stats), id));
+        self
     }
 
     pub fn counters(&self) -> &SlackCounters {
@@ -371,6 +457,9 @@ async fn last_try(
 
 impl Drop for SlackAlerts {
     fn drop(&mut self) {
+        if let Some((stats, id)) = self.watching.take() {
+            stats.health.unsubscribe(id);
+        }
         self.shared.stop.notify_one();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -473,5 +562,40 @@ mod tests {
         assert_eq!(old.total(), 3);
         let g = &old.groups[&("a".to_string(), "convert", "x")];
         assert_eq!((g.count, g.samples.clone()), (2, vec![(0, 1), (0, 2)]));
+    }
+
+    #[test]
+    fn sink_failures_and_recoveries_are_one_line_each_before_the_record_failures() {
+        use bqsink_actors::health::{SinkCondition, SinkState};
+        let mut agg = Aggregate::default();
+        assert!(agg.is_empty());
+        agg.add_sink_event(&HealthEvent::Failing(SinkState {
+            sink: "bigquery ds.t".into(),
+            condition: SinkCondition::Failing,
+            since: SystemTime::UNIX_EPOCH,
+            last_error: "HTTP 503 from BigQuery".into(),
+            attempts: 7,
+            partitions: [Tp::new("t", 0)].into_iter().collect(),
+        }));
+        assert!(!agg.is_empty());
+        let text = agg.render("g");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains("sink failing: bigquery ds.t since 1970-01-01T00:00:00Z (7 attempts"),
+            "{text}"
+        );
+        assert!(text.contains("partitions t[0]): HTTP 503"), "{text}");
+        agg.add_sink_event(&HealthEvent::Recovered {
+            sink: "bigquery ds.t".into(),
+            after: Duration::from_millis(61_500),
+        });
+        agg.add(&failure("a", 0, 1, "x"));
+        let text = agg.render("g");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].contains("sink recovered: bigquery ds.t takes writes again after 1m 1s"),
+            "{text}"
+        );
+        assert!(lines[2].contains("1 records failed since"), "{text}");
     }
 }

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use bqsink::sink::Reply;
-use bqsink_actors::config::OnFailure;
+use bqsink_actors::config::{OnFailure, SinkFailure};
 use common::*;
 use support::*;
 
@@ -94,13 +94,16 @@ fn restart_recovers_a_failed_pipeline_and_restarts_a_running_one() {
     const TOPIC: &str = "restarted";
     let (_cluster, bootstrap) = cluster(TOPIC, 1);
     let sink = sink();
-    // The table does not exist yet: BigQuery answers 404, the rows fail, the pipeline stops.
+    // The table does not exist yet: BigQuery answers 404 (a sink failure); with
+    // errors.sink_failure = "stop" the pipeline stops once it has lasted retry_timeout_ms.
     sink.set_hook(|_| Reply::Fail {
         status: 404,
         reason: "notFound".into(),
     });
     let mut config = service_config(&bootstrap, "g-restart", TOPIC, &sink);
     config.admin.on_failure = OnFailure::Wait;
+    config.errors.sink_failure = SinkFailure::Stop;
+    config.errors.retry_timeout_ms = 1_000;
     let svc = spawn(&config);
     let admin = Admin::new(&svc, None);
     produce(&bootstrap, TOPIC, &unique_events(100, "r", 41));

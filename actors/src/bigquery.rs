@@ -96,7 +96,9 @@ impl std::fmt::Display for ErrorProto {
     }
 }
 
-/// A request that failed as a whole.
+/// A request that failed as a whole. Every one of these is a *sink failure* (BigQuery cannot take
+/// anything right now), never a record failure: BigQuery reports bad rows one by one, in
+/// `insertErrors` ([`RowErrors`]).
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum BqError {
     #[error("HTTP {status} from BigQuery ({reason}): {message}")]
@@ -104,11 +106,15 @@ pub enum BqError {
         status: u16,
         reason: String,
         message: String,
+        /// The answer's `Retry-After`, honoured by the retry loop.
+        retry_after: Option<Duration>,
     },
     #[error("request to BigQuery timed out")]
     Timeout,
     #[error("cannot reach BigQuery: {0}")]
     Transport(String),
+    /// A 2xx answer whose body cannot be read: whether the rows went in is unknown, so they are
+    /// sent again with the same insertIds.
     #[error("unreadable response from BigQuery: {0}")]
     Decode(String),
     #[error("cannot get an OAuth token for BigQuery: {message}")]
@@ -117,20 +123,34 @@ pub enum BqError {
     Unsupported(&'static str),
 }
 
-/// Error reasons worth a retry (BigQuery's error-message table).
+/// Error reasons BigQuery documents as transient (its error-message table).
 const RETRYABLE_REASONS: &[&str] = &[
     "backendError",
     "internalError",
     "rateLimitExceeded",
     "quotaExceeded",
+    "timeout",
 ];
 
 impl BqError {
-    /// Timeouts, connection failures, 5xx, 429 and the retryable reasons; not 400/403/404.
+    /// A plain HTTP error, without `Retry-After`.
+    pub fn http(status: u16, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        BqError::Http {
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Transient by nature: timeouts, connection failures, 5xx, 429, the transient reasons and an
+    /// unreadable 2xx. The others (400, 401/403 after a token refresh, 404) need someone to act;
+    /// both kinds are sink failures and are retried (`errors.sink_failure`), this only tells the
+    /// operator which kind it is and lets table management decide whether to try again at once.
     pub fn is_retryable(&self) -> bool {
         match self {
-            BqError::Timeout | BqError::Transport(_) => true,
-            BqError::Decode(_) | BqError::Unsupported(_) => false,
+            BqError::Timeout | BqError::Transport(_) | BqError::Decode(_) => true,
+            BqError::Unsupported(_) => false,
             BqError::Auth { retryable, .. } => *retryable,
             BqError::Http { status, reason, .. } => {
                 *status >= 500 || *status == 429 || RETRYABLE_REASONS.contains(&reason.as_str())
@@ -138,7 +158,7 @@ impl BqError {
         }
     }
 
-    /// Short class for logs and dead-letter headers.
+    /// Short class for logs and metrics.
     pub fn class(&self) -> &'static str {
         match self {
             BqError::Timeout => "timeout",
@@ -156,25 +176,43 @@ impl BqError {
     }
 }
 
-/// How long a failing request is retried.
+/// How failing requests are retried.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
+    /// How long a sink failure lasts before it is reported (`RetryHooks::sink_error` with
+    /// `failing`), and, with `give_up`, before the batch stops being retried
+    /// (`errors.retry_timeout_ms`).
     pub timeout: Duration,
     pub max_delay: Duration,
     pub min_delay: Duration,
+    /// Stop retrying at `timeout` and hand the rows back unwritten ([`Outcome::sink_failure`]):
+    /// `errors.sink_failure = "stop"`, and `bqsink replay`. Otherwise retry for as long as it takes.
+    pub give_up: bool,
 }
 
-/// A row that will not be written: its index, error class and text.
+/// A row that will not be written because it is bad (a record failure): its index, class and text.
 pub type RowFailure = (usize, &'static str, String);
+
+/// Rows a batch gave up on because BigQuery could not take them (a sink failure, `give_up` only).
+/// They are neither written nor failed: their offsets must not be committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkFailed {
+    pub rows: Vec<usize>,
+    pub error: BqError,
+    /// How long the failure had lasted.
+    pub after: Duration,
+}
 
 /// What became of each row of a batch, by index.
 #[derive(Debug, Default, PartialEq)]
 pub struct Outcome {
     pub written: Vec<usize>,
-    /// Rows that will not be written, with the reason (class, text).
+    /// Bad rows (record failures), with the reason (class, text).
     pub failed: Vec<RowFailure>,
-    /// Rows dropped unsent because their partition was revoked (not written, not failed).
+    /// Rows dropped unsent because the hooks no longer `keep` them (not written, not failed).
     pub abandoned: Vec<usize>,
+    /// With [`RetryPolicy::give_up`]: the rows left when the retry budget ran out.
+    pub sink_failure: Option<SinkFailed>,
     /// Requests that were retried.
     pub retries: u32,
 }
@@ -188,6 +226,11 @@ pub trait RetryHooks: Sync {
     /// The batch starts (`true`) or ends (`false`) waiting between retries: its partitions pause
     /// meanwhile, so reading does not run ahead of a failing BigQuery.
     fn retrying(&self, _on: bool) {}
+    /// A request failed as a whole (a sink failure) and is retried; `failing` once the failure has
+    /// lasted `RetryPolicy::timeout`.
+    fn sink_error(&self, _error: &BqError, _failing: bool) {}
+    /// A request went through: BigQuery takes writes.
+    fn sink_ok(&self) {}
 }
 
 /// A plain `keep` predicate is hooks that do nothing else.
@@ -220,14 +263,24 @@ impl Drop for RetryingGuard<'_> {
     }
 }
 
-/// Sends `entries` (encoded rows) to `table`, retrying request failures and re-sending rows that
-/// BigQuery stopped because of another row, until each row is written or failed. Before every
-/// attempt, rows the hooks no longer `keep` (their partition was revoked) are abandoned; while it
-/// waits to retry, the hooks are told (`retrying`).
+/// Sends `entries` (encoded rows) to `table` until each row is written, failed as a bad row, or
+/// abandoned.
 ///
-/// With table management ([`BigQuery::tables`]): a missing table is created (once per call; later
-/// 404s are retried, since a new table takes a moment to accept rows), and rows rejected only for
-/// fields the table lacks get those fields added, then are sent again.
+/// The invariant: a row leaves this function as *failed* only when BigQuery said the row itself is
+/// wrong (`insertErrors` with `invalid`, or a new field the table cannot take). Anything that
+/// fails the whole request (network, timeout, 5xx, 429, 401/403, a missing table, an unreadable
+/// answer, a retry budget that runs out) is a sink failure: the rows are sent again, with the
+/// same insertIds, after a capped exponential backoff with jitter (or the answer's `Retry-After`),
+/// for as long as it takes, while the hooks pause the batch's partitions; after
+/// `policy.timeout` of failing the hooks hear `failing` (status, alerts). Only with
+/// `policy.give_up` does it stop then, and the rows come back in [`Outcome::sink_failure`]:
+/// unwritten, not failed, never to be committed past.
+///
+/// Rows BigQuery stopped because of another row are sent again at once. Before every attempt, rows
+/// the hooks no longer `keep` are abandoned. With table management ([`BigQuery::tables`]): a
+/// missing table is created (then 404s are retried, since a new table takes a moment to accept
+/// rows), and rows rejected only for fields the table lacks get those fields added, then are sent
+/// again.
 pub async fn send_with_retry(
     bq: &dyn BigQuery,
     table: &TableRef,
@@ -236,18 +289,22 @@ pub async fn send_with_retry(
     hooks: &dyn RetryHooks,
 ) -> Outcome {
     let mut retrying = RetryingGuard { hooks, on: false };
-    let started = Instant::now();
     let tables = bq.tables();
     let options = tables.map_or(InsertOptions::default(), |t| t.options);
     let add_fields = tables.filter(|t| t.allow_new_fields);
     let create = tables.filter(|t| t.auto_create_tables);
     let mut tried_create = false;
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(policy.min_delay)
-        .with_max_delay(policy.max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let new_backoff = || {
+        ExponentialBuilder::default()
+            .with_min_delay(policy.min_delay)
+            .with_max_delay(policy.max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = new_backoff();
+    // When the current run of failed attempts began (reset by any answer that made progress).
+    let mut failing_since: Option<Instant> = None;
     let mut outcome = Outcome::default();
     // Indices (into `entries`) still to send.
     let mut todo: Vec<usize> = (0..entries.len()).collect();
@@ -266,16 +323,17 @@ pub async fn send_with_retry(
             crate::stage::batch::encode_body_with(options, todo.iter().map(|&i| entries[i]), size);
         let retry_reason = match crate::telemetry::insert_all(bq, table, body, todo.len()).await {
             Ok(resp) => {
+                hooks.sink_ok();
                 let rows = classify(&todo, &resp, add_fields.is_some());
                 outcome.written.extend(rows.written);
                 outcome.failed.extend(rows.failed);
                 let mut again = rows.stopped;
                 let mut patched = false;
-                let mut reason = BqError::Http {
-                    status: 200,
-                    reason: "stopped".into(),
-                    message: "every row was stopped without an invalid row".into(),
-                };
+                let mut reason = BqError::http(
+                    200,
+                    "stopped",
+                    "every row was stopped without an invalid row",
+                );
                 if let (Some(t), false) = (add_fields, rows.unknown_field.is_empty()) {
                     let sample: Vec<&[u8]> =
                         rows.unknown_field.iter().map(|&i| entries[i]).collect();
@@ -283,27 +341,28 @@ pub async fn send_with_retry(
                         Ok(added) => {
                             patched = !added.is_empty();
                             if !patched {
-                                reason = BqError::Http {
-                                    status: 200,
-                                    reason: "invalid".into(),
-                                    message: "rows rejected for fields the table has (a schema \
-                                              update takes a moment to apply)"
-                                        .into(),
-                                };
+                                reason = BqError::http(
+                                    200,
+                                    "invalid",
+                                    "rows rejected for fields the table has (a schema update \
+                                     takes a moment to apply)",
+                                );
                             }
                             again.extend(rows.unknown_field);
                         }
-                        Err(e) if e.is_retryable() => {
-                            again.extend(rows.unknown_field);
-                            reason = e;
-                        }
-                        Err(e) => {
+                        // BigQuery refused the new fields themselves (an incompatible type, too
+                        // many columns): the rows carry a field the table cannot take.
+                        Err(e @ BqError::Http { status: 400, .. }) => {
                             let text = format!("adding the rows' new fields to {table}: {e}");
                             outcome.failed.extend(
                                 rows.unknown_field
                                     .iter()
                                     .map(|&i| (i, "schema_update", text.clone())),
                             );
+                        }
+                        Err(e) => {
+                            again.extend(rows.unknown_field);
+                            reason = e;
                         }
                     }
                     again.sort_unstable();
@@ -316,59 +375,48 @@ pub async fn send_with_retry(
                 let progressed = again.len() < todo.len() || patched;
                 todo = again;
                 if progressed {
+                    failing_since = None;
+                    backoff = new_backoff();
                     continue;
                 }
                 reason
             }
-            Err(e) if e.is_not_found() && create.is_some() => {
-                if tried_create {
-                    // Created (or found created) in this call: BigQuery may need a moment.
-                    e
-                } else {
-                    tried_create = true;
-                    let sample: Vec<&[u8]> = todo.iter().map(|&i| entries[i]).collect();
-                    let t = create.expect("checked in the guard");
-                    match t.ensure_table(bq, table, &sample).await {
-                        Ok(()) => continue,
-                        Err(ce) if ce.is_retryable() => {
-                            tried_create = false;
-                            ce
-                        }
-                        Err(ce) => {
-                            let text = format!("creating table {table}: {ce}");
-                            outcome
-                                .failed
-                                .extend(todo.iter().map(|&i| (i, "create_table", text.clone())));
-                            return outcome;
-                        }
+            Err(e) if e.is_not_found() && create.is_some() && !tried_create => {
+                tried_create = true;
+                let sample: Vec<&[u8]> = todo.iter().map(|&i| entries[i]).collect();
+                let t = create.expect("checked in the guard");
+                match t.ensure_table(bq, table, &sample).await {
+                    Ok(()) => continue,
+                    Err(ce) => {
+                        // Tried again at the next 404, after the backoff.
+                        tracing::warn!(table = %table, error = %ce, "creating the missing table failed");
+                        tried_create = false;
+                        ce
                     }
                 }
             }
-            Err(e) if e.is_retryable() => e,
-            Err(e) => {
-                let text = e.to_string();
-                outcome
-                    .failed
-                    .extend(todo.iter().map(|&i| (i, e.class(), text.clone())));
-                return outcome;
-            }
+            // Created (or found created) in this call: BigQuery may need a moment; or any other
+            // failure of the whole request.
+            Err(e) => e,
         };
+        let since = *failing_since.get_or_insert_with(Instant::now);
         let delay = retry_delay(
             backoff.next().unwrap_or(policy.max_delay),
             &retry_reason,
             &policy,
         );
-        if started.elapsed() + delay > policy.timeout {
-            let text = format!(
-                "gave up after {:?} of retries: {retry_reason}",
-                started.elapsed()
-            );
-            outcome
-                .failed
-                .extend(todo.iter().map(|&i| (i, "retries_exhausted", text.clone())));
+        let failing = since.elapsed() >= policy.timeout;
+        if policy.give_up && since.elapsed() + delay > policy.timeout {
+            hooks.sink_error(&retry_reason, true);
+            outcome.sink_failure = Some(SinkFailed {
+                rows: todo,
+                error: retry_reason,
+                after: since.elapsed(),
+            });
             return outcome;
         }
-        tracing::warn!(table = %table, rows = todo.len(), error = %retry_reason, delay_ms = delay.as_millis() as u64, trace_id = crate::telemetry::current_trace_id(), "insertAll failed, retrying");
+        hooks.sink_error(&retry_reason, failing);
+        tracing::warn!(table = %table, rows = todo.len(), kind = "sink_failure", error = %retry_reason, failing_ms = since.elapsed().as_millis() as u64, delay_ms = delay.as_millis() as u64, trace_id = crate::telemetry::current_trace_id(), "insertAll failed, retrying");
         outcome.retries += 1;
         retrying.start();
         tokio::time::sleep(delay).await;
@@ -379,12 +427,18 @@ pub async fn send_with_retry(
 const QUOTA_BACKOFF_FACTOR: u32 = 4;
 /// The least wait after a `quotaExceeded` answer (capped by the policy's `max_delay`).
 const QUOTA_MIN_DELAY: Duration = Duration::from_secs(1);
+/// The longest `Retry-After` honoured as given.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
 
-/// The wait before the next attempt: the backoff's `next`, or for `quotaExceeded` (a quota that
-/// refills over seconds, not a momentary overload) four times that and at least 1 s, both capped
-/// by `policy.max_delay`.
+/// The wait before the next attempt: the backoff's `next`; for `quotaExceeded` (a quota that
+/// refills over seconds, not a momentary overload) four times that and at least 1 s, capped by
+/// `policy.max_delay`; at least the answer's `Retry-After` (up to 15 minutes) when it has one.
 pub fn retry_delay(next: Duration, reason: &BqError, policy: &RetryPolicy) -> Duration {
     match reason {
+        BqError::Http {
+            retry_after: Some(after),
+            ..
+        } => next.max(*after).min(MAX_RETRY_AFTER),
         BqError::Http { reason, .. } if reason == "quotaExceeded" => (next * QUOTA_BACKOFF_FACTOR)
             .max(QUOTA_MIN_DELAY)
             .min(policy.max_delay),
@@ -502,14 +556,38 @@ mod tests {
             timeout: Duration::from_millis(timeout_ms),
             max_delay: Duration::from_millis(20),
             min_delay: Duration::from_millis(1),
+            give_up: false,
+        }
+    }
+
+    fn giving_up(timeout_ms: u64) -> RetryPolicy {
+        RetryPolicy {
+            give_up: true,
+            ..policy(timeout_ms)
         }
     }
 
     fn http(status: u16, reason: &str) -> BqError {
-        BqError::Http {
-            status,
-            reason: reason.into(),
-            message: "m".into(),
+        BqError::http(status, reason, "m")
+    }
+
+    /// Records what the hooks hear of sink failures: (class, failing) per failed attempt, and
+    /// successful requests.
+    #[derive(Default)]
+    struct SinkRecorder {
+        errors: Mutex<Vec<(String, bool)>>,
+        ok: std::sync::atomic::AtomicUsize,
+    }
+
+    impl RetryHooks for SinkRecorder {
+        fn sink_error(&self, error: &BqError, failing: bool) {
+            self.errors
+                .lock()
+                .unwrap()
+                .push((error.to_string(), failing));
+        }
+        fn sink_ok(&self) {
+            self.ok.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -560,6 +638,7 @@ mod tests {
             timeout: Duration::from_secs(300),
             max_delay: Duration::from_secs(60),
             min_delay: Duration::from_millis(100),
+            give_up: false,
         };
         let next = Duration::from_millis(100);
         assert_eq!(retry_delay(next, &http(500, "backendError"), &policy), next);
@@ -587,15 +666,103 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn permanent_errors_fail_every_row_at_once() {
-        let bq = scripted(vec![Err(http(404, "notFound"))]);
+    async fn errors_of_the_whole_request_are_sink_failures_retried_until_they_clear() {
+        // 404 (table dropped, no auto-create), 401 after the token refresh, 403, 400 and an
+        // unreadable 200: none of them makes a row "failed"; the same rows are sent again.
+        let bq = scripted(vec![
+            Err(http(404, "notFound")),
+            Err(http(401, "unauthorized")),
+            Err(http(403, "accessDenied")),
+            Err(http(400, "invalid")),
+            Err(BqError::Decode("EOF while parsing".into())),
+        ]);
         let e = entries(2);
         let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
-        let out = send_with_retry(&bq, &table(), &refs, policy(10_000), &|_| true).await;
+        let hooks = SinkRecorder::default();
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000), &hooks).await;
+        assert_eq!(out.written, vec![0, 1]);
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+        assert_eq!(out.sink_failure, None);
+        assert_eq!(out.retries, 5);
+        let requests = bq.requests.lock().unwrap();
+        assert_eq!(requests.len(), 6);
+        assert!(
+            requests.iter().all(|r| *r == requests[0]),
+            "every attempt carries the same rows (and insertIds)"
+        );
+        let errors = hooks.errors.lock().unwrap();
+        assert_eq!(errors.len(), 5);
+        assert!(
+            errors.iter().all(|(_, failing)| !failing),
+            "within the timeout"
+        );
+        assert_eq!(hooks.ok.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_sink_failure_past_the_timeout_is_reported_failing_and_still_retried() {
+        let mut answers: Vec<_> = (0..40).map(|_| Err(http(503, "backendError"))).collect();
+        answers.push(Ok(InsertAllResponse::default()));
+        let bq = scripted(answers);
+        let e = entries(3);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        let hooks = SinkRecorder::default();
+        let out = send_with_retry(&bq, &table(), &refs, policy(30), &hooks).await;
+        assert_eq!(
+            out.written,
+            vec![0, 1, 2],
+            "written once BigQuery recovered"
+        );
+        assert!(out.failed.is_empty());
+        let errors = hooks.errors.lock().unwrap();
+        assert_eq!(errors.len(), 40);
+        assert!(!errors[0].1, "not failing at the first attempt");
+        assert!(errors.last().unwrap().1, "failing after the timeout");
+    }
+
+    #[tokio::test]
+    async fn with_give_up_the_rows_come_back_unwritten_not_failed() {
+        let bq = scripted((0..1000).map(|_| Err(http(503, ""))).collect());
+        let e = entries(2);
+        let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+        let hooks = SinkRecorder::default();
+        let out = send_with_retry(&bq, &table(), &refs, giving_up(100), &hooks).await;
         assert!(out.written.is_empty());
-        assert_eq!(out.failed.len(), 2);
-        assert!(out.failed[0].2.contains("404"), "{:?}", out.failed);
-        assert_eq!(bq.requests.lock().unwrap().len(), 1);
+        assert!(
+            out.failed.is_empty(),
+            "a sink failure is never a failed row"
+        );
+        let sf = out.sink_failure.expect("gave up");
+        assert_eq!(sf.rows, vec![0, 1]);
+        assert!(matches!(sf.error, BqError::Http { status: 503, .. }));
+        assert!(out.retries >= 2);
+        assert!(hooks.errors.lock().unwrap().last().unwrap().1);
+    }
+
+    #[test]
+    fn retry_after_is_honoured() {
+        let policy = policy(1000);
+        let throttled = BqError::Http {
+            status: 429,
+            reason: "rateLimitExceeded".into(),
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert_eq!(
+            retry_delay(Duration::from_millis(10), &throttled, &policy),
+            Duration::from_secs(7),
+            "longer than errors.retry_delay_max_ms: the server knows best"
+        );
+        let absurd = BqError::Http {
+            status: 429,
+            reason: "rateLimitExceeded".into(),
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_secs(86_400)),
+        };
+        assert_eq!(
+            retry_delay(Duration::from_millis(10), &absurd, &policy),
+            Duration::from_secs(900)
+        );
     }
 
     #[tokio::test]
@@ -676,14 +843,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn retries_end_at_the_timeout() {
-        let bq = scripted((0..1000).map(|_| Err(http(503, ""))).collect());
-        let e = entries(2);
+    async fn rows_of_failed_tables_are_not_created_failed_when_creation_is_refused() {
+        // Not covered by auto-create (tables() is None here): a 404 stays a sink failure.
+        let bq = scripted(vec![Err(http(404, "notFound")), Err(http(404, "notFound"))]);
+        let e = entries(1);
         let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
-        let out = send_with_retry(&bq, &table(), &refs, policy(100), &|_| true).await;
-        assert!(out.written.is_empty());
-        assert_eq!(out.failed.len(), 2);
-        assert_eq!(out.failed[0].1, "retries_exhausted");
-        assert!(out.retries >= 2);
+        let out = send_with_retry(&bq, &table(), &refs, policy(10_000), &|_| true).await;
+        assert_eq!(out.written, vec![0]);
+        assert!(out.failed.is_empty());
     }
 }

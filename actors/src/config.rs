@@ -496,8 +496,11 @@ pub const MAX_BYTES_PER_REQUEST: usize = 9_000_000;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ErrorsConfig {
-    /// `none` (default): the first failed record stops the pipeline; nothing at or after it is
-    /// committed and the process exits non-zero. `all`: report the record and go on.
+    /// What happens to a *record failure* (the record is bad: not JSON, a transform error,
+    /// oversize, a row BigQuery rejects as invalid). `none` (default): the first failed record
+    /// stops the pipeline; nothing at or after it is written or committed and the process exits
+    /// non-zero. `all`: report the record (log, dead-letter topic, file, Slack) and go on. Sink
+    /// failures are never tolerated: see `sink_failure`.
     pub tolerance: Tolerance,
     /// Put the original key and payload into the ERROR log line. Default false.
     pub log_include_messages: bool,
@@ -741,7 +744,8 @@ pub struct AdminConfig {
     /// Bearer token required by every endpoint except `/healthz`, `/readyz` and `/metrics`
     /// (or env `BQSINK__ADMIN__TOKEN`). Default none: no authentication.
     pub token: Option<String>,
-    /// What the process does when the pipeline fails under `errors.tolerance = "none"`: `exit`
+    /// What the process does when the pipeline stops on a failure (a failed record under
+    /// `errors.tolerance = "none"`, or a sink failure under `errors.sink_failure = "stop"`): `exit`
     /// (default; exit code 1, the orchestrator restarts it) or `wait` (stay up with status FAILED
     /// until `POST /restart` or SIGTERM).
     pub on_failure: OnFailure,

@@ -23,6 +23,23 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::messages::Tp;
 
+/// `1` while a sink is failing (label `sink`), refreshed at every failed attempt.
+pub const SINK_FAILING_METRIC: &str = "bqsink_sink_failing";
+/// Sink failure incidents (a sink failing for `errors.retry_timeout_ms`), label `sink`.
+pub const SINK_FAILURES_METRIC: &str = "bqsink_sink_failures_total";
+
+/// Describes the metrics above to the recorder.
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        SINK_FAILING_METRIC,
+        "1 while a destination (BigQuery table, dead-letter topic, error file) has failed for errors.retry_timeout_ms"
+    );
+    metrics::describe_counter!(
+        SINK_FAILURES_METRIC,
+        "Sink failure incidents: a destination failing for errors.retry_timeout_ms"
+    );
+}
+
 /// The name of a sink for `/status`, logs and metrics, e.g. `bigquery ds.events` or
 /// `dead-letter topic events.DLT`.
 pub type SinkName = String;
@@ -73,7 +90,7 @@ pub enum HealthEvent {
     },
 }
 
-type Listener = Arc<dyn Fn(&HealthEvent) + Send + Sync>;
+type Listener = (u64, Arc<dyn Fn(&HealthEvent) + Send + Sync>);
 
 struct Entry {
     state: SinkState,
@@ -87,6 +104,7 @@ pub struct SinkHealth {
     listeners: Mutex<Vec<Listener>>,
     /// Incidents that reached `Failing` since start.
     incidents: std::sync::atomic::AtomicU64,
+    next_listener: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for SinkHealth {
@@ -109,17 +127,29 @@ impl SinkHealth {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        for l in listeners {
+        for (_, l) in listeners {
             l(&event);
         }
     }
 
-    /// Calls `listener` on every [`HealthEvent`] from now on.
-    pub fn subscribe(&self, listener: impl Fn(&HealthEvent) + Send + Sync + 'static) {
+    /// Calls `listener` on every [`HealthEvent`] from now on, until [`Self::unsubscribe`] with the
+    /// id returned.
+    pub fn subscribe(&self, listener: impl Fn(&HealthEvent) + Send + Sync + 'static) -> u64 {
+        let id = self
+            .next_listener
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::new(listener));
+            .push((id, Arc::new(listener)));
+        id
+    }
+
+    pub fn unsubscribe(&self, id: u64) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(i, _)| *i != id);
     }
 
     fn update(
@@ -155,7 +185,10 @@ impl SinkHealth {
     /// makes it `Failing` and tells the listeners; returns whether this call did.
     pub fn failing(&self, sink: &str, partitions: &[Tp], error: &str) -> bool {
         let mut sinks = self.update(sink, partitions, error);
-        let entry = sinks.get_mut(sink).expect("inserted by update");
+        metrics::gauge!(SINK_FAILING_METRIC, "sink" => sink.to_owned()).set(1.0);
+        let Some(entry) = sinks.get_mut(sink) else {
+            return false;
+        };
         if entry.state.condition == SinkCondition::Failing {
             return false;
         }
@@ -164,6 +197,7 @@ impl SinkHealth {
         drop(sinks);
         self.incidents
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!(SINK_FAILURES_METRIC, "sink" => state.sink.clone()).increment(1);
         tracing::error!(
             sink = %state.sink, kind = "sink_failure", error = %state.last_error,
             attempts = state.attempts, partitions = state.partitions.len(),
@@ -186,6 +220,7 @@ impl SinkHealth {
         drop(sinks);
         let after = entry.started.elapsed();
         if entry.state.condition == SinkCondition::Failing {
+            metrics::gauge!(SINK_FAILING_METRIC, "sink" => sink.to_owned()).set(0.0);
             tracing::warn!(
                 sink,
                 kind = "sink_failure",
@@ -262,7 +297,7 @@ mod tests {
         let now = h.failing_now();
         assert_eq!(now.len(), 1);
         assert_eq!(now[0].last_error, "HTTP 503 once more");
-        assert_eq!(now[0].attempts, 4);
+        assert_eq!(now[0].attempts, 3);
         assert_eq!(now[0].partitions, [p0, p1].into_iter().collect());
         h.succeeded("bigquery ds.t");
         h.succeeded("bigquery ds.t");

@@ -15,7 +15,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use crate::bigquery::{BigQuery, RetryPolicy};
-use crate::config::Config;
+use crate::config::{Config, SinkFailure, Tolerance};
 use crate::converter::ConvertActor;
 use crate::deduplicator::DedupActor;
 use crate::destinations::{DeliveryBackoff, ErrorDestination};
@@ -78,11 +78,14 @@ pub fn start_with_destinations(
                 max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),
                 min_delay: Duration::from_millis(100)
                     .min(Duration::from_millis(config.errors.retry_delay_max_ms)),
+                give_up: config.errors.sink_failure == SinkFailure::Stop,
             },
+            halt_after_failure: config.errors.tolerance == Tolerance::None,
         };
         let (w_errors, w_stats) = (errors.clone(), Arc::clone(&stats));
+        let w_fatal = ctx.address().recipient();
         let writer = WriterActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
-            WriterActor::new(bq, writer_settings, w_errors, w_stats)
+            WriterActor::new(bq, writer_settings, w_errors, w_fatal, w_stats)
         });
 
         let (d_writer, d_stats) = (writer.clone(), Arc::clone(&stats));

@@ -253,10 +253,12 @@ impl TableManager {
     ) -> Result<Vec<String>, BqError> {
         let lock = self.lock(table);
         let _held = lock.lock().await;
-        let current = bq.get_table(table).await?.ok_or_else(|| BqError::Http {
-            status: 404,
-            reason: "notFound".into(),
-            message: format!("table {table} disappeared while adding fields"),
+        let current = bq.get_table(table).await?.ok_or_else(|| {
+            BqError::http(
+                404,
+                "notFound",
+                format!("table {table} disappeared while adding fields"),
+            )
         })?;
         let rows = row_objects(rows);
         let inferred = schema::infer(rows.iter(), &self.hints(self.spec(table)));
@@ -367,11 +369,7 @@ mod tests {
     struct Memory(Mutex<State>);
 
     fn not_found(what: String) -> BqError {
-        BqError::Http {
-            status: 404,
-            reason: "notFound".into(),
-            message: format!("Not found: {what}"),
-        }
+        BqError::http(404, "notFound", format!("Not found: {what}"))
     }
 
     impl Memory {
@@ -503,6 +501,7 @@ mod tests {
             timeout: Duration::from_secs(10),
             max_delay: Duration::from_millis(5),
             min_delay: Duration::from_millis(1),
+            give_up: true,
         }
     }
 
@@ -714,18 +713,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_auto_create_a_missing_table_fails_the_rows() {
+    async fn a_missing_table_that_cannot_be_created_is_a_sink_failure_not_failed_rows() {
         let memory = Arc::new(Memory::default());
-        let out = send(Arc::clone(&memory), &config(|_| {}), &[json!({"a": 1})]).await;
+        let short = RetryPolicy {
+            timeout: Duration::from_millis(50),
+            ..policy()
+        };
+        let send = |c: BigQueryConfig| {
+            let managed = managed(Arc::clone(&memory), &c);
+            async move {
+                let e = entries(&[json!({"a": 1})]);
+                let refs: Vec<&[u8]> = e.iter().map(Vec::as_slice).collect();
+                send_with_retry(&managed, &table(), &refs, short, &|_| true).await
+            }
+        };
+        // Without auto-create: the rows are not failed, they come back unwritten (give_up).
+        let out = send(config(|_| {})).await;
         assert!(out.written.is_empty());
-        assert_eq!(out.failed.len(), 1);
-        assert!(out.failed[0].2.contains("404"), "{:?}", out.failed);
-        assert_eq!(memory.state().calls, ["insertAll"]);
-        // With auto-create but no dataset and no auto_create_dataset: a failure naming the cause.
-        let c = config(|c| c.auto_create_tables = true);
-        let out = send(Arc::clone(&memory), &c, &[json!({"a": 1})]).await;
-        assert_eq!(out.failed[0].1, "create_table");
-        assert!(out.failed[0].2.contains("Dataset"), "{:?}", out.failed);
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+        let sf = out.sink_failure.expect("a sink failure");
+        assert!(sf.error.is_not_found(), "{}", sf.error);
+        assert!(memory.state().calls.iter().all(|c| c == "insertAll"));
+        // With auto-create but no dataset and no auto_create_dataset: creation is tried and
+        // refused, and that too is a sink failure naming the cause.
+        let out = send(config(|c| c.auto_create_tables = true)).await;
+        assert!(out.failed.is_empty(), "{:?}", out.failed);
+        let sf = out.sink_failure.expect("a sink failure");
+        assert!(sf.error.to_string().contains("Dataset"), "{}", sf.error);
     }
 
     fn existing(memory: &Memory) {

@@ -222,6 +222,7 @@ pub mod names {
 
 /// Describes every metric recorded by the actors (HELP lines).
 pub fn describe() {
+    crate::health::describe_metrics();
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(names::CONSUMED, "Records read from Kafka");
     describe_counter!(names::CONVERTED, "Records parsed into JSON objects");
@@ -372,11 +373,7 @@ mod tests {
 
     #[test]
     fn error_reasons_name_the_cause() {
-        let http = |status, reason: &str| BqError::Http {
-            status,
-            reason: reason.into(),
-            message: String::new(),
-        };
+        let http = |status, reason: &str| BqError::http(status, reason, "");
         assert_eq!(error_reason(&http(500, "backendError")), "backendError");
         assert_eq!(error_reason(&http(502, "")), "http_502");
         assert_eq!(error_reason(&BqError::Timeout), "timeout");

@@ -1,6 +1,20 @@
 //! The writer: batches rows per table and sends them with `tabledata.insertAll`, at most
-//! `bigquery.max_concurrent_requests` at a time. Batches may complete in any order; each row's offset
-//! is acknowledged only once BigQuery accepted it, and rows that fail go to the error report.
+//! `bigquery.max_concurrent_requests` at a time.
+//!
+//! The invariant: a row's offset is acknowledged as handled only once BigQuery accepted the row, or
+//! the row was bad and went to the error report (which acknowledges it once the error destinations
+//! have it). Batches may complete in any order; the partition consumers' offset trackers keep the
+//! commit below every row still in flight.
+//!
+//! When BigQuery itself cannot take rows (a *sink failure*; see [`crate::health`]), the batch is
+//! retried while its partitions are paused, for as long as it takes (`errors.sink_failure =
+//! "retry"`), and the failure shows in `/status`, `/readyz`, the metrics and an alert once it has
+//! lasted `errors.retry_timeout_ms`. With `"stop"` the writer stops then: the batch's rows, and
+//! every row it receives afterwards, are marked *stuck* (never committed past) and the supervisor
+//! is told to stop the pipeline.
+//!
+//! Under `errors.tolerance = "none"` rows after a partition's failed record are not written (they
+//! would be written again after every restart, since the commit stays at the failed record).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -8,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::bigquery::{send_with_retry, BigQuery, Outcome, RetryHooks, RetryPolicy};
+use crate::bigquery::{send_with_retry, BigQuery, BqError, Outcome, RetryHooks, RetryPolicy};
 use crate::error_report::ErrorReportActor;
 use crate::messages::{
-    acknowledge, Failed, Failure, Flush, HandledKind, Row, Settled, SettledAs, SettledVia, Stage,
-    Write,
+    acknowledge, Failed, Failure, Fatal, Flush, HandledKind, Origin, Row, Settled, SettledAs,
+    SettledVia, Stage, Tp, Write,
 };
 use crate::stage::batch::{Batch, Batcher};
 use crate::stage::dedup::Position;
@@ -22,15 +36,17 @@ use crate::telemetry;
 pub struct WriterActor {
     bq: Arc<dyn BigQuery>,
     batcher: Batcher<Row>,
-    linger: Duration,
-    policy: RetryPolicy,
-    max_concurrent: usize,
+    settings: WriterSettings,
     inflight: usize,
     ready: VecDeque<Batch<Row>>,
     errors: Addr<ErrorReportActor>,
     stats: Arc<Stats>,
-    /// The deduplicator, told the keys of rows that failed.
-    forget: Option<Recipient<Settled>>,
+    /// The supervisor, told to stop after a sink failure under `errors.sink_failure = "stop"`.
+    fatal: Recipient<Fatal>,
+    /// Stopped by a sink failure: nothing more is sent, every row is stuck.
+    stopped: bool,
+    /// The deduplicator, told how the rows it passed on ended.
+    settled: Option<Recipient<Settled>>,
 }
 
 /// Writer settings, from `[batch]`, `[bigquery]` and `[errors]`.
@@ -40,7 +56,10 @@ pub struct WriterSettings {
     pub max_bytes: usize,
     pub linger: Duration,
     pub max_concurrent: usize,
+    /// `give_up` is `errors.sink_failure = "stop"`.
     pub policy: RetryPolicy,
+    /// `errors.tolerance = "none"`: rows after a partition's failed record are not written.
+    pub halt_after_failure: bool,
 }
 
 impl WriterActor {
@@ -48,35 +67,44 @@ impl WriterActor {
         bq: Arc<dyn BigQuery>,
         settings: WriterSettings,
         errors: Addr<ErrorReportActor>,
+        fatal: Recipient<Fatal>,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
             bq,
             batcher: Batcher::new(settings.max_rows, settings.max_bytes),
-            linger: settings.linger,
-            policy: settings.policy,
-            max_concurrent: settings.max_concurrent,
+            settings,
             inflight: 0,
             ready: VecDeque::new(),
             errors,
             stats,
-            forget: None,
+            fatal,
+            stopped: false,
+            settled: None,
         }
     }
 
     /// Starts requests for ready batches while there is room.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        while self.inflight < self.max_concurrent {
+        if self.stopped {
+            while let Some(batch) = self.ready.pop_front() {
+                self.hold(batch.rows);
+            }
+            return;
+        }
+        while self.inflight < self.settings.max_concurrent {
             let Some(batch) = self.ready.pop_front() else {
                 break;
             };
             self.inflight += 1;
             let bq = Arc::clone(&self.bq);
-            let policy = self.policy;
+            let policy = self.settings.policy;
+            let halt = self.settings.halt_after_failure;
+            let stats = Arc::clone(&self.stats);
             let send = async move {
                 let span = telemetry::batch_span(&batch.table, &batch.rows, batch.bytes);
                 let entries: Vec<&[u8]> = batch.rows.iter().map(|r| r.entry.as_slice()).collect();
-                let hooks = BatchHooks(&batch.rows);
+                let hooks = BatchHooks::new(&batch, halt, &stats);
                 let outcome = tracing::Instrument::instrument(
                     send_with_retry(&*bq, &batch.table, &entries, policy, &hooks),
                     span,
@@ -92,12 +120,39 @@ impl WriterActor {
         }
     }
 
-    /// Acknowledges written rows and reports failed ones.
+    /// Rows that will not be written by this pipeline (stopped after a sink failure): stuck, so
+    /// the commit never passes them; the pipeline's restart reads them again.
+    fn hold(&self, rows: Vec<Row>) {
+        acknowledge(
+            rows.iter().map(|r| (&r.origin, r.source.offset)),
+            HandledKind::Stuck,
+        );
+        self.settle(rows.iter(), SettledAs::Abandoned);
+    }
+
+    /// Tells the deduplicator how rows it passed on ended.
+    fn settle<'a>(&self, rows: impl Iterator<Item = &'a Row>, how: SettledAs) {
+        let Some(settled) = &self.settled else {
+            return;
+        };
+        let keys: Vec<_> = rows
+            .filter_map(|row| {
+                Some((
+                    row.dedup_hash?,
+                    Position::new(&row.origin.tp, row.source.offset),
+                ))
+            })
+            .collect();
+        if !keys.is_empty() {
+            settled.do_send(Settled { keys, how });
+        }
+    }
+
+    /// Acknowledges written rows, reports bad ones, holds the rest.
     fn finish(&mut self, batch: Batch<Row>, outcome: Outcome) {
         Stats::add(&self.stats.batches, 1);
         Stats::add(&self.stats.retries, outcome.retries as usize);
         Stats::add(&self.stats.written, outcome.written.len());
-        Stats::add(&self.stats.abandoned, outcome.abandoned.len());
         Stats::add(&self.stats.abandoned, outcome.abandoned.len());
         let rows = &batch.rows;
         telemetry::batch_done(
@@ -107,51 +162,86 @@ impl WriterActor {
             outcome.retries,
             outcome.written.iter().filter_map(|&i| rows.get(i)),
         );
+        let pick =
+            |idx: &[usize]| -> Vec<&Row> { idx.iter().filter_map(|&i| rows.get(i)).collect() };
+        let written = pick(&outcome.written);
         acknowledge(
-            outcome
-                .written
-                .iter()
-                .map(|&i| (&rows[i].origin, rows[i].source.offset)),
+            written.iter().map(|r| (&r.origin, r.source.offset)),
             HandledKind::Done,
         );
-        if outcome.failed.is_empty() {
-            return;
-        }
-        if let Some(forget) = &self.forget {
-            let keys: Vec<_> = outcome
+        self.settle(written.into_iter(), SettledAs::Written);
+        // Not sent because their partition was revoked or stopped at a failed record: they stay
+        // below the commit (the next owner, or the next run, reads them again).
+        let abandoned = pick(&outcome.abandoned);
+        acknowledge(
+            abandoned.iter().map(|r| (&r.origin, r.source.offset)),
+            HandledKind::Stuck,
+        );
+        self.settle(abandoned.into_iter(), SettledAs::Abandoned);
+        let failed: Vec<usize> = outcome.failed.iter().map(|f| f.0).collect();
+        self.settle(pick(&failed).into_iter(), SettledAs::Reported);
+        let sink_failure = outcome.sink_failure;
+        let mut rows: Vec<Option<Row>> = batch.rows.into_iter().map(Some).collect();
+        if !outcome.failed.is_empty() {
+            let failures: Vec<Failure> = outcome
                 .failed
-                .iter()
-                .filter_map(|&(i, _, _)| {
-                    let row = rows.get(i)?;
-                    Some((
-                        row.dedup_hash?,
-                        Position::new(&row.origin.tp, row.source.offset),
+                .into_iter()
+                .filter_map(|(i, class, error)| {
+                    let row = rows.get_mut(i)?.take()?;
+                    Some(Failure::new(
+                        row.origin,
+                        row.source,
+                        Stage::BigQuery,
+                        class,
+                        format!("table {}: {error}", batch.table),
                     ))
                 })
                 .collect();
-            if !keys.is_empty() {
-                forget.do_send(Settled {
-                    keys,
-                    how: SettledAs::Reported,
-                });
+            self.errors.do_send(Failed { failures });
+        }
+        if let Some(sf) = sink_failure {
+            let left: Vec<Row> = sf
+                .rows
+                .iter()
+                .filter_map(|&i| rows.get_mut(i)?.take())
+                .collect();
+            self.stop(&batch.table.to_string(), &sf.error, sf.after, left);
+        }
+    }
+
+    /// A sink failure outlasted `errors.retry_timeout_ms` under `errors.sink_failure = "stop"`.
+    fn stop(&mut self, table: &str, error: &BqError, after: Duration, rows: Vec<Row>) {
+        let mut tps: Vec<(Tp, i64)> = Vec::new();
+        for r in &rows {
+            match tps.iter_mut().find(|(tp, _)| *tp == r.origin.tp) {
+                Some((_, first)) => *first = (*first).min(r.source.offset),
+                None => tps.push((r.origin.tp.clone(), r.source.offset)),
             }
         }
-        let mut rows: Vec<Option<Row>> = batch.rows.into_iter().map(Some).collect();
-        let failures = outcome
-            .failed
-            .into_iter()
-            .filter_map(|(i, class, error)| {
-                let row = rows.get_mut(i)?.take()?;
-                Some(Failure::new(
-                    row.origin,
-                    row.source,
-                    Stage::BigQuery,
-                    class,
-                    format!("table {}: {error}", batch.table),
-                ))
-            })
-            .collect();
-        self.errors.do_send(Failed { failures });
+        for (tp, offset) in &tps {
+            self.stats.note_error(
+                tp,
+                crate::stats::PartitionError {
+                    offset: *offset,
+                    error: format!("sink failure: bigquery {table}: {error}"),
+                    at: std::time::SystemTime::now(),
+                    fatal: true,
+                },
+            );
+        }
+        self.hold(rows);
+        if !self.stopped {
+            self.stopped = true;
+            let open = self.batcher.drain();
+            self.ready.extend(open);
+            self.fatal.do_send(Fatal {
+                reason: format!(
+                    "sink failure: bigquery {table} failed for {after:.1?}: {error}; \
+                     errors.sink_failure = \"stop\": stopping without committing past the \
+                     unwritten records"
+                ),
+            });
+        }
     }
 }
 
@@ -159,9 +249,10 @@ impl Actor for WriterActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let tick = (self.linger / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
-        ctx.run_interval(tick, |act, ctx| {
-            let due = act.batcher.due(Instant::now(), act.linger);
+        let linger = self.settings.linger;
+        let tick = (linger / 4).clamp(Duration::from_millis(5), Duration::from_millis(100));
+        ctx.run_interval(tick, move |act, ctx| {
+            let due = act.batcher.due(Instant::now(), linger);
             if !due.is_empty() {
                 act.ready.extend(due);
                 act.pump(ctx);
@@ -174,6 +265,10 @@ impl Handler<Write> for WriterActor {
     type Result = ();
 
     fn handle(&mut self, msg: Write, ctx: &mut Self::Context) {
+        if self.stopped {
+            self.hold(msg.rows);
+            return;
+        }
         let now = Instant::now();
         for row in msg.rows {
             let full = self.batcher.push(row, now);
@@ -197,26 +292,71 @@ impl Handler<SettledVia> for WriterActor {
     type Result = ();
 
     fn handle(&mut self, msg: SettledVia, _: &mut Self::Context) {
-        self.forget = Some(msg.0);
+        self.settled = Some(msg.0);
     }
 }
 
-/// Ties a batch's retries to its rows' partitions: revoked partitions' rows are abandoned, and the
-/// partitions pause while the batch waits to be retried.
-struct BatchHooks<'a>(&'a [Row]);
+/// Ties a batch's retries to its rows' partitions: rows of revoked partitions (and, under
+/// `errors.tolerance = "none"`, rows after a failed record) are abandoned, the partitions pause
+/// while the batch waits to be retried, and BigQuery's health is reported as `bigquery <table>`.
+struct BatchHooks<'a> {
+    rows: &'a [Row],
+    halt_after_failure: bool,
+    stats: &'a Stats,
+    sink: String,
+    /// The batch's partitions, each once.
+    origins: Vec<&'a Arc<Origin>>,
+}
+
+impl<'a> BatchHooks<'a> {
+    fn new(batch: &'a Batch<Row>, halt_after_failure: bool, stats: &'a Stats) -> Self {
+        let mut origins: Vec<&Arc<Origin>> = Vec::new();
+        for row in &batch.rows {
+            if !origins.iter().any(|o| Arc::ptr_eq(o, &row.origin)) {
+                origins.push(&row.origin);
+            }
+        }
+        Self {
+            rows: &batch.rows,
+            halt_after_failure,
+            stats,
+            sink: format!("bigquery {}", batch.table),
+            origins,
+        }
+    }
+
+    fn partitions(&self) -> Vec<Tp> {
+        self.origins.iter().map(|o| o.tp.clone()).collect()
+    }
+}
 
 impl RetryHooks for BatchHooks<'_> {
     fn keep(&self, i: usize) -> bool {
-        !self.0[i].origin.is_revoked()
+        let row = &self.rows[i];
+        !row.origin.is_revoked()
+            && !(self.halt_after_failure && row.origin.is_after_failure(row.source.offset))
     }
 
     fn retrying(&self, on: bool) {
-        let mut seen: Vec<&Arc<crate::messages::Origin>> = Vec::new();
-        for row in self.0 {
-            if !seen.iter().any(|o| Arc::ptr_eq(o, &row.origin)) {
-                seen.push(&row.origin);
-                row.origin.inflight.set_retrying(on);
-            }
+        for origin in &self.origins {
+            origin.inflight.set_retrying(on);
         }
+    }
+
+    fn sink_error(&self, error: &BqError, failing: bool) {
+        let text = error.to_string();
+        if failing {
+            self.stats
+                .health
+                .failing(&self.sink, &self.partitions(), &text);
+        } else {
+            self.stats
+                .health
+                .retrying(&self.sink, &self.partitions(), &text);
+        }
+    }
+
+    fn sink_ok(&self) {
+        self.stats.health.succeeded(&self.sink);
     }
 }
