@@ -257,6 +257,12 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     match &app.metrics {
         Some(h) => {
             prometheus::record_stats(&app.service.stats.snapshot());
+            // Refreshed at every scrape too: a sink retried less often than the gauges' idle
+            // timeout must not drop out of the metrics while it fails.
+            for s in app.service.stats.health.failing_now() {
+                metrics::gauge!(bqsink_actors::health::SINK_FAILING_METRIC, "sink" => s.sink)
+                    .set(1.0);
+            }
             (
                 [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                 h.render(),
@@ -392,6 +398,7 @@ pub async fn status_json(service: &ServiceState) -> Value {
             "batches": s.batches,
             "retries": s.retries,
             "commits": s.commits,
+            "sink_failures": service.stats.health.incidents(),
         },
     })
 }
