@@ -2,6 +2,12 @@
 //! value and header bytes base64-encoded and the failure context, so `bqsink replay --from-file` can
 //! reload them. The file is rotated by size to `<path>.1`, `<path>.2`, ... (rotated files are never
 //! deleted). A delivery resolves once its lines are written and synced to disk.
+//!
+//! Rotation only renames: a rotated file keeps its bytes, and the writer never appends to it again.
+//! The active file becomes `<path>.N` with N one above the highest present, so `.N` names only ever
+//! grow and [`rotation_base`] maps every file of the family back to `<path>`. Replay relies on both:
+//! it keeps its progress per file *identity* (the file's first line) in one file beside `<path>`,
+//! so the progress follows a file through its rename (see `replay::files`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -185,6 +191,23 @@ pub fn rotated_files(path: &Path) -> Vec<(u64, PathBuf)> {
         .collect();
     found.sort();
     found
+}
+
+/// The path `path` is a rotated file of: `<base>.N` (N all digits) → `<base>`; any other path is
+/// its own base.
+pub fn rotation_base(path: &Path) -> PathBuf {
+    let base = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit_once('.'))
+        .filter(|(base, n)| {
+            !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+        })
+        .map(|(base, _)| base);
+    match base {
+        Some(base) => path.with_file_name(base),
+        None => path.to_path_buf(),
+    }
 }
 
 impl RotatingFile {
@@ -400,5 +423,20 @@ mod tests {
             (0..30).collect::<Vec<_>>(),
             "every line once, in order"
         );
+    }
+
+    #[test]
+    fn rotated_files_map_back_to_their_base() {
+        let path = Path::new("/x/failed.ndjson");
+        assert_eq!(rotation_base(path), path);
+        assert_eq!(rotation_base(Path::new("/x/failed.ndjson.1")), path);
+        assert_eq!(rotation_base(Path::new("/x/failed.ndjson.42")), path);
+        assert_eq!(
+            rotation_base(Path::new("failed.ndjson.3")),
+            Path::new("failed.ndjson")
+        );
+        for own in ["/x/failed.ndjson.1a", "/x/failed.", "/x/.7", "/x/plain"] {
+            assert_eq!(rotation_base(Path::new(own)), Path::new(own), "{own}");
+        }
     }
 }

@@ -104,7 +104,8 @@ struct ReplayArgs {
     /// Read the dead-letter topic TOPIC (progress kept in a consumer group, see --group).
     #[arg(long, value_name = "TOPIC")]
     from_dlq: Option<String>,
-    /// Read error files (errors.file.path and its rotated PATH.N); progress kept in PATH.replay-offset.
+    /// Read error files (errors.file.path and its rotated PATH.N); progress kept per file (first
+    /// line) in PATH.replay-progress, so it follows files through rotation.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     from_file: Vec<PathBuf>,
     /// Produce each record to the topic and partition it came from (__connect.errors.topic).

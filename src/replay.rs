@@ -4,14 +4,16 @@
 //!
 //! Replay commits its own progress after every batch it has sent: for the dead-letter topic in a
 //! consumer group of its own (`<kafka.group_id>.replay.<stage filter or "all">` unless `--group`),
-//! for a file in a sidecar `<file>.replay-offset`. A second run therefore repeats nothing. Records
+//! for error files in one progress file `<path>.replay-progress` beside the base path, per file
+//! identity (its first line), so that progress follows a file when rotation renames it to
+//! `<path>.N` (see [`files`]). A second run therefore repeats nothing. Records
 //! that fail again are reported (one ERROR line each, a summary, optionally an NDJSON file in the
 //! error-file format to replay later) and passed over, so they do not block the rest.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, IsTerminal, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,10 +30,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
-use serde::{Deserialize, Serialize};
 
 use crate::dlq::{self, headers};
 use crate::error_file::{FileHeader, FileRecord};
+
+mod files;
+
+pub use files::progress_path;
+use files::FileReader;
 
 /// Where failed records are read from.
 #[derive(Debug, Clone)]
@@ -722,148 +728,6 @@ fn item_from_dlq(msg: &rdkafka::message::BorrowedMessage<'_>) -> Item {
     }
 }
 
-/// Progress through one error file, kept beside it.
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
-struct Sidecar {
-    /// Bytes of the file already replayed.
-    offset: u64,
-    /// Hash of the file's first line, to notice a different file under the same name.
-    first_line: u64,
-}
-
-struct FileReader {
-    path: PathBuf,
-    sidecar: PathBuf,
-    reader: BufReader<File>,
-    first_line: u64,
-    offset: u64,
-}
-
-fn first_line_hash(path: &Path) -> anyhow::Result<u64> {
-    let mut line = Vec::new();
-    BufReader::new(File::open(path).with_context(|| format!("opening {}", path.display()))?)
-        .read_until(b'\n', &mut line)
-        .with_context(|| format!("reading {}", path.display()))?;
-    Ok(xxhash_rust::xxh3::xxh3_64(&line))
-}
-
-/// The sidecar file that keeps replay progress through `path`.
-pub fn sidecar_path(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(".replay-offset");
-    PathBuf::from(s)
-}
-
-impl FileReader {
-    fn open(path: &Path) -> anyhow::Result<Self> {
-        let sidecar = sidecar_path(path);
-        let first_line = first_line_hash(path)?;
-        let saved: Sidecar = match std::fs::read(&sidecar) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("reading {}", sidecar.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Sidecar::default(),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", sidecar.display())),
-        };
-        let offset = if saved.first_line == first_line {
-            saved.offset
-        } else {
-            if saved.offset > 0 {
-                tracing::warn!(file = %path.display(), "the file changed since the last replay; starting from its beginning");
-            }
-            0
-        };
-        let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        file.seek(SeekFrom::Start(offset))
-            .with_context(|| format!("seeking in {}", path.display()))?;
-        tracing::info!(file = %path.display(), offset, "replaying from an error file");
-        Ok(Self {
-            path: path.into(),
-            sidecar,
-            reader: BufReader::new(file),
-            first_line,
-            offset,
-        })
-    }
-
-    /// Lines not yet replayed (counted by reading ahead, for the progress bar).
-    fn remaining_lines(&self) -> anyhow::Result<u64> {
-        let mut f = File::open(&self.path)?;
-        f.seek(SeekFrom::Start(self.offset))?;
-        let mut n = 0;
-        let mut buf = BufReader::new(f);
-        loop {
-            let chunk = buf.fill_buf()?;
-            if chunk.is_empty() {
-                return Ok(n);
-            }
-            n += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
-            let len = chunk.len();
-            buf.consume(len);
-        }
-    }
-
-    /// Up to `max` complete lines; unreadable ones are reported as still failing.
-    fn next_batch(&mut self, max: usize, report: &mut ReplayReport) -> anyhow::Result<Vec<Item>> {
-        let mut items = Vec::new();
-        let mut line = Vec::new();
-        while items.len() < max {
-            line.clear();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut line)
-                .with_context(|| format!("reading {}", self.path.display()))?;
-            if n == 0 || line.last() != Some(&b'\n') {
-                break; // End, or a line still being written.
-            }
-            let at = self.offset;
-            self.offset += n as u64;
-            let parsed = std::str::from_utf8(&line)
-                .map_err(anyhow::Error::from)
-                .and_then(|s| Ok(FileRecord::parse(s.trim_end())?))
-                .and_then(|r| Ok((r.stage(), r.to_raw()?)));
-            match parsed {
-                Ok((stage, (tp, raw))) => items.push(Item {
-                    origin: Some(tp),
-                    raw,
-                    stage,
-                }),
-                Err(e) => {
-                    report.read += 1;
-                    report.still_failing += 1;
-                    tracing::error!(file = %self.path.display(), byte = at, error = %e, "unreadable line in the error file");
-                    if report.failures.len() < MAX_LISTED {
-                        report.failures.push(StillFailing {
-                            topic: self.path.display().to_string(),
-                            partition: -1,
-                            offset: at as i64,
-                            reason: format!("unreadable line: {e}"),
-                        });
-                    }
-                }
-            }
-        }
-        Ok(items)
-    }
-
-    /// Saves the progress (atomically: a temporary file renamed over the sidecar).
-    fn commit(&self) -> anyhow::Result<()> {
-        let state = Sidecar {
-            offset: self.offset,
-            first_line: self.first_line,
-        };
-        let mut tmp = self.sidecar.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&state).unwrap_or_default())?;
-            f.sync_data()?;
-            std::fs::rename(&tmp, &self.sidecar)
-        };
-        write().with_context(|| format!("saving replay progress to {}", self.sidecar.display()))
-    }
-}
-
 /// The report as text for the terminal.
 pub fn render_report(r: &ReplayReport, to: ReplayTo) -> String {
     let target = match to {
@@ -903,13 +767,5 @@ mod tests {
         let two_hours_ago = parse_since("2h").unwrap();
         assert!((now - 7_200_000 - two_hours_ago).abs() < 60_000);
         assert!(parse_since("yesterday-ish").is_err());
-    }
-
-    #[test]
-    fn sidecar_sits_beside_the_file() {
-        assert_eq!(
-            sidecar_path(Path::new("/x/failed.ndjson.3")),
-            PathBuf::from("/x/failed.ndjson.3.replay-offset")
-        );
     }
 }
