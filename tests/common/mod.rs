@@ -233,3 +233,162 @@ pub fn error_lines(log: &str) -> Vec<serde_json::Value> {
         .filter(|v| v["level"] == "ERROR" && v["message"] == "record failed")
         .collect()
 }
+
+/// The ERROR lines of a JSON log that report a sink failure: message starting "sink failing",
+/// field `kind = "sink_failure"`.
+pub fn sink_failure_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| {
+            v["level"] == "ERROR"
+                && v["kind"] == "sink_failure"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("sink failing"))
+        })
+        .collect()
+}
+
+/// Per partition, the first offset whose row is not in `table` of the fake (which must keep rows;
+/// rows carry `_kafka_partition` and `_kafka_offset`). No offset may be committed past it.
+pub fn first_unwritten(sink: &bqsink::sink::Sink, table: &str, partitions: i32) -> Vec<i64> {
+    let mut written = vec![std::collections::HashSet::new(); partitions as usize];
+    for row in sink.rows(table) {
+        let (Some(p), Some(o)) = (
+            row["_kafka_partition"].as_i64(),
+            row["_kafka_offset"].as_i64(),
+        ) else {
+            panic!("a row without its Kafka position: {row}");
+        };
+        written[p as usize].insert(o);
+    }
+    written
+        .iter()
+        .map(|offsets| (0..).find(|o| !offsets.contains(o)).unwrap_or(0))
+        .collect()
+}
+
+/// Polls `probe` until it gives a value; after `timeout`, panics with its last complaint.
+pub fn wait_for<T>(
+    timeout: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; last seen: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Slack incoming-webhook stand-in that accepts every post and records its text.
+pub struct SlackRecorder {
+    pub url: String,
+    posts: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl SlackRecorder {
+    pub fn start() -> Self {
+        use axum::extract::State;
+        use std::sync::{Arc, Mutex};
+
+        async fn hook(State(posts): State<Arc<Mutex<Vec<String>>>>, body: axum::body::Bytes) {
+            let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+            let text = v["text"].as_str().unwrap_or_default().to_owned();
+            posts.lock().unwrap().push(text);
+        }
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(hook))
+            .with_state(Arc::clone(&posts));
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        SlackRecorder {
+            url,
+            posts,
+            _runtime: runtime,
+        }
+    }
+
+    /// The texts posted so far, in order.
+    pub fn posts(&self) -> Vec<String> {
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+/// `bqsink run` as a child process ([`spawn_run`]), killed if the test ends while it runs.
+pub struct BqsinkRun {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl BqsinkRun {
+    pub fn spawn(config: &std::path::Path) -> Self {
+        let (child, log) = spawn_run(config);
+        BqsinkRun { child, log }
+    }
+
+    /// Its stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The last 40 lines of its stderr, for failure messages.
+    pub fn tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Waits for the process to exit, calling `check` every 200 ms meanwhile; the exit code.
+    pub fn wait_checking(&mut self, timeout: Duration, what: &str, mut check: impl FnMut()) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            check();
+            assert!(
+                start.elapsed() < timeout,
+                "bqsink did not exit within {timeout:?} ({what}); log ends:\n{}",
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM (drain, commit, exit); the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> i32 {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        self.wait_checking(timeout, "after SIGTERM", || {})
+    }
+}
+
+impl Drop for BqsinkRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
