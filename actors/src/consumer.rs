@@ -27,6 +27,7 @@ pub struct ConsumerActor {
     supervisor: Recipient<Progress>,
     last_report: Option<Progress>,
     stats: Arc<Stats>,
+    live: Option<Live>,
 }
 
 impl ConsumerActor {
@@ -50,6 +51,7 @@ impl ConsumerActor {
             supervisor,
             last_report: None,
             stats,
+            live: None,
         }
     }
 
@@ -86,6 +88,24 @@ impl Actor for ConsumerActor {
             Arc::clone(&self.revoked),
             Arc::clone(&self.inflight),
         )));
+        self.live = Some(Live::new(Arc::clone(&self.stats)));
+    }
+}
+
+/// Counts a running partition consumer in [`Stats::live_consumers`] from `started` until the actor
+/// is dropped (stopped, or unwound by a panic).
+struct Live(Arc<Stats>);
+
+impl Live {
+    fn new(stats: Arc<Stats>) -> Self {
+        Stats::add(&stats.live_consumers, 1);
+        Self(stats)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        Stats::dec(&self.0.live_consumers);
     }
 }
 
