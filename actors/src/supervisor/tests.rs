@@ -166,8 +166,14 @@ fn a_dead_partition_consumer_is_restarted_from_its_first_unhandled_offset() {
         let first = sup.send(ConsumerOf(tp.clone())).await.unwrap().unwrap();
         first.do_send(Die);
         // Detection, then the first restart after 100 ms of backoff.
-        actix_rt_sleep(600).await;
-        let second = sup.send(ConsumerOf(tp.clone())).await.unwrap().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let second = loop {
+            actix_rt_sleep(50).await;
+            let now = sup.send(ConsumerOf(tp.clone())).await.unwrap().unwrap();
+            if now.connected() || Instant::now() >= deadline {
+                break now;
+            }
+        };
         assert!(!first.connected(), "the first consumer died");
         assert!(second.connected(), "a new consumer runs");
     });
@@ -186,7 +192,8 @@ fn consumers_of_revoked_partitions_stop() {
     let s = Arc::clone(&stats);
     system.block_on(async move {
         let kafka = Arc::new(FakeKafka::default());
-        let sup = crate::pipeline::start(&config(), kafka, Arc::new(Recording::default()), s.clone());
+        let sup =
+            crate::pipeline::start(&config(), kafka, Arc::new(Recording::default()), s.clone());
         let kept = Tp::new("t", 1);
         let _kept_routes = sup
             .send(Assigned {
@@ -245,7 +252,10 @@ fn a_revoke_counts_records_still_in_a_consumer_mailbox_and_writes_none_of_them_l
             // Delivered (counted by the poller) but not yet handled by the consumer.
             deliver(&routes[0], records(0..3, "e"));
             let inflight = sup.send(Revoking { tps: tps.clone() }).await.unwrap();
-            assert_eq!(inflight, 3, "Revoking counts the chunk still in the mailbox");
+            assert_eq!(
+                inflight, 3,
+                "Revoking counts the chunk still in the mailbox"
+            );
             // The revoke timeout passed: the partition is let go now.
             let finals = sup.send(Revoked { tps }).await.unwrap();
             actix_rt_sleep(300).await;
@@ -291,10 +301,8 @@ fn a_partition_read_again_from_an_earlier_offset_is_written_again_and_committed_
             // there: the partition is read again from 3.
             deliver(&routes[0], records(3..6, "n"));
             // The poller seeks a restarted partition to its new start: play that re-read.
-            let restarted = wait_for(1_000, || {
-                !kafka.restarted_routes.lock().unwrap().is_empty()
-            })
-            .await;
+            let restarted =
+                wait_for(1_000, || !kafka.restarted_routes.lock().unwrap().is_empty()).await;
             if restarted {
                 let route = kafka.restarted_routes.lock().unwrap()[0].clone();
                 deliver(&route, records(3..6, "n"));
