@@ -55,6 +55,8 @@ pub enum Command {
         from: Option<i64>,
         to: Recipient<RawChunk>,
         inflight: Arc<Inflight>,
+        /// The partition's offsets went backwards: its committed offset may move back to `from`.
+        rewind: bool,
     },
     StopReading,
     Close,
@@ -100,6 +102,22 @@ impl KafkaControl for RdKafkaControl {
             from,
             to,
             inflight,
+            rewind: false,
+        });
+    }
+    fn rewind_partition(
+        &self,
+        tp: &Tp,
+        from: i64,
+        to: Recipient<RawChunk>,
+        inflight: Arc<Inflight>,
+    ) {
+        self.send(Command::Restart {
+            tp: tp.clone(),
+            from: Some(from),
+            to,
+            inflight,
+            rewind: true,
         });
     }
     fn stop_reading(&self) {
@@ -166,7 +184,9 @@ pub struct SinkContext {
     limits: InflightLimits,
     stats: Arc<Stats>,
     /// Highest offset this consumer committed per partition: a commit queued before a revoke must
-    /// never move a partition's committed offset back.
+    /// never move a partition's committed offset back. The one exception is a partition whose
+    /// offsets went backwards (`KafkaControl::rewind_partition`): its entry is forgotten, so its
+    /// next commit moves back to where it is read again.
     committed: Mutex<HashMap<(Arc<str>, i32), i64>>,
 }
 
@@ -509,7 +529,8 @@ fn poll_loop(
                     from,
                     to,
                     inflight,
-                } => restart_partition(&consumer, tp, from, to, inflight),
+                    rewind,
+                } => restart_partition(&consumer, tp, from, to, inflight, rewind),
                 Command::StopReading => {
                     reading = false;
                     if let Ok(assigned) = consumer.assignment() {
@@ -696,17 +717,30 @@ impl Chunks {
 }
 
 /// Routes a partition to a new consumer and reads it again from `from`, or from its committed
-/// offset (the beginning if nothing is committed).
+/// offset (the beginning if nothing is committed). With `rewind`, the partition's commit may move
+/// back to `from`.
 fn restart_partition(
     consumer: &BaseConsumer<SinkContext>,
     tp: Tp,
     from: Option<i64>,
     to: Recipient<RawChunk>,
     inflight: Arc<Inflight>,
+    rewind: bool,
 ) {
     let key = (tp.topic.clone(), tp.partition);
     if !lock_routes(consumer).contains_key(&key) {
         return; // Revoked meanwhile.
+    }
+    if rewind {
+        let mut committed = consumer
+            .context()
+            .committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = committed.remove(&key) {
+            tracing::warn!(%tp, old_committed = old, new = ?from,
+                "partition rewound: its committed offset moves back from {old} to {from:?}");
+        }
     }
     let offset = match from {
         Some(o) => Offset::Offset(o),

@@ -2,18 +2,33 @@
 //! flight, passes the chunk on to the converter, and counts acknowledgements back into its offset
 //! tracker, releasing the partition's in-flight budget (see [`crate::stage::flow`]), and reports its
 //! commit offset to the supervisor whenever it moves.
+//!
+//! Lifecycle. A consumer lives exactly as long as the supervisor holds its partition: when the
+//! partition is revoked or its consumer replaced, the supervisor marks the origin revoked (nothing
+//! of it is written any more) and sends [`Retire`], and the consumer stops, even though records in
+//! flight still hold its address in their [`Origin`]; their acknowledgements are then dropped,
+//! which is right, as their rows are abandoned. A chunk that arrives once the origin is revoked is
+//! dropped, and a chunk that goes backwards (the log changed under the reader, see
+//! [`crate::stage::offsets`]) is never skipped: the consumer stops taking records and asks the
+//! supervisor ([`Rewound`]) to read the partition again from where it must.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
 use crate::converter::ConvertActor;
-use crate::messages::{Convert, Handled, HandledKind, Origin, Progress, RawChunk, Tp};
+use crate::messages::{Convert, Handled, HandledKind, Origin, Progress, RawChunk, RawRecord, Tp};
 use crate::stage::flow::Inflight;
 use crate::stage::offsets::OffsetTracker;
 use crate::stats::Stats;
 use crate::telemetry;
+
+/// Where a partition consumer reports to (its supervisor).
+pub struct Supervisor {
+    pub progress: Recipient<Progress>,
+    pub rewound: Recipient<Rewound>,
+}
 
 pub struct ConsumerActor {
     tp: Tp,
@@ -24,9 +39,10 @@ pub struct ConsumerActor {
     /// Shared with the poller, which adds what it delivers and pauses the partition at the limits.
     inflight: Arc<Inflight>,
     converter: Addr<ConvertActor>,
-    supervisor: Recipient<Progress>,
+    supervisor: Supervisor,
     last_report: Option<Progress>,
     stats: Arc<Stats>,
+    live: Option<Live>,
 }
 
 impl ConsumerActor {
@@ -36,7 +52,7 @@ impl ConsumerActor {
         revoked: Arc<AtomicBool>,
         inflight: Arc<Inflight>,
         converter: Addr<ConvertActor>,
-        supervisor: Recipient<Progress>,
+        supervisor: Supervisor,
         stats: Arc<Stats>,
     ) -> Self {
         Self {
@@ -50,6 +66,7 @@ impl ConsumerActor {
             supervisor,
             last_report: None,
             stats,
+            live: None,
         }
     }
 
@@ -70,7 +87,7 @@ impl ConsumerActor {
             inflight_bytes: bytes,
         };
         if self.last_report.as_ref() != Some(&progress) {
-            self.supervisor.do_send(progress.clone());
+            self.supervisor.progress.do_send(progress.clone());
             self.last_report = Some(progress);
         }
     }
@@ -86,6 +103,24 @@ impl Actor for ConsumerActor {
             Arc::clone(&self.revoked),
             Arc::clone(&self.inflight),
         )));
+        self.live = Some(Live::new(Arc::clone(&self.stats)));
+    }
+}
+
+/// Counts a running partition consumer in [`Stats::live_consumers`] from `started` until the actor
+/// is dropped (stopped, or unwound by a panic).
+struct Live(Arc<Stats>);
+
+impl Live {
+    fn new(stats: Arc<Stats>) -> Self {
+        Stats::add(&stats.live_consumers, 1);
+        Self(stats)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        Stats::dec(&self.0.live_consumers);
     }
 }
 
@@ -93,19 +128,36 @@ impl Handler<RawChunk> for ConsumerActor {
     type Result = ();
 
     fn handle(&mut self, chunk: RawChunk, _: &mut Self::Context) {
-        let Some(origin) = self.origin.clone() else {
-            return;
+        let records = chunk.records;
+        let origin = match &self.origin {
+            Some(origin) if !origin.is_revoked() => Arc::clone(origin),
+            // Revoked (or being read again elsewhere): the next owner reads these records.
+            _ => return self.drop_chunk(&records),
         };
-        let mut records = chunk.records;
-        records.retain(|r| match self.tracker.read(r.offset, r.size()) {
-            Ok(()) => true,
-            Err(e) => {
-                // A record delivered twice to the same consumer: the first copy is already in flight.
-                tracing::warn!(tp = %self.tp, error = %e, "skipping record delivered twice");
-                self.inflight.sub(1, r.size());
-                false
+        if let Some(from) = self.tracker.rewind_point(records.iter().map(|r| r.offset)) {
+            tracing::warn!(
+                tp = %self.tp,
+                from,
+                offset = records.first().map(|r| r.offset),
+                commit_offset = ?self.tracker.commit_offset(),
+                "partition offsets went backwards (log truncated or offset reset): it is read again from {from}"
+            );
+            // Nothing more of this consumer is written; the supervisor starts the next one.
+            self.revoked.store(true, Ordering::Relaxed);
+            self.drop_chunk(&records);
+            self.supervisor.rewound.do_send(Rewound {
+                tp: self.tp.clone(),
+                epoch: self.epoch,
+                from,
+            });
+            return;
+        }
+        for r in &records {
+            // `rewind_point` found the chunk increasing: registering cannot fail.
+            if let Err(e) = self.tracker.read(r.offset, r.size()) {
+                tracing::error!(tp = %self.tp, error = %e, "offset tracking out of step");
             }
-        });
+        }
         if records.is_empty() {
             return;
         }
@@ -118,6 +170,14 @@ impl Handler<RawChunk> for ConsumerActor {
             span,
         });
         self.after_change();
+    }
+}
+
+impl ConsumerActor {
+    /// Takes a chunk that will not be read here out of the partition's in-flight budget.
+    fn drop_chunk(&self, records: &[RawRecord]) {
+        let bytes = records.iter().map(RawRecord::size).sum();
+        self.inflight.sub(records.len(), bytes);
     }
 }
 
@@ -142,6 +202,32 @@ impl Handler<Handled> for ConsumerActor {
         self.inflight.sub(before.0 - after.0, before.1 - after.1);
         self.after_change();
     }
+}
+
+/// The partition is no longer this consumer's (revoked, or its consumer replaced): stop
+/// (supervisor → partition consumer).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for ConsumerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        tracing::debug!(tp = %self.tp, epoch = self.epoch, "partition consumer stops");
+        ctx.stop();
+    }
+}
+
+/// The partition's offsets went backwards: read it again from `from` with a new consumer, and let
+/// its commit move back there (partition consumer → supervisor).
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct Rewound {
+    pub tp: Tp,
+    /// The incarnation that saw it (a later one ignores it).
+    pub epoch: u64,
+    pub from: i64,
 }
 
 /// Makes the consumer panic, to test supervision.

@@ -32,6 +32,19 @@ pub trait KafkaControl: Send + Sync + 'static {
         to: Recipient<RawChunk>,
         inflight: Arc<Inflight>,
     );
+    /// Like [`KafkaControl::restart_partition`] from `from`, for a partition whose offsets went
+    /// backwards (log truncated, fetch position reset): the records now at `from` and after are
+    /// new, so the partition's committed offset may move back to `from` (commits are otherwise
+    /// never allowed to move back).
+    fn rewind_partition(
+        &self,
+        tp: &Tp,
+        from: i64,
+        to: Recipient<RawChunk>,
+        inflight: Arc<Inflight>,
+    ) {
+        self.restart_partition(tp, Some(from), to, inflight);
+    }
     /// Stops reading: no more chunks are delivered. Called when the pipeline drains for shutdown.
     fn stop_reading(&self);
     /// Leaves the group and closes the consumer; called last, after the final commit.

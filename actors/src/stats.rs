@@ -34,8 +34,11 @@ pub struct Stats {
     pub peak_inflight_records: AtomicU64,
     /// Highest number of records in flight seen over all partitions (by the Kafka poller).
     pub peak_total_inflight_records: AtomicU64,
-    /// Partition consumers restarted after they died.
+    /// Partition consumers restarted after they died or after their partition was rewound.
     pub restarts: AtomicU64,
+    /// Partition consumers alive now (a gauge: started minus stopped). Once revoked partitions
+    /// are let go it equals the number of assigned partitions.
+    pub live_consumers: AtomicU64,
     /// Partitions paused (in-flight limit reached or BigQuery retrying) and resumed.
     pub pauses: AtomicU64,
     pub resumes: AtomicU64,
@@ -74,6 +77,7 @@ pub struct StatsSnapshot {
     pub peak_inflight_records: u64,
     pub peak_total_inflight_records: u64,
     pub restarts: u64,
+    pub live_consumers: u64,
     pub pauses: u64,
     pub resumes: u64,
     pub report_retries: u64,
@@ -82,6 +86,11 @@ pub struct StatsSnapshot {
 impl Stats {
     pub fn add(counter: &AtomicU64, n: usize) {
         counter.fetch_add(n as u64, Relaxed);
+    }
+
+    /// Lowers a gauge by one, never below zero.
+    pub fn dec(gauge: &AtomicU64) {
+        let _ = gauge.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(1)));
     }
 
     /// Remembers a partition's latest failure.
@@ -125,6 +134,7 @@ impl Stats {
             peak_inflight_records: self.peak_inflight_records.load(Relaxed),
             peak_total_inflight_records: self.peak_total_inflight_records.load(Relaxed),
             restarts: self.restarts.load(Relaxed),
+            live_consumers: self.live_consumers.load(Relaxed),
             pauses: self.pauses.load(Relaxed),
             resumes: self.resumes.load(Relaxed),
             report_retries: self.report_retries.load(Relaxed),

@@ -3,6 +3,16 @@
 //! partitions are revoked, and runs the shutdown: stop reading, flush, wait for in-flight rows
 //! (bounded by `pipeline.shutdown_timeout_ms`), commit, leave the group, stop the system with the
 //! exit code (non-zero after a fatal failure).
+//!
+//! Partition lifecycle. Whatever the supervisor lets go of a partition (revoked, its consumer
+//! dead or replaced), it lets go of completely: the partition's origin is marked revoked, so no
+//! row of it is written afterwards (the next owner reads it from the final commit), and its
+//! consumer is told to stop ([`Retire`]), so consumers never pile up over rebalances. How many
+//! records of a partition are in flight is read from the counters the Kafka poller increments
+//! *before* it delivers a chunk ([`Inflight`]), never from the consumers' asynchronous
+//! [`Progress`] alone, which misses chunks still waiting in a consumer's mailbox. A partition
+//! whose offsets went backwards ([`Rewound`]) is read again from there by a new consumer, and its
+//! commit may move back to that offset.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use crate::consumer::ConsumerActor;
+use crate::consumer::{ConsumerActor, Retire, Rewound};
 use crate::converter::ConvertActor;
 use crate::kafka::KafkaControl;
 use crate::messages::{
@@ -28,14 +38,36 @@ struct Partition {
     epoch: u64,
     /// Kept so the consumer lives while assigned.
     _addr: Addr<ConsumerActor>,
-    /// Shared with the records' origins: set when the partition is revoked with rows in flight.
+    /// Shared with the records' origins: set when the supervisor lets the partition go (revoked,
+    /// consumer dead or replaced), so none of its rows is written afterwards.
     revoked: Arc<AtomicBool>,
+    /// Records delivered to the partition and not settled, shared with the Kafka poller (which
+    /// adds before it delivers) and the consumer (which subtracts what settles).
+    inflight: Arc<Inflight>,
     commit_offset: Option<i64>,
     committed: Option<i64>,
+    /// As the consumer last reported it (status report only; see `inflight` for decisions).
     inflight_records: usize,
     /// Restarts of a dead partition consumer so far, and when the next one may happen.
     restarts: u32,
     restart_at: Option<Instant>,
+}
+
+impl Partition {
+    /// Records in flight now. A dead consumer's records are abandoned (read again): none.
+    fn inflight_now(&self) -> usize {
+        if self._addr.connected() {
+            self.inflight.get().0
+        } else {
+            0
+        }
+    }
+
+    /// Lets the partition go: nothing of it is written any more and its consumer stops.
+    fn retire(self) {
+        self.revoked.store(true, Ordering::Relaxed);
+        self._addr.do_send(Retire);
+    }
 }
 
 /// Delay before the `n`th restart of a dead partition consumer: 100 ms doubling up to 30 s.
@@ -123,15 +155,21 @@ impl SupervisorActor {
             return;
         }
         self.commit_running = true;
-        let fut = self.kafka.commit(offsets.clone());
+        // Which incarnation each offset is of: a partition read again from an earlier offset
+        // meanwhile must not take a later offset of its previous consumer as committed.
+        let sent: Vec<(Tp, u64, i64)> = offsets
+            .iter()
+            .filter_map(|(tp, o)| Some((tp.clone(), self.partitions.get(tp)?.epoch, *o)))
+            .collect();
+        let fut = self.kafka.commit(offsets);
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.commit_running = false;
             match result {
                 Ok(()) => {
                     Stats::add(&act.stats.commits, 1);
-                    for (tp, offset) in offsets {
+                    for (tp, epoch, offset) in sent {
                         tracing::debug!(%tp, offset, "committed");
-                        if let Some(p) = act.partitions.get_mut(&tp) {
+                        if let Some(p) = act.partitions.get_mut(&tp).filter(|p| p.epoch == epoch) {
                             p.committed = Some(offset);
                         }
                     }
@@ -154,7 +192,7 @@ impl SupervisorActor {
         self.writer.do_send(Flush);
         ctx.run_interval(Duration::from_millis(20), |act, ctx| {
             let PipelineState::Draining { deadline } = act.state else { return };
-            let inflight: usize = act.partitions.values().map(|p| p.inflight_records).sum();
+            let inflight: usize = act.partitions.values().map(Partition::inflight_now).sum();
             let timed_out = Instant::now() >= deadline;
             if (inflight == 0 || timed_out) && !act.commit_running {
                 if timed_out && inflight > 0 {
@@ -205,7 +243,10 @@ impl SupervisorActor {
             Arc::clone(&revoked),
             Arc::clone(&inflight),
             self.converter.clone(),
-            ctx.address().recipient(),
+            crate::consumer::Supervisor {
+                progress: ctx.address().recipient(),
+                rewound: ctx.address().recipient(),
+            },
             Arc::clone(&self.stats),
         )
         .start();
@@ -214,6 +255,7 @@ impl SupervisorActor {
             epoch,
             _addr: consumer,
             revoked,
+            inflight: Arc::clone(&inflight),
             commit_offset: None,
             committed: None,
             inflight_records: 0,
@@ -248,11 +290,11 @@ impl SupervisorActor {
             let Some(old) = self.partitions.remove(&tp) else {
                 continue;
             };
-            old.revoked.store(true, Ordering::Relaxed);
             let (mut partition, route, inflight) = self.start_consumer(&tp, ctx);
             partition.restarts = old.restarts + 1;
             partition.committed = old.committed;
             let from = old.commit_offset.or(old.committed);
+            old.retire();
             self.kafka.restart_partition(&tp, from, route, inflight);
             self.operator.restarted(&tp);
             Stats::add(&self.stats.restarts, 1);
@@ -276,7 +318,10 @@ impl Handler<Assigned> for SupervisorActor {
             tracing::info!(%tp, "partition assigned");
             Stats::add(&self.stats.assigned, 1);
             routes.push((route, inflight));
-            self.partitions.insert(tp, partition);
+            if let Some(old) = self.partitions.insert(tp, partition) {
+                // Assigned again without a revoke in between: the new consumer takes over.
+                old.retire();
+            }
         }
         MessageResult(routes)
     }
@@ -290,7 +335,7 @@ impl Handler<Revoking> for SupervisorActor {
         msg.tps
             .iter()
             .filter_map(|tp| self.partitions.get(tp))
-            .map(|p| p.inflight_records)
+            .map(Partition::inflight_now)
             .sum()
     }
 }
@@ -300,21 +345,23 @@ impl Handler<Revoked> for SupervisorActor {
 
     fn handle(&mut self, msg: Revoked, _: &mut Self::Context) -> Self::Result {
         let mut finals = Vec::new();
+        self.stats.health.release(&msg.tps);
         for tp in msg.tps {
             if let Some(p) = self.partitions.remove(&tp) {
                 Stats::add(&self.stats.revoked, 1);
-                if p.inflight_records > 0 {
+                let inflight = p.inflight_now();
+                if inflight > 0 {
                     // Rows not yet sent are abandoned: the next owner reads them from the commit.
-                    p.revoked.store(true, Ordering::Relaxed);
-                    tracing::warn!(%tp, inflight = p.inflight_records, "revoke timeout: in-flight rows of the partition are abandoned");
+                    tracing::warn!(%tp, inflight, "revoke timeout: in-flight rows of the partition are abandoned");
                 }
-                tracing::info!(%tp, commit_offset = ?p.commit_offset, inflight = p.inflight_records, "partition revoked");
+                tracing::info!(%tp, commit_offset = ?p.commit_offset, inflight, "partition revoked");
                 if let Some(o) = p
                     .commit_offset
                     .filter(|o| p.committed.is_none_or(|c| *o > c))
                 {
                     finals.push((tp, o));
                 }
+                p.retire();
             }
         }
         MessageResult(finals)
@@ -330,9 +377,37 @@ impl Handler<Progress> for SupervisorActor {
             .get_mut(&msg.tp)
             .filter(|p| p.epoch == msg.epoch)
         {
-            p.commit_offset = msg.commit_offset;
+            p.commit_offset = msg.commit_offset.or(p.commit_offset);
             p.inflight_records = msg.inflight_records;
         }
+    }
+}
+
+impl Handler<Rewound> for SupervisorActor {
+    type Result = ();
+
+    /// Restarts the partition's consumer from `from`: the old consumer's rows are abandoned, and
+    /// the commit offset starts at `from` (everything before it was handled), so the next commit
+    /// moves the partition's committed offset back there.
+    fn handle(&mut self, msg: Rewound, ctx: &mut Self::Context) {
+        let Rewound { tp, epoch, from } = msg;
+        if self.partitions.get(&tp).is_none_or(|p| p.epoch != epoch) {
+            return; // Revoked or restarted meanwhile: its new owner reads from its own start.
+        }
+        let Some(old) = self.partitions.remove(&tp) else {
+            return;
+        };
+        tracing::warn!(%tp, from, commit_offset = ?old.commit_offset, committed = ?old.committed,
+            "partition read again from an earlier offset: new consumer, commit moves back to {from}");
+        let (mut partition, route, inflight) = self.start_consumer(&tp, ctx);
+        partition.restarts = old.restarts;
+        partition.commit_offset = Some(from);
+        old.retire();
+        // While draining the poller delivers nothing more; the final commit still moves back.
+        self.kafka.rewind_partition(&tp, from, route, inflight);
+        self.operator.restarted(&tp);
+        Stats::add(&self.stats.restarts, 1);
+        self.partitions.insert(tp, partition);
     }
 }
 
@@ -405,121 +480,4 @@ impl Handler<ResumeAll> for SupervisorActor {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-
-    use super::*;
-    use crate::bigquery::{BigQuery, BqError, InsertAllResponse};
-    use crate::consumer::Die;
-    use crate::kafka::CommitError;
-    use crate::messages::RawRecord;
-    use crate::stage::transform::TableRef;
-    use futures::future::BoxFuture;
-
-    #[derive(Default)]
-    struct FakeKafka {
-        restarts: Mutex<Vec<(Tp, Option<i64>)>>,
-    }
-
-    impl KafkaControl for FakeKafka {
-        fn commit(&self, _: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<(), CommitError>> {
-            Box::pin(async { Ok(()) })
-        }
-        fn pause(&self, _: &Tp) {}
-        fn resume(&self, _: &Tp) {}
-        fn restart_partition(
-            &self,
-            tp: &Tp,
-            from: Option<i64>,
-            _: Recipient<RawChunk>,
-            _: Arc<Inflight>,
-        ) {
-            self.restarts.lock().unwrap().push((tp.clone(), from));
-        }
-        fn stop_reading(&self) {}
-        fn close(&self) {}
-    }
-
-    struct AcceptAll;
-
-    impl BigQuery for AcceptAll {
-        fn insert_all(
-            &self,
-            _: &TableRef,
-            _: Vec<u8>,
-        ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
-            Box::pin(async { Ok(InsertAllResponse::default()) })
-        }
-    }
-
-    #[derive(Message)]
-    #[rtype(result = "Option<Addr<ConsumerActor>>")]
-    struct ConsumerOf(Tp);
-
-    impl Handler<ConsumerOf> for SupervisorActor {
-        type Result = Option<Addr<ConsumerActor>>;
-        fn handle(&mut self, msg: ConsumerOf, _: &mut Self::Context) -> Self::Result {
-            self.partitions.get(&msg.0).map(|p| p._addr.clone())
-        }
-    }
-
-    #[test]
-    fn restart_backoff_doubles_and_is_capped() {
-        assert_eq!(restart_backoff(0), Duration::from_millis(100));
-        assert_eq!(restart_backoff(3), Duration::from_millis(800));
-        assert_eq!(restart_backoff(40), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn a_dead_partition_consumer_is_restarted_from_its_first_unhandled_offset() {
-        let system = System::new();
-        let kafka = Arc::new(FakeKafka::default());
-        let stats = Arc::new(Stats::default());
-        let mut config = crate::config::Config::default();
-        config.kafka.topics = vec!["t".into()];
-        config.bigquery.project = "p".into();
-        config.bigquery.dataset = "d".into();
-        config.batch.linger_ms = 5;
-        let (k, s) = (Arc::clone(&kafka), Arc::clone(&stats));
-        system.block_on(async move {
-            let sup = crate::pipeline::start(&config, k, Arc::new(AcceptAll), s.clone());
-            let tp = Tp::new("t", 0);
-            let routes = sup
-                .send(Assigned {
-                    tps: vec![tp.clone()],
-                    warmup: vec![],
-                })
-                .await
-                .unwrap();
-            let records = (0..3)
-                .map(|o| RawRecord {
-                    offset: o,
-                    payload: Some(format!(r#"{{"event_id":"e{o}"}}"#).into_bytes()),
-                    ..Default::default()
-                })
-                .collect();
-            routes[0].0.do_send(RawChunk { records });
-            while s.written.load(std::sync::atomic::Ordering::Relaxed) < 3 {
-                actix_rt_sleep(10).await;
-            }
-            actix_rt_sleep(50).await;
-            let first = sup.send(ConsumerOf(tp.clone())).await.unwrap().unwrap();
-            first.do_send(Die);
-            // Detection, then the first restart after 100 ms of backoff.
-            actix_rt_sleep(600).await;
-            let second = sup.send(ConsumerOf(tp.clone())).await.unwrap().unwrap();
-            assert!(!first.connected(), "the first consumer died");
-            assert!(second.connected(), "a new consumer runs");
-        });
-        assert_eq!(
-            *kafka.restarts.lock().unwrap(),
-            vec![(Tp::new("t", 0), Some(3))],
-            "restarted from offset 3"
-        );
-        assert_eq!(stats.snapshot().restarts, 1);
-    }
-
-    async fn actix_rt_sleep(ms: u64) {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-}
+mod tests;

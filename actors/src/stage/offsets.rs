@@ -6,6 +6,12 @@
 //! (compaction holes, transaction markers) are not waited for. A record marked *stuck* (failed under
 //! `errors.tolerance = "none"`) leaves the in-flight count but holds the commit offset below itself
 //! for good.
+//!
+//! Offsets of one partition only ever increase while it is read continuously. A chunk that goes
+//! backwards means the log itself changed under the reader (truncated after an unclean leader
+//! election, or the fetch position reset when it fell out of range): the records now at those
+//! offsets are new, so the partition is read again from there ([`OffsetTracker::rewind_point`]),
+//! never skipped.
 
 use std::collections::VecDeque;
 
@@ -55,6 +61,25 @@ impl OffsetTracker {
         self.inflight_records += 1;
         self.inflight_bytes += bytes;
         Ok(())
+    }
+
+    /// Where to read the partition again from, if `offsets` (a chunk, in delivery order) go
+    /// backwards: below an offset already read, or below the previous record of the chunk. It is
+    /// the lower of the first backwards offset and the first unhandled one (records still in
+    /// flight are abandoned with the consumer, so they are read again too). `None`: the chunk
+    /// continues the partition and may be read.
+    pub fn rewind_point(&self, offsets: impl IntoIterator<Item = i64>) -> Option<i64> {
+        let mut next = self.next_read;
+        let mut first = None;
+        for offset in offsets {
+            first.get_or_insert(offset);
+            if next.is_some_and(|n| offset < n) {
+                let unhandled = self.commit_offset().or(first).unwrap_or(offset);
+                return Some(offset.min(unhandled));
+            }
+            next = Some(offset + 1);
+        }
+        None
     }
 
     /// Marks a read record handled. Unknown or already-settled offsets are ignored (returns false).
@@ -200,6 +225,58 @@ mod tests {
             "but nothing at or after the failure is committable"
         );
         assert!(!t.handled(1), "a stuck record cannot be handled later");
+    }
+
+    #[test]
+    fn a_chunk_that_goes_backwards_is_read_again_from_the_lower_of_it_and_the_first_unhandled() {
+        let mut t = OffsetTracker::new();
+        assert_eq!(t.rewind_point([0, 1, 2]), None, "nothing read yet");
+        assert_eq!(t.rewind_point(Vec::new()), None);
+        for o in 0..10 {
+            t.read(o, 1).unwrap();
+        }
+        assert_eq!(
+            t.rewind_point([10, 11]),
+            None,
+            "the chunk continues the partition"
+        );
+        assert_eq!(t.rewind_point([12, 13]), None, "a hole is not a rewind");
+        for o in 0..10 {
+            t.handled(o);
+        }
+        assert_eq!(
+            t.rewind_point([3, 4, 5]),
+            Some(3),
+            "all handled: from the rewound offset"
+        );
+        assert_eq!(t.rewind_point([9]), Some(9), "a record read again");
+        assert_eq!(
+            t.rewind_point([10, 11, 4]),
+            Some(4),
+            "backwards inside the chunk"
+        );
+        for o in 10..20 {
+            t.read(o, 1).unwrap();
+        }
+        t.handled(10);
+        t.handled(12);
+        assert_eq!(
+            t.rewind_point([15]),
+            Some(11),
+            "offset 11 is still in flight: it is abandoned and read again"
+        );
+        assert_eq!(t.rewind_point([5]), Some(5));
+        let fresh = OffsetTracker::new();
+        assert_eq!(
+            fresh.rewind_point([7, 8, 2]),
+            Some(2),
+            "backwards inside the first chunk"
+        );
+        assert_eq!(
+            fresh.rewind_point([7, 8, 8]),
+            Some(7),
+            "nothing read: from the chunk's first"
+        );
     }
 
     #[test]
