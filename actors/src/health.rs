@@ -285,15 +285,19 @@ mod tests {
         let h = SinkHealth::default();
         let events = recorder(&h);
         let (p0, p1) = (Tp::new("t", 0), Tp::new("t", 1));
-        h.retrying("bigquery ds.t", &[p0.clone()], "HTTP 503");
+        h.retrying("bigquery ds.t", std::slice::from_ref(&p0), "HTTP 503");
         assert_eq!(h.snapshot()[0].condition, SinkCondition::Retrying);
         assert!(h.failing_now().is_empty());
         assert!(
             events.lock().unwrap().is_empty(),
             "retries alone are not alerted"
         );
-        assert!(h.failing("bigquery ds.t", &[p1.clone()], "HTTP 503 again"));
-        assert!(!h.failing("bigquery ds.t", &[p1.clone()], "HTTP 503 once more"));
+        assert!(h.failing("bigquery ds.t", std::slice::from_ref(&p1), "HTTP 503 again"));
+        assert!(!h.failing(
+            "bigquery ds.t",
+            std::slice::from_ref(&p1),
+            "HTTP 503 once more"
+        ));
         let now = h.failing_now();
         assert_eq!(now.len(), 1);
         assert_eq!(now[0].last_error, "HTTP 503 once more");
@@ -326,8 +330,8 @@ mod tests {
     fn sinks_are_kept_apart_and_revoked_partitions_released() {
         let h = SinkHealth::default();
         let p0 = Tp::new("t", 0);
-        h.failing("bigquery ds.a", &[p0.clone()], "404");
-        h.retrying("bigquery ds.b", &[p0.clone()], "503");
+        h.failing("bigquery ds.a", std::slice::from_ref(&p0), "404");
+        h.retrying("bigquery ds.b", std::slice::from_ref(&p0), "503");
         h.succeeded("bigquery ds.b");
         assert_eq!(h.snapshot().len(), 1);
         h.release(&[p0]);
