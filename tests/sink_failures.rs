@@ -35,7 +35,14 @@ use support::{metric, unique_events, Admin};
 
 const PARTITIONS: i32 = 8;
 /// Events written before the outage, and events produced during it.
-const HALF: usize = 10_000;
+/// Events before and during each outage (`BQSINK_SINK_FAILURE_HALF` overrides it, e.g. 50000 for the
+/// issue's 100,000-event runs).
+fn half() -> usize {
+    std::env::var("BQSINK_SINK_FAILURE_HALF")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
 const RETRY_TIMEOUT_MS: u64 = 2_000;
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -195,16 +202,16 @@ impl Scenario {
     /// Returns the end offsets before the outage: nothing may be committed past them during it.
     fn first_half_then_down(&self) -> Vec<i64> {
         let g = &self.g;
-        produce(&g.bootstrap, g.topic, &unique_events(HALF, "a", 1));
+        produce(&g.bootstrap, g.topic, &unique_events(half(), "a", 1));
         g.wait_fully_committed();
         assert_eq!(
             self.sink.id_stats(),
-            (HALF as u64, 0),
+            (half() as u64, 0),
             "first half written once"
         );
         let limits = g.ends();
         self.outage.begin();
-        produce(&g.bootstrap, g.topic, &unique_events(HALF, "b", 2));
+        produce(&g.bootstrap, g.topic, &unique_events(half(), "b", 2));
         limits
     }
 
@@ -217,7 +224,7 @@ impl Scenario {
         self.g.assert_not_committed_past(|| limits.to_vec(), when);
         assert_eq!(
             self.sink.id_stats().0,
-            HALF as u64,
+            half() as u64,
             "the fake stores nothing while down"
         );
     }
@@ -251,7 +258,7 @@ impl Scenario {
         self.g.wait_fully_committed();
         assert_eq!(
             self.sink.id_stats(),
-            (2 * HALF as u64, 0),
+            (2 * half() as u64, 0),
             "(distinct events, repeated rows) in BigQuery after the outage"
         );
         assert_eq!(g.dead_letters(), 0, "a sink failure is never dead-lettered");
@@ -529,11 +536,11 @@ on_failure = "exit"
     let unwritten = || first_unwritten(&sink, &table, PARTITIONS);
 
     // First run: the first half is written; then BigQuery answers 503 to everything.
-    produce(&bootstrap, g.topic, &unique_events(HALF, "a", 3));
+    produce(&bootstrap, g.topic, &unique_events(half(), "a", 3));
     let mut run = BqsinkRun::spawn(&config);
     g.wait_fully_committed();
     outage.begin();
-    produce(&bootstrap, g.topic, &unique_events(HALF, "b", 4));
+    produce(&bootstrap, g.topic, &unique_events(half(), "b", 4));
     let code = run.wait_checking(WAIT, "sink_failure = \"stop\" during a 503 outage", || {
         g.assert_not_committed_past(unwritten, "while BigQuery answers 503")
     });
@@ -548,7 +555,7 @@ on_failure = "exit"
     assert!(outage.refused() >= 2, "retried before stopping");
     assert_eq!(
         sink.id_stats(),
-        (HALF as u64, 0),
+        (half() as u64, 0),
         "nothing stored while down"
     );
     assert_eq!(g.dead_letters(), 0, "a sink failure is never dead-lettered");
@@ -576,7 +583,7 @@ on_failure = "exit"
     );
     assert_eq!(
         sink.id_stats(),
-        (2 * HALF as u64, 0),
+        (2 * half() as u64, 0),
         "(distinct events, repeated rows) after the restart"
     );
     assert_eq!(unwritten(), g.ends(), "every offset has its row");
