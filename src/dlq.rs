@@ -2,6 +2,13 @@
 //! key, value, timestamp and headers, plus Kafka Connect's `__connect.errors.*` context headers.
 //! The producer uses `acks=all` and idempotence; [`ErrorDestination::deliver`] resolves only when the
 //! broker acknowledged every record, which is when the error report lets their offsets be committed.
+//!
+//! Any record the consumer can read must fit: the context headers add a bounded amount
+//! ([`CONTEXT_HEADROOM`]; long values are cut at [`CONTEXT_VALUE_MAX`] bytes) and the producer's
+//! `message.max.bytes` is the consumer's largest record plus that headroom ([`dlq_producer_config`]).
+//! The topic must exist and be described at start ([`DeadLetterQueue::new`]), else bqsink does not
+//! start. A produce error no retry can fix ([`is_permanent`]) is reported as such, so the error
+//! report marks the dead-letter topic as a failing sink at once instead of retrying in silence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +22,8 @@ use futures::future::BoxFuture;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
 use rdkafka::util::AsyncRuntime;
 
 /// Kafka Connect's error context headers.
@@ -61,12 +68,43 @@ pub type Producer = FutureProducer<rdkafka::client::DefaultClientContext, TokioR
 
 /// Errors setting up the dead-letter producer.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot create the dead-letter producer for topic {topic:?} (check kafka.brokers, kafka.properties and errors.deadletterqueue.properties)")]
-pub struct DlqSetupError {
-    topic: String,
-    #[source]
-    source: KafkaError,
+pub enum DlqSetupError {
+    #[error("cannot create the dead-letter producer for topic {topic:?} (check kafka.brokers, kafka.properties and errors.deadletterqueue.properties)")]
+    Create {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("errors.deadletterqueue.topic_name = {topic:?}: the topic does not exist (bqsink does not create it: create it, or correct the name)")]
+    Missing { topic: String },
+    #[error("errors.deadletterqueue.topic_name = {topic:?}: not authorized to use the topic (grant the producer Describe and Write on it)")]
+    Unauthorized { topic: String },
+    #[error(
+        "errors.deadletterqueue.topic_name = {topic:?}: the brokers answered {error} for the topic"
+    )]
+    Unusable {
+        topic: String,
+        error: RDKafkaErrorCode,
+    },
 }
+
+/// How long the start-up check waits for the topic's metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes a context header value keeps at most (the exception message and stack trace, which hold
+/// the error text, can be long); the full text stays in the ERROR log line.
+pub const CONTEXT_VALUE_MAX: usize = 4096;
+
+/// What the context headers and their framing add to a record, at most: the copy of a record the
+/// consumer could read always fits the producer's `message.max.bytes`.
+pub const CONTEXT_HEADROOM: usize = 64 * 1024;
+
+/// librdkafka's `receive.message.max.bytes` default: the largest response, hence record, the
+/// consumer accepts unless `kafka.properties` says otherwise.
+const CONSUMER_RECORD_MAX_DEFAULT: usize = 100_000_000;
+
+/// librdkafka's upper bound for `message.max.bytes`.
+const PRODUCER_MESSAGE_MAX: usize = 1_000_000_000;
 
 /// An idempotent `acks=all` producer over `kafka.brokers` and `kafka.properties`, with `extra`
 /// properties on top.
@@ -88,6 +126,75 @@ pub fn producer_config(
         c.set(k, v);
     }
     c
+}
+
+/// The dead-letter producer's properties: [`producer_config`] with `errors.deadletterqueue.properties`
+/// on top, and, unless those set them, `message.max.bytes` sized for the largest record the consumer
+/// reads plus [`CONTEXT_HEADROOM`], and no automatic topic creation (a misspelt name is an error,
+/// not a new topic).
+pub fn dlq_producer_config(config: &Config) -> ClientConfig {
+    let dlq = &config.errors.deadletterqueue;
+    let mut c = producer_config(config, &dlq.properties);
+    if !dlq.properties.contains_key("message.max.bytes") {
+        let max = consumer_record_max(config)
+            .saturating_add(CONTEXT_HEADROOM)
+            .min(PRODUCER_MESSAGE_MAX);
+        c.set("message.max.bytes", max.to_string());
+    }
+    if !dlq.properties.contains_key("allow.auto.create.topics") {
+        c.set("allow.auto.create.topics", "false");
+    }
+    c
+}
+
+/// The largest record the consumer reads: its `receive.message.max.bytes` (a record larger than
+/// `fetch.max.bytes` is still returned, one larger than this is not).
+pub fn consumer_record_max(config: &Config) -> usize {
+    config
+        .kafka
+        .properties
+        .get("receive.message.max.bytes")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(CONSUMER_RECORD_MAX_DEFAULT)
+}
+
+/// Produce errors that no retry of the same record can fix until someone changes something (the
+/// topic's or the producer's size limit, an ACL, a missing or misnamed topic, the producer's
+/// configuration): the record is too large (`MessageSizeTooLarge`, `MessageBatchTooLarge` —
+/// Kafka's RECORD_LIST_TOO_LARGE —, `InvalidMessageSize`), the broker rejects it (`InvalidRecord`,
+/// `PolicyViolation`, `UnsupportedForMessageFormat`, `UnsupportedCompressionType`,
+/// `InvalidRequiredAcks`), the topic is not there (`UnknownTopicOrPartition`, `UnknownTopic`,
+/// `UnknownPartition`, `InvalidTopic`), access is denied (`TopicAuthorizationFailed`,
+/// `ClusterAuthorizationFailed`, `SaslAuthenticationFailed`, `Authentication`), or the producer
+/// itself is dead (`Fatal`). Everything else (time-outs, a broker down, not enough replicas,
+/// `QueueFull`) may pass by itself.
+pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as E;
+    matches!(
+        code,
+        E::MessageSizeTooLarge
+            | E::MessageBatchTooLarge
+            | E::InvalidMessageSize
+            | E::InvalidRecord
+            | E::PolicyViolation
+            | E::UnsupportedForMessageFormat
+            | E::UnsupportedCompressionType
+            | E::InvalidRequiredAcks
+            | E::UnknownTopicOrPartition
+            | E::UnknownTopic
+            | E::UnknownPartition
+            | E::InvalidTopic
+            | E::TopicAuthorizationFailed
+            | E::ClusterAuthorizationFailed
+            | E::SaslAuthenticationFailed
+            | E::Authentication
+            | E::Fatal
+    )
+}
+
+/// Whether a produce error is [permanent](is_permanent).
+fn kafka_error_is_permanent(e: &KafkaError) -> bool {
+    e.rdkafka_error_code().is_some_and(is_permanent)
 }
 
 /// Consumer properties librdkafka would warn about on a producer.
@@ -139,7 +246,23 @@ pub fn task_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The context headers of one failed record, in Kafka Connect's names and formats (UTF-8 strings).
+/// `value`, cut to at most [`CONTEXT_VALUE_MAX`] bytes (at a character boundary, saying so).
+fn capped(mut value: String) -> String {
+    if value.len() <= CONTEXT_VALUE_MAX {
+        return value;
+    }
+    let note = format!(" ... (truncated, {} bytes)", value.len());
+    let mut end = CONTEXT_VALUE_MAX - note.len();
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value.truncate(end);
+    value.push_str(&note);
+    value
+}
+
+/// The context headers of one failed record, in Kafka Connect's names and formats (UTF-8 strings),
+/// each value at most [`CONTEXT_VALUE_MAX`] bytes.
 pub fn context_headers(r: &FailureRecord, ctx: &Context) -> Vec<(&'static str, String)> {
     let mut h = vec![
         (headers::TOPIC, r.tp.topic.to_string()),
@@ -159,19 +282,22 @@ pub fn context_headers(r: &FailureRecord, ctx: &Context) -> Vec<(&'static str, S
     if let Some(id) = bqsink_actors::telemetry::trace_id_of(&r.source) {
         h.push((headers::TRACE_ID, id));
     }
-    h
+    h.into_iter().map(|(k, v)| (k, capped(v))).collect()
 }
 
 impl DeadLetterQueue {
-    /// Creates the producer for `errors.deadletterqueue.topic_name` (which must be set).
+    /// Creates the producer for `errors.deadletterqueue.topic_name` (which must be set) and checks
+    /// that the topic exists and may be described ([`check_topic`]). Blocks for up to 10 s.
     pub fn new(config: &Config) -> Result<Self, DlqSetupError> {
         let dlq = &config.errors.deadletterqueue;
-        let producer = producer_config(config, &dlq.properties)
-            .create()
-            .map_err(|source| DlqSetupError {
-                topic: dlq.topic_name.clone(),
-                source,
-            })?;
+        let producer: Producer =
+            dlq_producer_config(config)
+                .create()
+                .map_err(|source| DlqSetupError::Create {
+                    topic: dlq.topic_name.clone(),
+                    source,
+                })?;
+        check_topic(&producer, &dlq.topic_name)?;
         Ok(Self {
             producer,
             topic: dlq.topic_name.as_str().into(),
@@ -182,9 +308,55 @@ impl DeadLetterQueue {
     }
 }
 
+/// Asks the brokers about `topic`: an unknown topic or a denied authorization is an error. Brokers
+/// that do not answer in time are not (the consumer has the same wait ahead of it; a produce that
+/// fails later is a sink failure): that is logged and the start goes on.
+pub fn check_topic(producer: &Producer, topic: &str) -> Result<(), DlqSetupError> {
+    let metadata = match producer
+        .client()
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+    {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(
+                topic, error = %e,
+                "cannot check the dead-letter topic at start (no metadata); going on"
+            );
+            return Ok(());
+        }
+    };
+    let topic_err = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| (t.error(), t.partitions().is_empty()));
+    let owned = || topic.to_owned();
+    match topic_err {
+        None
+        | Some((Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART), _))
+        | Some((None, true)) => Err(DlqSetupError::Missing { topic: owned() }),
+        Some((
+            Some(
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED
+                | RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED,
+            ),
+            _,
+        )) => Err(DlqSetupError::Unauthorized { topic: owned() }),
+        Some((Some(error), _)) => Err(DlqSetupError::Unusable {
+            topic: owned(),
+            error: error.into(),
+        }),
+        Some((None, false)) => Ok(()),
+    }
+}
+
 impl ErrorDestination for DeadLetterQueue {
     fn name(&self) -> &'static str {
         "dead-letter topic"
+    }
+
+    fn sink_name(&self) -> String {
+        format!("dead-letter topic {}", self.topic)
     }
 
     fn deliver(
@@ -200,6 +372,8 @@ impl ErrorDestination for DeadLetterQueue {
             let mut pending = Vec::with_capacity(records.len());
             let mut undelivered = Vec::new();
             let mut errors = Vec::new();
+            // Whether any record failed for a reason no retry can fix.
+            let mut permanent = false;
             for (i, r) in records.iter().enumerate() {
                 let mut hdrs = OwnedHeaders::new_with_capacity(r.source.headers.len() + 10);
                 for (key, value) in &r.source.headers {
@@ -229,6 +403,7 @@ impl ErrorDestination for DeadLetterQueue {
                         }
                         Err((e, _)) => {
                             undelivered.push(i);
+                            permanent |= kafka_error_is_permanent(&e);
                             errors.push(format!("producing to {topic}: {e}"));
                             break;
                         }
@@ -240,6 +415,7 @@ impl ErrorDestination for DeadLetterQueue {
                     Ok(Ok(_)) => {}
                     Ok(Err((e, _))) => {
                         undelivered.push(i);
+                        permanent |= kafka_error_is_permanent(&e);
                         errors.push(format!("delivery to {topic} failed: {e}"));
                     }
                     Err(_) => {
@@ -252,10 +428,12 @@ impl ErrorDestination for DeadLetterQueue {
                 return Ok(());
             }
             undelivered.sort_unstable();
+            errors.sort_unstable();
             errors.dedup();
             Err(DeliveryError {
                 undelivered,
                 error: errors.join("; "),
+                permanent,
             })
         })
     }
@@ -335,6 +513,112 @@ mod tests {
         let h = context_headers(&traced, &ctx);
         assert_eq!(h.len(), 11);
         assert!(h.contains(&(headers::TRACE_ID, "4bf92f3577b34da6a3ce929d0e0e4736".into())));
+    }
+
+    #[test]
+    fn context_headers_add_a_bounded_amount_whatever_the_error_text() {
+        // A 1 MB error text (e.g. a BigQuery reply quoting the row), with multi-byte characters.
+        let huge = "é".repeat(500_000);
+        let r = FailureRecord {
+            tp: Tp::new("events", 3),
+            source: RawRecord {
+                offset: 42,
+                headers: vec![(
+                    "traceparent".into(),
+                    Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec()),
+                )],
+                ..Default::default()
+            },
+            stage: Stage::Transform,
+            class: "transform_error",
+            error: huge.clone(),
+        };
+        let ctx = Context {
+            connector: "g".into(),
+            task_id: "h-1".into(),
+        };
+        let h = context_headers(&r, &ctx);
+        // Each header costs its key, its value and a few bytes of varint lengths.
+        let added: usize = h.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        assert!(added <= 64 * 1024, "context headers add {added} bytes");
+        assert!(h.iter().all(|(_, v)| v.len() <= CONTEXT_VALUE_MAX));
+        // The bound holds for any record: at most 11 headers of capped values.
+        assert!(11 * (50 + CONTEXT_VALUE_MAX + 10) <= CONTEXT_HEADROOM);
+        let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        let message = get(headers::EXCEPTION_MESSAGE).unwrap();
+        assert!(message.starts_with("éé"), "cut at a character boundary");
+        assert!(message.contains("truncated"), "says it was cut");
+        let trace = get(headers::EXCEPTION_STACKTRACE).unwrap();
+        assert!(trace.starts_with("transform_error: éé"));
+        assert!(trace.contains("truncated"));
+        // Short values are kept whole.
+        assert_eq!(get(headers::TOPIC), Some("events"));
+    }
+
+    #[test]
+    fn the_dead_letter_producer_takes_any_record_the_consumer_reads_plus_headers() {
+        let mut config = Config::default();
+        config.errors.deadletterqueue.topic_name = "t.DLT".into();
+        let c = dlq_producer_config(&config);
+        let max = |c: &ClientConfig| {
+            c.get("message.max.bytes")
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        };
+        // librdkafka's consumer default (receive.message.max.bytes), not its producer's 1000000.
+        assert_eq!(max(&c), 100_000_000 + CONTEXT_HEADROOM);
+        assert_eq!(c.get("allow.auto.create.topics"), Some("false"));
+        assert_eq!(c.get("acks"), Some("all"));
+        // A consumer limit set in kafka.properties is followed.
+        config
+            .kafka
+            .properties
+            .insert("receive.message.max.bytes".into(), "5000000".into());
+        assert_eq!(
+            max(&dlq_producer_config(&config)),
+            5_000_000 + CONTEXT_HEADROOM
+        );
+        // The producer's limit never exceeds what librdkafka accepts.
+        config
+            .kafka
+            .properties
+            .insert("receive.message.max.bytes".into(), "2147483647".into());
+        assert_eq!(max(&dlq_producer_config(&config)), 1_000_000_000);
+        // The user's own settings win.
+        let props = &mut config.errors.deadletterqueue.properties;
+        props.insert("message.max.bytes".into(), "2000000".into());
+        props.insert("allow.auto.create.topics".into(), "true".into());
+        let c = dlq_producer_config(&config);
+        assert_eq!(max(&c), 2_000_000);
+        assert_eq!(c.get("allow.auto.create.topics"), Some("true"));
+    }
+
+    #[test]
+    fn errors_no_retry_can_fix_are_permanent() {
+        use RDKafkaErrorCode as E;
+        for e in [
+            E::MessageSizeTooLarge,
+            E::MessageBatchTooLarge,
+            E::InvalidRecord,
+            E::TopicAuthorizationFailed,
+            E::UnknownTopicOrPartition,
+            E::UnknownTopic,
+        ] {
+            assert!(is_permanent(e), "{e:?}");
+            assert!(kafka_error_is_permanent(&KafkaError::MessageProduction(e)));
+        }
+        for e in [
+            E::MessageTimedOut,
+            E::NotEnoughReplicas,
+            E::QueueFull,
+            E::AllBrokersDown,
+            E::RequestTimedOut,
+            E::NotLeaderForPartition,
+        ] {
+            assert!(!is_permanent(e), "{e:?}");
+        }
+        assert!(!kafka_error_is_permanent(&KafkaError::Canceled));
     }
 
     #[test]
