@@ -2,6 +2,13 @@
 //! key, value, timestamp and headers, plus Kafka Connect's `__connect.errors.*` context headers.
 //! The producer uses `acks=all` and idempotence; [`ErrorDestination::deliver`] resolves only when the
 //! broker acknowledged every record, which is when the error report lets their offsets be committed.
+//!
+//! Any record the consumer can read must fit: the context headers add a bounded amount
+//! ([`CONTEXT_HEADROOM`]; long values are cut at [`CONTEXT_VALUE_MAX`] bytes) and the producer's
+//! `message.max.bytes` is the consumer's largest record plus that headroom ([`dlq_producer_config`]).
+//! The topic must exist and be described at start ([`DeadLetterQueue::new`]), else bqsink does not
+//! start. A produce error no retry can fix ([`is_permanent`]) is reported as such, so the error
+//! report marks the dead-letter topic as a failing sink at once instead of retrying in silence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +19,10 @@ use bqsink_actors::destinations::{
 };
 use bqsink_actors::messages::RawRecord;
 use futures::future::BoxFuture;
-use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::AsyncRuntime;
 
 /// Kafka Connect's error context headers.
 pub mod headers {
@@ -37,71 +42,23 @@ pub mod headers {
     pub const TRACE_ID: &str = "__connect.errors.trace.id";
 }
 
-/// rdkafka's future producer needs a runtime type; only `send_result` is used, which spawns
-/// nothing, but the type must exist. This one is tokio's (the actors run on tokio).
-pub struct TokioRuntime;
+mod setup;
+use setup::kafka_error_is_permanent;
+pub use setup::{
+    check_topic, consumer_record_max, dlq_producer_config, is_permanent, producer_config,
+    DlqSetupError, Producer, TokioRuntime,
+};
 
-impl AsyncRuntime for TokioRuntime {
-    type Delay = tokio::time::Sleep;
+/// Bytes a context header value keeps at most (the exception message and stack trace, which hold
+/// the error text, can be long); the full text stays in the ERROR log line.
+pub const CONTEXT_VALUE_MAX: usize = 4096;
 
-    fn spawn<T>(task: T)
-    where
-        T: std::future::Future<Output = ()> + Send + 'static,
-    {
-        tokio::spawn(task);
-    }
+/// What the context headers and their framing add to a record, at most: the copy of a record the
+/// consumer could read always fits the producer's `message.max.bytes`.
+pub const CONTEXT_HEADROOM: usize = 64 * 1024;
 
-    fn delay_for(duration: Duration) -> Self::Delay {
-        tokio::time::sleep(duration)
-    }
-}
-
-/// The producer type used for the dead-letter topic and by `bqsink replay`.
-pub type Producer = FutureProducer<rdkafka::client::DefaultClientContext, TokioRuntime>;
-
-/// Errors setting up the dead-letter producer.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot create the dead-letter producer for topic {topic:?} (check kafka.brokers, kafka.properties and errors.deadletterqueue.properties)")]
-pub struct DlqSetupError {
-    topic: String,
-    #[source]
-    source: KafkaError,
-}
-
-/// An idempotent `acks=all` producer over `kafka.brokers` and `kafka.properties`, with `extra`
-/// properties on top.
-pub fn producer_config(
-    config: &Config,
-    extra: &std::collections::BTreeMap<String, String>,
-) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &config.kafka.brokers);
-    for (k, v) in &config.kafka.properties {
-        if !is_consumer_only(k) {
-            c.set(k, v);
-        }
-    }
-    c.set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5");
-    for (k, v) in extra {
-        c.set(k, v);
-    }
-    c
-}
-
-/// Consumer properties librdkafka would warn about on a producer.
-fn is_consumer_only(key: &str) -> bool {
-    key.starts_with("session.timeout")
-        || key.starts_with("max.poll")
-        || key.starts_with("heartbeat")
-        || key.starts_with("fetch.")
-        || key.starts_with("group.")
-        || key.starts_with("auto.offset")
-        || key.starts_with("enable.auto")
-        || key.starts_with("partition.assignment")
-        || key == "isolation.level"
-}
+// Every context header (at most 11) with a capped value, its key and length varints, fits.
+const _: () = assert!(11 * (50 + CONTEXT_VALUE_MAX + 10) <= CONTEXT_HEADROOM);
 
 /// The dead-letter topic destination.
 pub struct DeadLetterQueue {
@@ -139,7 +96,23 @@ pub fn task_id() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-/// The context headers of one failed record, in Kafka Connect's names and formats (UTF-8 strings).
+/// `value`, cut to at most [`CONTEXT_VALUE_MAX`] bytes (at a character boundary, saying so).
+fn capped(mut value: String) -> String {
+    if value.len() <= CONTEXT_VALUE_MAX {
+        return value;
+    }
+    let note = format!(" ... (truncated, {} bytes)", value.len());
+    let mut end = CONTEXT_VALUE_MAX - note.len();
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value.truncate(end);
+    value.push_str(&note);
+    value
+}
+
+/// The context headers of one failed record, in Kafka Connect's names and formats (UTF-8 strings),
+/// each value at most [`CONTEXT_VALUE_MAX`] bytes.
 pub fn context_headers(r: &FailureRecord, ctx: &Context) -> Vec<(&'static str, String)> {
     let mut h = vec![
         (headers::TOPIC, r.tp.topic.to_string()),
@@ -159,19 +132,22 @@ pub fn context_headers(r: &FailureRecord, ctx: &Context) -> Vec<(&'static str, S
     if let Some(id) = bqsink_actors::telemetry::trace_id_of(&r.source) {
         h.push((headers::TRACE_ID, id));
     }
-    h
+    h.into_iter().map(|(k, v)| (k, capped(v))).collect()
 }
 
 impl DeadLetterQueue {
-    /// Creates the producer for `errors.deadletterqueue.topic_name` (which must be set).
+    /// Creates the producer for `errors.deadletterqueue.topic_name` (which must be set) and checks
+    /// that the topic exists and may be described ([`check_topic`]). Blocks for up to 10 s.
     pub fn new(config: &Config) -> Result<Self, DlqSetupError> {
         let dlq = &config.errors.deadletterqueue;
-        let producer = producer_config(config, &dlq.properties)
-            .create()
-            .map_err(|source| DlqSetupError {
-                topic: dlq.topic_name.clone(),
-                source,
-            })?;
+        let producer: Producer =
+            dlq_producer_config(config)
+                .create()
+                .map_err(|source| DlqSetupError::Create {
+                    topic: dlq.topic_name.clone(),
+                    source,
+                })?;
+        check_topic(&producer, &dlq.topic_name)?;
         Ok(Self {
             producer,
             topic: dlq.topic_name.as_str().into(),
@@ -187,6 +163,10 @@ impl ErrorDestination for DeadLetterQueue {
         "dead-letter topic"
     }
 
+    fn sink_name(&self) -> String {
+        format!("dead-letter topic {}", self.topic)
+    }
+
     fn deliver(
         &self,
         records: Arc<[FailureRecord]>,
@@ -200,6 +180,8 @@ impl ErrorDestination for DeadLetterQueue {
             let mut pending = Vec::with_capacity(records.len());
             let mut undelivered = Vec::new();
             let mut errors = Vec::new();
+            // Whether any record failed for a reason no retry can fix.
+            let mut permanent = false;
             for (i, r) in records.iter().enumerate() {
                 let mut hdrs = OwnedHeaders::new_with_capacity(r.source.headers.len() + 10);
                 for (key, value) in &r.source.headers {
@@ -229,6 +211,7 @@ impl ErrorDestination for DeadLetterQueue {
                         }
                         Err((e, _)) => {
                             undelivered.push(i);
+                            permanent |= kafka_error_is_permanent(&e);
                             errors.push(format!("producing to {topic}: {e}"));
                             break;
                         }
@@ -240,6 +223,7 @@ impl ErrorDestination for DeadLetterQueue {
                     Ok(Ok(_)) => {}
                     Ok(Err((e, _))) => {
                         undelivered.push(i);
+                        permanent |= kafka_error_is_permanent(&e);
                         errors.push(format!("delivery to {topic} failed: {e}"));
                     }
                     Err(_) => {
@@ -252,10 +236,12 @@ impl ErrorDestination for DeadLetterQueue {
                 return Ok(());
             }
             undelivered.sort_unstable();
+            errors.sort_unstable();
             errors.dedup();
             Err(DeliveryError {
                 undelivered,
                 error: errors.join("; "),
+                permanent,
             })
         })
     }
@@ -338,23 +324,40 @@ mod tests {
     }
 
     #[test]
-    fn consumer_properties_are_not_passed_to_the_producer() {
-        let mut config = Config::default();
-        config
-            .kafka
-            .properties
-            .insert("session.timeout.ms".into(), "6000".into());
-        config
-            .kafka
-            .properties
-            .insert("security.protocol".into(), "SSL".into());
-        let mut extra = std::collections::BTreeMap::new();
-        extra.insert("message.timeout.ms".into(), "1000".into());
-        let c = producer_config(&config, &extra);
-        assert_eq!(c.get("session.timeout.ms"), None);
-        assert_eq!(c.get("security.protocol"), Some("SSL"));
-        assert_eq!(c.get("acks"), Some("all"));
-        assert_eq!(c.get("enable.idempotence"), Some("true"));
-        assert_eq!(c.get("message.timeout.ms"), Some("1000"));
+    fn context_headers_add_a_bounded_amount_whatever_the_error_text() {
+        // A 1 MB error text (e.g. a BigQuery reply quoting the row), with multi-byte characters.
+        let huge = "é".repeat(500_000);
+        let r = FailureRecord {
+            tp: Tp::new("events", 3),
+            source: RawRecord {
+                offset: 42,
+                headers: vec![(
+                    "traceparent".into(),
+                    Some(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_vec()),
+                )],
+                ..Default::default()
+            },
+            stage: Stage::Transform,
+            class: "transform_error",
+            error: huge.clone(),
+        };
+        let ctx = Context {
+            connector: "g".into(),
+            task_id: "h-1".into(),
+        };
+        let h = context_headers(&r, &ctx);
+        // Each header costs its key, its value and a few bytes of varint lengths.
+        let added: usize = h.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        assert!(added <= 64 * 1024, "context headers add {added} bytes");
+        assert!(h.iter().all(|(_, v)| v.len() <= CONTEXT_VALUE_MAX));
+        let get = |k: &str| h.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
+        let message = get(headers::EXCEPTION_MESSAGE).unwrap();
+        assert!(message.starts_with("éé"), "cut at a character boundary");
+        assert!(message.contains("truncated"), "says it was cut");
+        let trace = get(headers::EXCEPTION_STACKTRACE).unwrap();
+        assert!(trace.starts_with("transform_error: éé"));
+        assert!(trace.contains("truncated"));
+        // Short values are kept whole.
+        assert_eq!(get(headers::TOPIC), Some("events"));
     }
 }

@@ -161,6 +161,30 @@ pub enum FileError {
     },
 }
 
+impl FileError {
+    /// Whether retrying cannot help until someone changes something (permissions, a read-only
+    /// mount, a path that is a directory or runs through a file — `AlreadyExists` from creating
+    /// its directories): the file is then failing at once. A full disk or an interrupted write may
+    /// pass by itself.
+    pub fn is_permanent(&self) -> bool {
+        let (FileError::Open { source, .. }
+        | FileError::Write { source, .. }
+        | FileError::Rotate { source, .. }) = self;
+        use std::io::ErrorKind as K;
+        matches!(
+            source.kind(),
+            K::PermissionDenied
+                | K::ReadOnlyFilesystem
+                | K::AlreadyExists
+                | K::NotADirectory
+                | K::IsADirectory
+                | K::InvalidFilename
+                | K::InvalidInput
+                | K::Unsupported
+        )
+    }
+}
+
 /// The appending, rotating writer (blocking I/O).
 pub struct RotatingFile {
     path: PathBuf,
@@ -299,12 +323,15 @@ impl RotatingFile {
 pub struct ErrorFile {
     file: Arc<Mutex<RotatingFile>>,
     connector: Arc<str>,
+    /// `error file <path>`, its name in the sink health.
+    sink: String,
 }
 
 impl ErrorFile {
     /// For `errors.file.path` (which must be set).
     pub fn new(path: PathBuf, config: &Config) -> Self {
         Self {
+            sink: format!("error file {}", path.display()),
             file: Arc::new(Mutex::new(RotatingFile::new(
                 path,
                 config.errors.file.max_bytes,
@@ -333,6 +360,10 @@ impl ErrorDestination for ErrorFile {
         "error file"
     }
 
+    fn sink_name(&self) -> String {
+        self.sink.clone()
+    }
+
     fn deliver(
         &self,
         records: Arc<[FailureRecord]>,
@@ -347,7 +378,9 @@ impl ErrorDestination for ErrorFile {
             });
             match write.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(DeliveryError::all(n, e.to_string())),
+                Ok(Err(e)) => {
+                    Err(DeliveryError::all(n, e.to_string()).permanent_if(e.is_permanent()))
+                }
                 Err(e) => Err(DeliveryError::all(
                     n,
                     format!("file writer task failed: {e}"),
@@ -390,6 +423,37 @@ mod tests {
         let (tp, raw) = back.to_raw().unwrap();
         assert_eq!(tp, f.tp);
         assert_eq!(raw, f.source);
+    }
+
+    #[tokio::test]
+    async fn a_path_that_cannot_be_written_is_a_permanent_delivery_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"").unwrap();
+        let a_dir = dir.path().join("a-dir");
+        std::fs::create_dir(&a_dir).unwrap();
+        // Through a file; a directory (the tests run as root: permissions would not stop them).
+        for path in [plain.join("failed.ndjson"), a_dir] {
+            let file = ErrorFile::new(path.clone(), &Config::default());
+            assert_eq!(file.sink_name(), format!("error file {}", path.display()));
+            let err = file
+                .deliver(vec![failure(1, b"x"), failure(2, b"y")].into())
+                .await
+                .unwrap_err();
+            assert_eq!(err.undelivered, vec![0, 1]);
+            assert!(err.permanent, "{err:?}");
+            assert!(err.error.contains(&path.display().to_string()), "{err:?}");
+        }
+        let path = dir.path().join("failed.ndjson");
+        // Errors that may pass by themselves are not permanent.
+        let transient = |kind| FileError::Write {
+            path: path.clone(),
+            source: std::io::Error::from(kind),
+        };
+        assert!(!transient(std::io::ErrorKind::StorageFull).is_permanent());
+        assert!(!transient(std::io::ErrorKind::Interrupted).is_permanent());
+        assert!(transient(std::io::ErrorKind::PermissionDenied).is_permanent());
+        assert!(transient(std::io::ErrorKind::ReadOnlyFilesystem).is_permanent());
     }
 
     #[test]

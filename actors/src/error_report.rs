@@ -4,6 +4,14 @@
 //! file, Slack) and counts as handled once every store among them has delivered it; under `"none"`
 //! only the alerts hear of it, it is marked stuck (its offset is never committed) and the supervisor
 //! is told to stop.
+//!
+//! A store that cannot take the records is a sink failure (see [`crate::destinations`]): the
+//! records stay unacknowledged; under `errors.sink_failure = "stop"` the supervisor is told to stop
+//! once the store is failing.
+//!
+//! Failures of a partition that was revoked meanwhile belong to its next owner, which reads the
+//! records again from the last commit and fails them again: they are neither reported, stored nor
+//! acknowledged here (else they would be dead-lettered twice).
 
 use std::sync::Arc;
 
@@ -12,7 +20,8 @@ use base64::Engine;
 
 use crate::config::Tolerance;
 use crate::destinations::{
-    deliver_until_done, DeliveryBackoff, ErrorDestination, FailureRecord, Role,
+    deliver_until_done, Delivery, DeliveryBackoff, ErrorDestination, FailureRecord, Role,
+    SinkFailurePolicy,
 };
 use crate::messages::{acknowledge, Failed, Failure, Fatal, HandledKind, Origin};
 use crate::stats::{PartitionError, Stats};
@@ -27,6 +36,9 @@ pub struct ErrorReportActor {
     pub destinations: Vec<Arc<dyn ErrorDestination>>,
     /// Waits between attempts to deliver to a store that failed.
     pub delivery_backoff: DeliveryBackoff,
+    /// When a store that fails is failing, and whether the pipeline then stops
+    /// (`errors.sink_failure`, `errors.retry_timeout_ms`).
+    pub sink_failure: SinkFailurePolicy,
 }
 
 /// Bytes as text for a log line: UTF-8 when they are, base64 (prefixed `base64:`) when not.
@@ -96,13 +108,32 @@ impl ErrorReportActor {
                 d,
                 Arc::clone(&records),
                 self.delivery_backoff,
+                self.sink_failure,
                 Arc::clone(&self.stats),
             )
         });
         let all = futures::future::join_all(deliveries);
-        ctx.spawn(all.into_actor(self).map(move |_, _, _| {
-            acknowledge(acks.iter().map(|(o, off)| (o, *off)), HandledKind::Done);
+        ctx.spawn(all.into_actor(self).map(move |outcomes, act, _| {
+            let stopped = outcomes.into_iter().find_map(|o| match o {
+                Delivery::Delivered => None,
+                Delivery::Stopped { sink, error } => Some((sink, error)),
+            });
+            match stopped {
+                None => acknowledge(acks.iter().map(|(o, off)| (o, *off)), HandledKind::Done),
+                // Not acknowledged: the commit stays at the first of these records.
+                Some((sink, error)) => act.fatal(format!(
+                    "{sink} is failing: {error}; errors.sink_failure = \"stop\""
+                )),
+            }
         }));
+    }
+
+    /// Tells the supervisor to stop, once.
+    fn fatal(&mut self, reason: String) {
+        if !self.fatal_sent {
+            self.fatal_sent = true;
+            self.supervisor.do_send(Fatal { reason });
+        }
     }
 }
 
@@ -133,7 +164,18 @@ impl Actor for ErrorReportActor {
 impl Handler<Failed> for ErrorReportActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Failed, ctx: &mut Self::Context) {
+    fn handle(&mut self, mut msg: Failed, ctx: &mut Self::Context) {
+        let before = msg.failures.len();
+        msg.failures.retain(|f| !f.origin.is_revoked());
+        if msg.failures.len() < before {
+            tracing::info!(
+                failures = before - msg.failures.len(),
+                "failures of revoked partitions are left to their next owner (it reads them again)"
+            );
+        }
+        if msg.failures.is_empty() {
+            return;
+        }
         Stats::add(&self.stats.failed, msg.failures.len());
         crate::telemetry::failed(&msg.failures);
         for f in &msg.failures {
@@ -157,14 +199,13 @@ impl Handler<Failed> for ErrorReportActor {
             Tolerance::None => {
                 let records = msg.failures.iter().map(|f| (&f.origin, f.source.offset));
                 acknowledge(records, HandledKind::Stuck);
-                if let Some(f) = msg.failures.first().filter(|_| !self.fatal_sent) {
-                    self.fatal_sent = true;
-                    self.supervisor.do_send(Fatal {
-                        reason: format!(
-                            "record {} offset {} failed at {} ({}): {}; errors.tolerance = \"none\"",
-                            f.origin.tp, f.source.offset, f.stage.as_str(), f.class, f.error
-                        ),
-                    });
+                if let Some(f) = msg.failures.first() {
+                    let reason =
+                        format!(
+                        "record {} offset {} failed at {} ({}): {}; errors.tolerance = \"none\"",
+                        f.origin.tp, f.source.offset, f.stage.as_str(), f.class, f.error
+                    );
+                    self.fatal(reason);
                 }
                 // Not dead-lettered (the record is read again after a restart), but alerted.
                 let (_, records) = split(msg.failures);
@@ -198,13 +239,16 @@ mod tests {
         }
     }
 
-    struct NoFatal;
-    impl Actor for NoFatal {
+    /// A supervisor that records why it was told to stop.
+    struct Supervisor(Arc<Mutex<Vec<String>>>);
+    impl Actor for Supervisor {
         type Context = Context<Self>;
     }
-    impl Handler<Fatal> for NoFatal {
+    impl Handler<Fatal> for Supervisor {
         type Result = ();
-        fn handle(&mut self, _: Fatal, _: &mut Self::Context) {}
+        fn handle(&mut self, msg: Fatal, _: &mut Self::Context) {
+            self.0.lock().unwrap().push(msg.reason);
+        }
     }
 
     /// A store that fails until opened, and an alert that records what it was told.
@@ -251,10 +295,31 @@ mod tests {
         stored: Arc<Mutex<Vec<i64>>>,
         alerted: Arc<Mutex<Vec<i64>>>,
     ) -> Addr<ErrorReportActor> {
+        report_stopping_into(
+            tolerance,
+            SinkFailurePolicy::default(),
+            Arc::default(),
+            stats,
+            store_open,
+            stored,
+            alerted,
+        )
+    }
+
+    /// [`report_with`], with a sink-failure policy and a supervisor recording `Fatal` reasons.
+    fn report_stopping_into(
+        tolerance: Tolerance,
+        sink_failure: SinkFailurePolicy,
+        fatal: Arc<Mutex<Vec<String>>>,
+        stats: Arc<Stats>,
+        store_open: Arc<std::sync::atomic::AtomicBool>,
+        stored: Arc<Mutex<Vec<i64>>>,
+        alerted: Arc<Mutex<Vec<i64>>>,
+    ) -> Addr<ErrorReportActor> {
         ErrorReportActor {
             tolerance,
             include_messages: false,
-            supervisor: NoFatal.start().recipient(),
+            supervisor: Supervisor(fatal).start().recipient(),
             stats,
             fatal_sent: false,
             destinations: vec![
@@ -273,6 +338,7 @@ mod tests {
                 min_delay: Duration::from_millis(5),
                 max_delay: Duration::from_millis(10),
             },
+            sink_failure,
         }
         .start()
     }
@@ -332,6 +398,78 @@ mod tests {
         }
         assert_eq!(*acks.lock().unwrap(), vec![(vec![3, 4], HandledKind::Done)]);
         assert_eq!(*stored.lock().unwrap(), vec![3, 4], "stored exactly once");
+    }
+
+    #[actix::test]
+    async fn under_sink_failure_stop_a_failing_store_stops_the_pipeline_and_acknowledges_nothing() {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let origin = Arc::new(Origin::new(
+            Tp::new("t", 0),
+            Acks(Arc::clone(&acks)).start().recipient(),
+            Arc::default(),
+            Arc::default(),
+        ));
+        let fatal = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
+        let report = report_stopping_into(
+            Tolerance::All,
+            SinkFailurePolicy {
+                on_failure: crate::config::SinkFailure::Stop,
+                retry_timeout: Duration::from_millis(30),
+            },
+            Arc::clone(&fatal),
+            Arc::clone(&stats),
+            Arc::new(false.into()),
+            Arc::default(),
+            Arc::default(),
+        );
+        report.send(failures(&origin, &[3])).await.unwrap();
+        report.send(failures(&origin, &[4])).await.unwrap();
+        while fatal.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Both deliveries give up; the supervisor hears of it once.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let reasons = fatal.lock().unwrap();
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].contains("gated is failing: closed")
+                && reasons[0].contains("errors.sink_failure = \"stop\""),
+            "{reasons:?}"
+        );
+        assert!(acks.lock().unwrap().is_empty(), "acknowledged");
+        assert_eq!(stats.health.failing_now()[0].sink, "gated");
+    }
+
+    #[actix::test]
+    async fn failures_of_a_revoked_partition_are_left_to_its_next_owner() {
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let origin = Arc::new(Origin::new(
+            Tp::new("t", 0),
+            Acks(Arc::clone(&acks)).start().recipient(),
+            Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            Arc::default(),
+        ));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let alerted = Arc::new(Mutex::new(Vec::new()));
+        let stats = Arc::new(Stats::default());
+        let report = report_with(
+            Tolerance::All,
+            Arc::clone(&stats),
+            Arc::new(true.into()),
+            Arc::clone(&stored),
+            Arc::clone(&alerted),
+        );
+        report.send(failures(&origin, &[7, 8])).await.unwrap();
+        // An open store delivers and acknowledges within a few ms; give it ample time.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            stored.lock().unwrap().is_empty(),
+            "dead-lettered by the old owner (the new owner reads and dead-letters them again)"
+        );
+        assert!(acks.lock().unwrap().is_empty(), "acknowledged");
+        assert!(alerted.lock().unwrap().is_empty(), "alerted twice");
+        assert_eq!(stats.snapshot().failed, 0, "counted twice");
     }
 
     #[actix::test]

@@ -18,7 +18,7 @@ use crate::bigquery::{BigQuery, RetryPolicy};
 use crate::config::{Config, SinkFailure, Tolerance};
 use crate::converter::ConvertActor;
 use crate::deduplicator::DedupActor;
-use crate::destinations::{DeliveryBackoff, ErrorDestination};
+use crate::destinations::{DeliveryBackoff, ErrorDestination, SinkFailurePolicy};
 use crate::error_report::ErrorReportActor;
 use crate::kafka::KafkaControl;
 use crate::messages::SettledVia;
@@ -64,6 +64,10 @@ pub fn start_with_destinations(
                 min_delay: Duration::from_millis(100)
                     .min(Duration::from_millis(config.errors.retry_delay_max_ms)),
                 max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),
+            },
+            sink_failure: SinkFailurePolicy {
+                on_failure: config.errors.sink_failure,
+                retry_timeout: Duration::from_millis(config.errors.retry_timeout_ms),
             },
         }
         .start();
