@@ -62,14 +62,14 @@ impl ErrorReportActor {
             let payload = f.source.payload.as_deref().map(printable);
             tracing::error!(
                 topic = %tp.topic, partition = tp.partition, offset = f.source.offset,
-                stage = f.stage.as_str(), class = f.class, error = %f.error,
+                kind = "record_failure", stage = f.stage.as_str(), class = f.class, error = %f.error,
                 key = key.as_deref().unwrap_or(""), payload = payload.as_deref().unwrap_or(""),
                 trace_id, "record failed"
             );
         } else {
             tracing::error!(
                 topic = %tp.topic, partition = tp.partition, offset = f.source.offset,
-                stage = f.stage.as_str(), class = f.class, error = %f.error,
+                kind = "record_failure", stage = f.stage.as_str(), class = f.class, error = %f.error,
                 trace_id, "record failed"
             );
         }
