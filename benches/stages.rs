@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the pipeline's CPU stages on generated member events (~250 bytes):
-//! convert, transform, dedup lookup and insert, and insertAll body encoding — each per record
+//! convert, transform, dedup lookup, insert and claim/settle, and insertAll body encoding — each per record
 //! (`Throughput::Elements`) and per byte of payload (`Throughput::Bytes`).
 //!
 //! ```sh
@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use bqsink::generator::{Generator, Mix};
 use bqsink_actors::config::Config;
-use bqsink_actors::messages::{RawRecord, Tp};
+use bqsink_actors::messages::{RawRecord, SettledAs, Tp};
 use bqsink_actors::stage::batch::encode_body;
 use bqsink_actors::stage::convert::{parse_object, JsonObject};
-use bqsink_actors::stage::dedup::{Deduplicator, Position};
+use bqsink_actors::stage::dedup::{Claims, Deduplicator, Position, Released};
 use bqsink_actors::stage::transform::Transformer;
 use criterion::{criterion_group, Criterion, Throughput};
 
@@ -64,6 +64,8 @@ struct Stages {
     transformer: Transformer,
     converted: Vec<JsonObject>,
     dedup: Deduplicator,
+    claims: Claims<u64>,
+    next_claim: u64,
     next_key: u64,
     seen: u64,
     entries: Vec<Vec<u8>>,
@@ -94,10 +96,14 @@ impl Stages {
                     .entry
             })
             .collect();
-        let dedup = Deduplicator::new(1_000_000, Duration::from_secs(3600));
-        for k in 0..1_000_000u64 {
-            dedup.check(key(k), Position::new(&tp, k as i64));
-        }
+        let full = || {
+            let dedup = Deduplicator::new(1_000_000, Duration::from_secs(3600));
+            for k in 0..1_000_000u64 {
+                dedup.check(key(k), Position::new(&tp, k as i64));
+            }
+            dedup
+        };
+        let (dedup, claims) = (full(), Claims::new(full()));
         Self {
             recs,
             bytes,
@@ -105,6 +111,8 @@ impl Stages {
             transformer,
             converted,
             dedup,
+            claims,
+            next_claim: 1_000_000,
             next_key: 1_000_000,
             seen: 0,
             entries,
@@ -141,6 +149,25 @@ impl Stages {
         }
     }
 
+    /// The deduplicator's work for new keys: each claimed (a chunk of them pending at once), then
+    /// settled as written into the full cache (each evicts one).
+    fn dedup_claim_settle(&mut self) {
+        let first = self.next_claim + 1;
+        self.next_claim += CHUNK as u64;
+        for k in first..=self.next_claim {
+            black_box(
+                self.claims
+                    .admit(key(k), Position::new(&self.tp, k as i64), k),
+            );
+        }
+        let mut out = Released::default();
+        for k in first..=self.next_claim {
+            let at = Position::new(&self.tp, k as i64);
+            self.claims.settle(key(k), at, SettledAs::Written, &mut out);
+        }
+        black_box(out);
+    }
+
     fn encode(&mut self) {
         let size: usize = self.entries.iter().map(|e| e.len() + 1).sum::<usize>() + 80;
         black_box(encode_body(self.entries.iter().map(Vec::as_slice), size));
@@ -154,6 +181,7 @@ const ROUTINES: &[(&str, &str, Routine)] = &[
     ("transform", "row", Stages::transform),
     ("dedup", "insert", Stages::dedup_insert),
     ("dedup", "lookup", Stages::dedup_lookup),
+    ("dedup", "claim_settle", Stages::dedup_claim_settle),
     ("encode", "insert_all_body", Stages::encode),
 ];
 

@@ -1,21 +1,65 @@
-//! The deduplicator: drops rows whose dedup key was already passed on (bounded cache), counts them
-//! and acknowledges their offsets as handled; passes the rest to the writer.
+//! The deduplicator: passes on the first copy of each dedup key, acknowledges later copies as
+//! deduplicated once that first copy is durable, and holds them until then (see
+//! [`crate::stage::dedup::Claims`]: a duplicate is never acknowledged while its first copy can still
+//! be lost). The writer tells it how each passed row ended ([`Settled`]); a held copy whose first copy
+//! was not written is passed on in its place.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
 
-use crate::messages::{acknowledge, Dedup, HandledKind, Settled, SettledAs, WarmupKeys, Write};
-use crate::stage::dedup::{Deduplicator, Position, Verdict};
+use crate::messages::{acknowledge, Dedup, HandledKind, Row, Settled, WarmupKeys, Write};
+use crate::stage::dedup::{Admission, Claims, Deduplicator, Position, Released};
 use crate::stats::Stats;
 use crate::telemetry;
-use crate::writer::WriterActor;
 
 pub struct DedupActor {
-    pub dedup: Deduplicator,
-    pub writer: Addr<WriterActor>,
-    pub stats: Arc<Stats>,
+    claims: Claims<Row>,
+    writer: Recipient<Write>,
+    stats: Arc<Stats>,
+}
+
+impl DedupActor {
+    /// A deduplicator over `dedup`'s keys, passing unique rows to `writer`.
+    pub fn new(dedup: Deduplicator, writer: Recipient<Write>, stats: Arc<Stats>) -> Self {
+        Self {
+            claims: Claims::new(dedup),
+            writer,
+            stats,
+        }
+    }
+
+    /// Acknowledges rows as deduplicated (their first copy is durable) and counts them.
+    fn deduplicated(&self, rows: Vec<Row>) {
+        if rows.is_empty() {
+            return;
+        }
+        Stats::add(&self.stats.deduplicated, rows.len());
+        let mut counted: Vec<(&Arc<crate::messages::Origin>, usize)> = Vec::new();
+        for row in &rows {
+            match counted
+                .iter_mut()
+                .find(|(o, _)| Arc::ptr_eq(o, &row.origin))
+            {
+                Some((_, n)) => *n += 1,
+                None => counted.push((&row.origin, 1)),
+            }
+        }
+        for (origin, n) in counted {
+            telemetry::count(telemetry::names::DEDUPLICATED, &origin.tp, n);
+        }
+        acknowledge(
+            rows.iter().map(|r| (&r.origin, r.source.offset)),
+            HandledKind::Done,
+        );
+    }
+
+    fn pass(&self, rows: Vec<Row>) {
+        if !rows.is_empty() {
+            self.writer.do_send(Write { rows });
+        }
+    }
 }
 
 impl Actor for DedupActor {
@@ -23,7 +67,8 @@ impl Actor for DedupActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(std::time::Duration::from_secs(1), |act, _| {
-            metrics::gauge!(telemetry::names::DEDUP_CACHE_KEYS).set(act.dedup.len() as f64);
+            metrics::gauge!(telemetry::names::DEDUP_CACHE_KEYS).set(act.claims.keys() as f64);
+            act.claims.shrink();
         });
     }
 }
@@ -32,37 +77,31 @@ impl Handler<Dedup> for DedupActor {
     type Result = ();
 
     fn handle(&mut self, msg: Dedup, _: &mut Self::Context) {
-        let _span = tracing::debug_span!(parent: &msg.span, "dedup", rows = msg.rows.len() as i64, duplicates = tracing::field::Empty).entered();
-        let mut rows = msg.rows;
+        let _span = tracing::debug_span!(parent: &msg.span, "dedup", rows = msg.rows.len() as i64, duplicates = tracing::field::Empty, held = tracing::field::Empty).entered();
+        self.claims.expire(Instant::now());
+        let mut pass = Vec::with_capacity(msg.rows.len());
         let mut dups = Vec::new();
-        let mut batch = self.dedup.batch(Instant::now());
-        // In place: the unique rows stay where they are, the duplicates leave their offsets.
-        rows.retain(|row| {
+        let mut held = 0usize;
+        for row in msg.rows {
             let Some(hash) = row.dedup_hash else {
-                return true;
+                pass.push(row);
+                continue;
             };
             let at = Position::new(&row.origin.tp, row.source.offset);
-            let pass = batch.check(hash, at) == Verdict::Pass;
-            if !pass {
-                dups.push((Arc::clone(&row.origin), row.source.offset));
+            match self.claims.admit(hash, at, row) {
+                Admission::Pass(row) => pass.push(row),
+                Admission::Duplicate(row) => dups.push(row),
+                Admission::Held => held += 1,
             }
-            pass
-        });
-        drop(batch);
+        }
         if !dups.is_empty() {
-            Stats::add(&self.stats.deduplicated, dups.len());
             _span.record("duplicates", dups.len() as i64);
-            if let Some((origin, _)) = dups.first() {
-                telemetry::count(telemetry::names::DEDUPLICATED, &origin.tp, dups.len());
-            }
-            acknowledge(
-                dups.iter().map(|(o, offset)| (o, *offset)),
-                HandledKind::Done,
-            );
         }
-        if !rows.is_empty() {
-            self.writer.do_send(Write { rows });
+        if held > 0 {
+            _span.record("held", held as i64);
         }
+        self.deduplicated(dups);
+        self.pass(pass);
     }
 }
 
@@ -71,7 +110,7 @@ impl Handler<WarmupKeys> for DedupActor {
 
     fn handle(&mut self, msg: WarmupKeys, _: &mut Self::Context) {
         for (key, at) in msg.keys {
-            self.dedup.remember(key, at);
+            self.claims.remember(key, at);
         }
     }
 }
@@ -79,11 +118,198 @@ impl Handler<WarmupKeys> for DedupActor {
 impl Handler<Settled> for DedupActor {
     type Result = ();
 
+    /// Released copies of revoked partitions are passed on all the same: the writer abandons them,
+    /// which hands the claim to the next copy.
     fn handle(&mut self, msg: Settled, _: &mut Self::Context) {
-        if msg.how == SettledAs::Reported {
-            for (key, at) in msg.keys {
-                self.dedup.forget(key, at);
-            }
+        let mut out = Released::default();
+        for (key, at) in msg.keys {
+            self.claims.settle(key, at, msg.how, &mut out);
         }
+        self.deduplicated(out.duplicates);
+        self.pass(out.pass);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::messages::{Handled, Origin, RawRecord, SettledAs, Tp};
+    use crate::stage::transform::TableRef;
+
+    /// Collects acknowledgements, like a partition consumer.
+    type Seen = Arc<Mutex<Vec<(Vec<i64>, HandledKind)>>>;
+    struct Acks(Seen);
+    impl Actor for Acks {
+        type Context = Context<Self>;
+    }
+    impl Handler<Handled> for Acks {
+        type Result = ();
+        fn handle(&mut self, msg: Handled, _: &mut Self::Context) {
+            self.0.lock().unwrap().push((msg.offsets, msg.kind));
+        }
+    }
+
+    /// Collects the rows passed on, as (partition, offset), like the writer.
+    type Written = Arc<Mutex<Vec<(i32, i64)>>>;
+    struct Writer(Written);
+    impl Actor for Writer {
+        type Context = Context<Self>;
+    }
+    impl Handler<Write> for Writer {
+        type Result = ();
+        fn handle(&mut self, msg: Write, _: &mut Self::Context) {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(
+                msg.rows
+                    .iter()
+                    .map(|r| (r.origin.tp.partition, r.source.offset)),
+            );
+        }
+    }
+
+    struct Partition {
+        origin: Arc<Origin>,
+        acks: Seen,
+    }
+
+    fn partition(n: i32) -> Partition {
+        let acks = Seen::default();
+        let origin = Arc::new(Origin::new(
+            Tp::new("t", n),
+            Acks(Arc::clone(&acks)).start().recipient(),
+            Arc::default(),
+            Arc::default(),
+        ));
+        Partition { origin, acks }
+    }
+
+    fn row(p: &Partition, offset: i64, key: u64) -> Row {
+        Row {
+            origin: Arc::clone(&p.origin),
+            source: RawRecord {
+                offset,
+                ..Default::default()
+            },
+            table: Arc::new(TableRef {
+                dataset: "d".into(),
+                table: "t".into(),
+            }),
+            dedup_hash: Some(key),
+            entry: b"{}".to_vec(),
+            trace: tracing::Span::none(),
+        }
+    }
+
+    fn dedup_with(written: &Written) -> Addr<DedupActor> {
+        DedupActor::new(
+            Deduplicator::new(1_000, Duration::from_secs(60)),
+            Writer(Arc::clone(written)).start().recipient(),
+            Arc::new(Stats::default()),
+        )
+        .start()
+    }
+
+    fn at(p: &Partition, offset: i64) -> Position {
+        Position::new(&p.origin.tp, offset)
+    }
+
+    /// Lets the fake writer and partition consumers take what was sent to them.
+    async fn settle_down() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[actix::test]
+    async fn a_duplicate_is_acknowledged_only_after_its_first_copy_is_written() {
+        let written = Written::default();
+        let dedup = dedup_with(&written);
+        let (p0, p1) = (partition(0), partition(1));
+        let dedup_msg = |rows| Dedup {
+            rows,
+            span: tracing::Span::none(),
+        };
+        dedup.send(dedup_msg(vec![row(&p0, 5, 42)])).await.unwrap();
+        dedup.send(dedup_msg(vec![row(&p1, 9, 42)])).await.unwrap();
+        settle_down().await;
+        assert_eq!(
+            *written.lock().unwrap(),
+            vec![(0, 5)],
+            "only the first copy passed on"
+        );
+        assert!(
+            p1.acks.lock().unwrap().is_empty(),
+            "the duplicate was acknowledged while its first copy was unwritten: {:?}",
+            p1.acks.lock().unwrap()
+        );
+        dedup
+            .send(Settled {
+                keys: vec![(42, at(&p0, 5))],
+                how: SettledAs::Written,
+            })
+            .await
+            .unwrap();
+        settle_down().await;
+        assert_eq!(*p1.acks.lock().unwrap(), vec![(vec![9], HandledKind::Done)]);
+        assert_eq!(
+            *written.lock().unwrap(),
+            vec![(0, 5)],
+            "the duplicate is not written"
+        );
+        assert!(
+            p0.acks.lock().unwrap().is_empty(),
+            "the writer acknowledges the first copy"
+        );
+    }
+
+    #[actix::test]
+    async fn a_duplicate_takes_the_place_of_an_abandoned_first_copy() {
+        let written = Written::default();
+        let dedup = dedup_with(&written);
+        let (p0, p1) = (partition(0), partition(1));
+        let dedup_msg = |rows| Dedup {
+            rows,
+            span: tracing::Span::none(),
+        };
+        dedup.send(dedup_msg(vec![row(&p0, 5, 42)])).await.unwrap();
+        dedup
+            .send(dedup_msg(vec![row(&p1, 9, 42), row(&p1, 10, 42)]))
+            .await
+            .unwrap();
+        dedup
+            .send(Settled {
+                keys: vec![(42, at(&p0, 5))],
+                how: SettledAs::Abandoned,
+            })
+            .await
+            .unwrap();
+        settle_down().await;
+        assert_eq!(
+            *written.lock().unwrap(),
+            vec![(0, 5), (1, 9)],
+            "the first held copy is passed on, the second stays held behind it"
+        );
+        assert!(
+            p1.acks.lock().unwrap().is_empty(),
+            "nothing acknowledged while no copy is written: {:?}",
+            p1.acks.lock().unwrap()
+        );
+        dedup
+            .send(Settled {
+                keys: vec![(42, at(&p1, 9))],
+                how: SettledAs::Written,
+            })
+            .await
+            .unwrap();
+        settle_down().await;
+        assert_eq!(
+            *p1.acks.lock().unwrap(),
+            vec![(vec![10], HandledKind::Done)]
+        );
+        assert!(
+            p0.acks.lock().unwrap().is_empty(),
+            "the abandoned copy is not acknowledged"
+        );
     }
 }

@@ -98,10 +98,12 @@ pub fn start_with_destinations(
             Duration::from_secs(config.dedup.ttl_secs),
         );
         let dedup: Addr<DedupActor> =
-            DedupActor::start_in_arbiter(&Arbiter::new().handle(), move |_| DedupActor {
-                dedup: Deduplicator::new(max_keys, ttl),
-                writer: d_writer,
-                stats: d_stats,
+            DedupActor::start_in_arbiter(&Arbiter::new().handle(), move |_| {
+                DedupActor::new(
+                    Deduplicator::new(max_keys, ttl),
+                    d_writer.recipient(),
+                    d_stats,
+                )
             });
         writer.do_send(SettledVia(dedup.clone().recipient()));
 

@@ -5,6 +5,11 @@
 //! seen again at the *same* position is a re-read (after a rebalance or a retry from the committed
 //! offset), not a duplicate: it passes, because the first pass may never have reached BigQuery.
 //!
+//! The pipeline does not put a key in this cache when it first passes a record on, but when that
+//! record is *durable* (written, or read back by the warm-up): until then the key is a pending claim
+//! and later copies wait behind it. See [`Claims`], which the deduplicator actor uses; the plain
+//! [`Deduplicator`] (check and remember at once) serves the replay tool, which has nothing to wait for.
+//!
 //! Memory: two generations of at most `max_keys / 2` keys each, hash maps of key → position
 //! fingerprint (16 bytes a slot), about 36 MiB for the default 1,000,000 keys. New keys go into the
 //! current generation; when it is full, or when a `ttl` period ends, it becomes the previous one and
@@ -21,6 +26,9 @@ use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use crate::messages::Tp;
+
+mod claims;
+pub use claims::{Admission, Claims, Released};
 
 /// Where a record sits in Kafka, compactly.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,15 +76,7 @@ pub struct DedupBatch<'a> {
 impl DedupBatch<'_> {
     /// Checks a key and remembers it.
     pub fn check(&mut self, key: u64, at: Position) -> Verdict {
-        let fingerprint = at.fingerprint();
-        match self.keys.get(key) {
-            Some(first) if first != fingerprint => Verdict::Duplicate,
-            Some(_) => Verdict::Pass,
-            None => {
-                self.keys.insert(key, fingerprint);
-                Verdict::Pass
-            }
-        }
+        self.keys.check(key, at.fingerprint())
     }
 }
 
@@ -110,6 +110,34 @@ struct Keys {
 }
 
 impl Keys {
+    fn new(max_keys: u64, ttl: Duration) -> Self {
+        let max_keys = usize::try_from(max_keys).unwrap_or(usize::MAX).max(2);
+        let half = max_keys / 2;
+        // Room for a whole generation up front (pages are touched only as keys come), within reason.
+        let capacity = half.min(1 << 24);
+        let map = || HashMap::with_capacity_and_hasher(capacity, Default::default());
+        Keys {
+            half,
+            ttl,
+            origin: Instant::now(),
+            period: 0,
+            current: map(),
+            previous: map(),
+        }
+    }
+
+    /// Passes a key new or known for `fingerprint`, and remembers it if new.
+    fn check(&mut self, key: u64, fingerprint: u64) -> Verdict {
+        match self.get(key) {
+            Some(first) if first != fingerprint => Verdict::Duplicate,
+            Some(_) => Verdict::Pass,
+            None => {
+                self.insert(key, fingerprint);
+                Verdict::Pass
+            }
+        }
+    }
+
     /// The generation that started two periods ago is forgotten, the current one becomes previous.
     fn expire(&mut self, now: Instant) {
         let period =
@@ -156,20 +184,8 @@ impl Keys {
 
 impl Deduplicator {
     pub fn new(max_keys: u64, ttl: Duration) -> Self {
-        let max_keys = usize::try_from(max_keys).unwrap_or(usize::MAX).max(2);
-        let half = max_keys / 2;
-        // Room for a whole generation up front (pages are touched only as keys come), within reason.
-        let capacity = half.min(1 << 24);
-        let map = || HashMap::with_capacity_and_hasher(capacity, Default::default());
         Self {
-            keys: Mutex::new(Keys {
-                half,
-                ttl,
-                origin: Instant::now(),
-                period: 0,
-                current: map(),
-                previous: map(),
-            }),
+            keys: Mutex::new(Keys::new(max_keys, ttl)),
         }
     }
 
