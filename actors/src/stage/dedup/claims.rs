@@ -10,7 +10,7 @@
 //! - *pending* (in `pending`, with the position of the claiming record): a copy at the claim's own
 //!   position (a re-read) passes as well; a copy from any other position is **held** — kept here,
 //!   unacknowledged, still in flight — until the claim settles;
-//! - *settled* (in the bounded key cache, [`Keys`]): copies from other positions are duplicates at
+//! - *settled* (in the bounded key cache of [`super`]): copies from other positions are duplicates at
 //!   once, a re-read at the same position passes.
 //!
 //! When a claim settles ([`Claims::settle`], told by the writer):
