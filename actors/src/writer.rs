@@ -333,8 +333,9 @@ impl<'a> BatchHooks<'a> {
 impl RetryHooks for BatchHooks<'_> {
     fn keep(&self, i: usize) -> bool {
         let row = &self.rows[i];
-        !row.origin.is_revoked()
-            && !(self.halt_after_failure && row.origin.is_after_failure(row.source.offset))
+        let after_failure =
+            self.halt_after_failure && row.origin.is_after_failure(row.source.offset);
+        !(row.origin.is_revoked() || after_failure)
     }
 
     fn retrying(&self, on: bool) {
