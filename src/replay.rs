@@ -484,11 +484,7 @@ impl BqTarget {
     /// Returns (written, duplicates, failures by item index); an error when BigQuery could not
     /// take rows for `errors.retry_timeout_ms` (a sink failure: nothing of this batch counts as
     /// replayed or still failing, and the progress is not committed past it).
-    fn send(
-        &mut self,
-        runtime: &tokio::runtime::Runtime,
-        items: &[Item],
-    ) -> anyhow::Result<(u64, u64, Vec<(usize, String)>)> {
+    fn send(&mut self, runtime: &tokio::runtime::Runtime, items: &[Item]) -> anyhow::Result<Sent> {
         let mut failures = Vec::new();
         let mut duplicates = 0;
         let mut batcher = Batcher::new(self.max_rows, self.max_bytes);
@@ -559,6 +555,9 @@ impl BqTarget {
         Ok((written, duplicates, failures))
     }
 }
+
+/// What one batch sent to BigQuery came to: (written, duplicates, failures by item index).
+type Sent = (u64, u64, Vec<(usize, String)>);
 
 /// Reads a dead-letter topic from the replay group's committed offsets to the end offsets it had
 /// when the replay started.
