@@ -966,7 +966,7 @@ impl Config {
 /// Checks `[[bigquery.tables]]`: table names, pointers, schemas, partitioning, clustering, and that
 /// no topic or table is listed twice.
 fn validate_tables(bq: &BigQueryConfig) -> Result<(), String> {
-    use crate::stage::transform::TableRef;
+    use crate::model::TableRef;
     let mut topics = std::collections::HashSet::new();
     let mut tables = std::collections::HashSet::new();
     for (i, t) in bq.tables.iter().enumerate() {

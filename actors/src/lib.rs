@@ -9,6 +9,7 @@ pub mod destinations;
 pub mod health;
 pub mod kafka;
 pub mod messages;
+pub mod model;
 pub mod pipeline;
 pub mod stage;
 pub mod stats;

@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -12,62 +11,12 @@ use serde_json::{Map, Value};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::{Config, DedupKey, InsertIdMode, TransformConfig};
-use crate::messages::{RawRecord, Tp};
+use crate::messages::RawRecord;
+use crate::model::Tp;
+pub use crate::model::{sanitize_table_name, TableRef};
 use crate::stage::convert::JsonObject;
 use crate::stage::json::{lookup, object_members, Member};
 use crate::stage::schema::{sanitize_field_names, NameCollision};
-
-/// A BigQuery table within the configured project.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TableRef {
-    pub dataset: String,
-    pub table: String,
-}
-
-impl TableRef {
-    /// Parses `table` (in `default_dataset`) or `dataset.table`.
-    pub fn parse(s: &str, default_dataset: &str) -> Option<TableRef> {
-        let valid =
-            |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        match s.split_once('.') {
-            Some((d, t)) if valid(d) && valid(t) => Some(TableRef {
-                dataset: d.into(),
-                table: t.into(),
-            }),
-            None if valid(s) => Some(TableRef {
-                dataset: default_dataset.into(),
-                table: s.into(),
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for TableRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.dataset, self.table)
-    }
-}
-
-/// A topic name made into a valid BigQuery table name: every character other than ASCII letters,
-/// digits and `_` becomes `_`, cut to 1024 characters (what kafka-connect-bigquery does).
-pub fn sanitize_table_name(topic: &str) -> String {
-    let mut s: String = topic
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    s.truncate(1024);
-    if s.is_empty() {
-        s.push('_');
-    }
-    s
-}
 
 /// Why a record could not be made into a row.
 #[derive(Debug, thiserror::Error)]
