@@ -236,7 +236,94 @@ fn read_tail(
 }
 
 /// Every reference in `source` of the file at module path `me`, resolved against `modules`.
-fn references(source: &str, me: &[String], modules: &BTreeSet<Vec<String>>) -> Vec<Reference> {
+/// Per module, the names it re-exports (`pub use child::Name;`, `pub use crate::model::Tp;`) and the
+/// absolute path each stands for.
+type Reexports = BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>>;
+
+/// The `pub use` / `pub(crate) use` items of a file at module path `me`. Paths into other crates
+/// are skipped, and so are globs.
+fn reexports_of(
+    source: &str,
+    me: &[String],
+    modules: &BTreeSet<Vec<String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let toks = tokens(&strip(source));
+    let tok = |i: usize| toks.get(i).map(|t| t.0.as_str());
+    let mut out = BTreeMap::new();
+    for i in 0..toks.len() {
+        if tok(i) != Some("pub") {
+            continue;
+        }
+        let mut j = i + 1;
+        if tok(j) == Some("(") {
+            while tok(j).is_some_and(|t| t != ")") {
+                j += 1;
+            }
+            j += 1;
+        }
+        if tok(j) != Some("use") {
+            continue;
+        }
+        j += 1;
+        let mut base: Vec<String> = me.to_vec();
+        match tok(j) {
+            Some("crate") => {
+                base.clear();
+                j += 2;
+            }
+            Some("self") => j += 2,
+            Some("super") => {
+                while tok(j) == Some("super") && tok(j + 1) == Some("::") {
+                    base.pop();
+                    j += 2;
+                }
+            }
+            Some(child) if modules.contains(&[me, &[child.to_string()]].concat()) => {}
+            _ => continue,
+        }
+        let mut paths = Vec::new();
+        read_tail(&toks, j, &base, &mut paths);
+        for path in paths {
+            if let Some(name) = path
+                .last()
+                .filter(|n| n.as_str() != "*" && path.len() > base.len())
+            {
+                out.insert(name.clone(), path.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The file a path names: its longest prefix that is a module, followed through re-exports (a
+/// facade `mod.rs` that re-exports `client::BigQuery` is not where `BigQuery` lives).
+fn resolve(path: &[String], modules: &BTreeSet<Vec<String>>, reexports: &Reexports) -> Vec<String> {
+    let mut path = path.to_vec();
+    for _ in 0..8 {
+        let module = (0..=path.len())
+            .rev()
+            .map(|n| path[..n].to_vec())
+            .find(|p| modules.contains(p))
+            .unwrap_or_default();
+        let next = path
+            .get(module.len())
+            .and_then(|name| reexports.get(&module)?.get(name));
+        match next {
+            Some(target) if *target != path[..=module.len()] => {
+                path = [target.as_slice(), &path[module.len() + 1..]].concat();
+            }
+            _ => return module,
+        }
+    }
+    Vec::new()
+}
+
+fn references(
+    source: &str,
+    me: &[String],
+    modules: &BTreeSet<Vec<String>>,
+    reexports: &Reexports,
+) -> Vec<Reference> {
     let toks = tokens(&strip(source));
     let mut out = Vec::new();
     // Inline `mod name {` blocks: brace depth at which each one opened.
@@ -285,11 +372,7 @@ fn references(source: &str, me: &[String], modules: &BTreeSet<Vec<String>>) -> V
                 let mut paths = Vec::new();
                 i = read_tail(&toks, j, &base, &mut paths);
                 for path in paths {
-                    let target = (0..=path.len())
-                        .rev()
-                        .map(|n| path[..n].to_vec())
-                        .find(|p| modules.contains(p))
-                        .unwrap_or_default();
+                    let target = resolve(&path, modules, reexports);
                     if !target.starts_with(me) {
                         out.push(Reference { line, target });
                     }
@@ -316,12 +399,22 @@ fn graph(src: &Path, skip: &[&str]) -> Graph {
         .map(|p| (module_path(src, &p), p))
         .collect();
     let modules: BTreeSet<Vec<String>> = files.keys().cloned().collect();
+    let sources: BTreeMap<&Vec<String>, String> = files
+        .iter()
+        .map(|(m, file)| {
+            let source = fs::read_to_string(file)
+                .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+            (m, source)
+        })
+        .collect();
+    let reexports: Reexports = sources
+        .iter()
+        .map(|(m, source)| ((*m).clone(), reexports_of(source, m, &modules)))
+        .collect();
     let mut edges: BTreeMap<Vec<String>, BTreeMap<Vec<String>, Vec<usize>>> = BTreeMap::new();
-    for (module, file) in &files {
-        let source =
-            fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
-        let entry = edges.entry(module.clone()).or_default();
-        for r in references(&source, module, &modules) {
+    for (module, source) in &sources {
+        let entry = edges.entry((*module).clone()).or_default();
+        for r in references(source, module, &modules, &reexports) {
             entry.entry(r.target).or_default().push(r.line);
         }
     }
@@ -455,7 +548,7 @@ fn targets(source: &str, me: &str, list: &[&str]) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect();
-    references(source, &me, &modules(list))
+    references(source, &me, &modules(list), &Reexports::new())
         .into_iter()
         .map(|r| r.target.join("::"))
         .collect()
@@ -514,6 +607,35 @@ fn scanner_resolves_super_outside_inline_modules_only() {
         &["", "stage", "stage::dedup", "stage::dedup::claims"],
     );
     assert_eq!(got, ["stage::dedup", "stage::dedup"]);
+}
+
+#[test]
+fn scanner_follows_reexports_to_the_file_that_defines_the_name() {
+    let list = modules(&[
+        "",
+        "bigquery",
+        "bigquery::client",
+        "bigquery::retry",
+        "model",
+        "messages",
+    ]);
+    let m = |s: &str| -> Vec<String> { s.split("::").map(str::to_string).collect() };
+    let mut reexports = Reexports::new();
+    let facade =
+        "pub mod client;\npub use client::{BigQuery, BqError};\npub use retry::send_with_retry;\n";
+    reexports.insert(m("bigquery"), reexports_of(facade, &m("bigquery"), &list));
+    let messages = "pub use crate::model::Tp;\nuse crate::model::TableRef;\n";
+    reexports.insert(m("messages"), reexports_of(messages, &m("messages"), &list));
+    let src =
+        "use crate::bigquery::{BigQuery, send_with_retry};\nuse crate::messages::{Tp, Row};\n";
+    let got: Vec<String> = references(src, &m("telemetry"), &list, &reexports)
+        .into_iter()
+        .map(|r| r.target.join("::"))
+        .collect();
+    assert_eq!(
+        got,
+        ["bigquery::client", "bigquery::retry", "model", "messages"]
+    );
 }
 
 #[test]
