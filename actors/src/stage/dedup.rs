@@ -17,6 +17,11 @@
 //! (and at most `max_keys`) and for at least `ttl` (at most twice that). Forgetting a generation at
 //! once, rather than key by key, leaves no deleted slots behind: the maps never grow past their
 //! first size, however long the process runs.
+//!
+//! A deliberate departure from the design card, which named moka's cache: measured (README,
+//! Performance), moka took 329.5 MiB for a million keys and, being frequency-based, forgot recent
+//! keys and let 3,054 duplicates through in the first bench; this map holds a million keys in about
+//! 34 MiB resident (34.1 MiB with jemalloc, as shipped), and a unit test checks its allocation.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
