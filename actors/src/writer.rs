@@ -333,8 +333,8 @@ impl<'a> BatchHooks<'a> {
 impl RetryHooks for BatchHooks<'_> {
     fn keep(&self, i: usize) -> bool {
         let row = &self.rows[i];
-        !row.origin.is_revoked()
-            && !(self.halt_after_failure && row.origin.is_after_failure(row.source.offset))
+        !(row.origin.is_revoked()
+            || (self.halt_after_failure && row.origin.is_after_failure(row.source.offset)))
     }
 
     fn retrying(&self, on: bool) {
