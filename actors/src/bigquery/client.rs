@@ -52,7 +52,7 @@ pub trait BigQuery: Send + Sync + 'static {
         Box::pin(async { Err(BqError::Unsupported("tables.patch")) })
     }
 
-    /// The table management [`send_with_retry`] applies (auto-creation, new fields, insert
+    /// The table management [`send_with_retry`](super::retry::send_with_retry) applies (auto-creation, new fields, insert
     /// options); see [`crate::tables::api::Managed`]. Default none.
     fn tables(&self) -> Option<&TableManager> {
         None
