@@ -5,35 +5,13 @@
 //! batches. Each record carries an [`Origin`] so that whoever finishes with it (writer, dedup, error
 //! report) can tell its partition consumer that the offset is handled.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::stage::transform::TableRef;
-
-/// A topic partition.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Tp {
-    pub topic: Arc<str>,
-    pub partition: i32,
-}
-
-impl Tp {
-    pub fn new(topic: impl Into<Arc<str>>, partition: i32) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-        }
-    }
-}
-
-impl fmt::Display for Tp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}[{}]", self.topic, self.partition)
-    }
-}
+use crate::model::TableRef;
+pub use crate::model::Tp;
 
 /// One Kafka record, copied out of librdkafka's buffers. The original bytes stay with the record until
 /// it is handled, so a failure at any stage can report them.
@@ -289,7 +267,7 @@ pub struct Progress {
 #[rtype(result = "Vec<(Recipient<RawChunk>, Arc<crate::stage::flow::Inflight>)>")]
 pub struct Assigned {
     pub tps: Vec<Tp>,
-    pub warmup: Vec<(u64, crate::stage::dedup::Position)>,
+    pub warmup: Vec<(u64, crate::model::Position)>,
 }
 
 /// Partitions about to be taken from this instance (Kafka poller → supervisor, repeatedly while the
@@ -313,7 +291,7 @@ pub struct Revoked {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WarmupKeys {
-    pub keys: Vec<(u64, crate::stage::dedup::Position)>,
+    pub keys: Vec<(u64, crate::model::Position)>,
 }
 
 /// A record failed and `errors.tolerance = "none"` (error report → supervisor): stop.
@@ -335,7 +313,7 @@ pub struct Shutdown;
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Settled {
-    pub keys: Vec<(u64, crate::stage::dedup::Position)>,
+    pub keys: Vec<(u64, crate::model::Position)>,
     pub how: SettledAs,
 }
 

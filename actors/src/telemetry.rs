@@ -23,9 +23,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::bigquery::{BigQuery, BqError, InsertAllResponse};
+use crate::bigquery::client::{BigQuery, BqError, InsertAllResponse};
 use crate::messages::{Failure, Origin, RawRecord, Row, Tp};
-use crate::stage::transform::TableRef;
+use crate::model::TableRef;
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";

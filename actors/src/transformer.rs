@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::converter::guarded;
 use crate::deduplicator::DedupActor;
 use crate::error_report::ErrorReportActor;
 use crate::messages::{ConvertedRecord, Dedup, Failed, Failure, Row, Stage, Transform};
+use crate::stage::guard::guarded;
 use crate::stage::transform::{TransformError, Transformer};
 use crate::telemetry;
 

@@ -17,42 +17,23 @@
 //! (and at most `max_keys`) and for at least `ttl` (at most twice that). Forgetting a generation at
 //! once, rather than key by key, leaves no deleted slots behind: the maps never grow past their
 //! first size, however long the process runs.
+//!
+//! A deliberate departure from the design card, which named moka's cache: measured (README,
+//! Performance), moka took 329.5 MiB for a million keys and, being frequency-based, forgot recent
+//! keys and let 3,054 duplicates through in the first bench; this map holds a million keys in about
+//! 34 MiB resident (34.1 MiB with jemalloc, as shipped), and a unit test checks its allocation.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::messages::Tp;
+pub use crate::model::Position;
 
 mod claims;
 pub use claims::{Admission, Claims, Released};
-
-/// Where a record sits in Kafka, compactly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Position {
-    pub partition: u64,
-    pub offset: i64,
-}
-
-impl Position {
-    pub fn new(tp: &Tp, offset: i64) -> Self {
-        Self {
-            partition: xxh3_64_with_seed(tp.topic.as_bytes(), tp.partition as u32 as u64),
-            offset,
-        }
-    }
-
-    /// 64 bits that tell positions apart (as well as the key hashes tell keys apart).
-    fn fingerprint(&self) -> u64 {
-        let mut bytes = [0u8; 16];
-        bytes[..8].copy_from_slice(&self.partition.to_le_bytes());
-        bytes[8..].copy_from_slice(&self.offset.to_le_bytes());
-        xxh3_64(&bytes)
-    }
-}
 
 /// What the deduplicator says about a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +224,7 @@ impl Deduplicator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Tp;
 
     fn at(offset: i64) -> Position {
         Position::new(&Tp::new("t", 0), offset)

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod convert;
 pub mod dedup;
 pub mod flow;
+pub mod guard;
 pub mod json;
 pub mod offsets;
 pub mod schema;

@@ -1,0 +1,180 @@
+//! The BigQuery client port: the [`BigQuery`] trait the `bqsink` crate implements over reqwest (and
+//! tests over fakes), what one `tabledata.insertAll` answers, and the request-level [`BqError`].
+//!
+//! Invariant: every [`BqError`] is a *sink failure* (BigQuery cannot take anything right now), never
+//! a record failure; bad rows come back one by one in [`InsertAllResponse::insert_errors`]. This file
+//! knows nothing about retries or telemetry: those wrap the client from above
+//! ([`super::retry`], `crate::telemetry::insert_all`).
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde::Deserialize;
+
+use crate::model::TableRef;
+use crate::stage::schema::FieldSchema;
+use crate::tables::definition::{TableDefinition, TableManager};
+
+/// Sends insertAll requests and manages tables. Implemented over reqwest in the `bqsink` crate.
+/// Only `insert_all` is required; the table calls default to [`BqError::Unsupported`].
+pub trait BigQuery: Send + Sync + 'static {
+    /// POSTs an encoded insertAll body for `table`.
+    fn insert_all(
+        &self,
+        table: &TableRef,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>>;
+
+    /// `tables.get`: the table's schema, or `None` when the table does not exist.
+    fn get_table(
+        &self,
+        _table: &TableRef,
+    ) -> BoxFuture<'static, Result<Option<Vec<FieldSchema>>, BqError>> {
+        Box::pin(async { Err(BqError::Unsupported("tables.get")) })
+    }
+
+    /// `tables.insert`: `Ok(false)` when the table exists already; a 404 when its dataset does not.
+    fn create_table(&self, _def: &TableDefinition) -> BoxFuture<'static, Result<bool, BqError>> {
+        Box::pin(async { Err(BqError::Unsupported("tables.insert")) })
+    }
+
+    /// `datasets.insert`: `Ok(false)` when the dataset exists already.
+    fn create_dataset(&self, _dataset: &str) -> BoxFuture<'static, Result<bool, BqError>> {
+        Box::pin(async { Err(BqError::Unsupported("datasets.insert")) })
+    }
+
+    /// `tables.patch` with a table's complete new schema.
+    fn patch_schema(
+        &self,
+        _table: &TableRef,
+        _schema: Vec<FieldSchema>,
+    ) -> BoxFuture<'static, Result<(), BqError>> {
+        Box::pin(async { Err(BqError::Unsupported("tables.patch")) })
+    }
+
+    /// The table management [`send_with_retry`](super::retry::send_with_retry) applies (auto-creation, new fields, insert
+    /// options); see [`crate::tables::api::Managed`]. Default none.
+    fn tables(&self) -> Option<&TableManager> {
+        None
+    }
+}
+
+/// The 200 response of insertAll: rows not listed were inserted.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InsertAllResponse {
+    #[serde(default)]
+    pub insert_errors: Vec<RowErrors>,
+}
+
+/// The errors of one row, by its index in the request.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RowErrors {
+    pub index: usize,
+    #[serde(default)]
+    pub errors: Vec<ErrorProto>,
+}
+
+/// BigQuery's ErrorProto.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ErrorProto {
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub location: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+impl std::fmt::Display for ErrorProto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.reason)?;
+        if !self.location.is_empty() {
+            write!(f, " at {}", self.location)?;
+        }
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// A request that failed as a whole. Every one of these is a *sink failure* (BigQuery cannot take
+/// anything right now), never a record failure: BigQuery reports bad rows one by one, in
+/// `insertErrors` ([`RowErrors`]).
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum BqError {
+    #[error("HTTP {status} from BigQuery ({reason}): {message}")]
+    Http {
+        status: u16,
+        reason: String,
+        message: String,
+        /// The answer's `Retry-After`, honoured by the retry loop.
+        retry_after: Option<Duration>,
+    },
+    #[error("request to BigQuery timed out")]
+    Timeout,
+    #[error("cannot reach BigQuery: {0}")]
+    Transport(String),
+    /// A 2xx answer whose body cannot be read: whether the rows went in is unknown, so they are
+    /// sent again with the same insertIds.
+    #[error("unreadable response from BigQuery: {0}")]
+    Decode(String),
+    #[error("cannot get an OAuth token for BigQuery: {message}")]
+    Auth { message: String, retryable: bool },
+    #[error("the BigQuery client does not implement {0}")]
+    Unsupported(&'static str),
+}
+
+/// Error reasons BigQuery documents as transient (its error-message table).
+pub(crate) const RETRYABLE_REASONS: &[&str] = &[
+    "backendError",
+    "internalError",
+    "rateLimitExceeded",
+    "quotaExceeded",
+    "timeout",
+];
+
+impl BqError {
+    /// A plain HTTP error, without `Retry-After`.
+    pub fn http(status: u16, reason: impl Into<String>, message: impl Into<String>) -> Self {
+        BqError::Http {
+            status,
+            reason: reason.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Transient by nature: timeouts, connection failures, 5xx, 429, the transient reasons and an
+    /// unreadable 2xx. The others (400, 401/403 after a token refresh, 404) need someone to act;
+    /// both kinds are sink failures and are retried (`errors.sink_failure`), this only tells the
+    /// operator which kind it is and lets table management decide whether to try again at once.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BqError::Timeout | BqError::Transport(_) | BqError::Decode(_) => true,
+            BqError::Unsupported(_) => false,
+            BqError::Auth { retryable, .. } => *retryable,
+            BqError::Http { status, reason, .. } => {
+                *status >= 500 || *status == 429 || RETRYABLE_REASONS.contains(&reason.as_str())
+            }
+        }
+    }
+
+    /// Short class for logs and metrics.
+    pub fn class(&self) -> &'static str {
+        match self {
+            BqError::Timeout => "timeout",
+            BqError::Transport(_) => "transport",
+            BqError::Decode(_) => "decode",
+            BqError::Http { .. } => "http",
+            BqError::Auth { .. } => "auth",
+            BqError::Unsupported(_) => "unsupported",
+        }
+    }
+
+    /// HTTP 404: the table (or its dataset) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BqError::Http { status: 404, .. })
+    }
+}

@@ -1,0 +1,60 @@
+//! `[kafka]`: where records come from.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Where records come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Default `localhost:9092`.
+    pub brokers: String,
+    /// Consumer group; every instance of one deployment shares it. Default `bqsink`.
+    pub group_id: String,
+    /// Topics to consume. Default none (must be set).
+    pub topics: Vec<String>,
+    /// Where a partition without a committed offset starts: `earliest` (default) or `latest`.
+    pub auto_offset_reset: OffsetReset,
+    /// How often handled watermarks are committed, in ms. Default 5000.
+    pub commit_interval_ms: u64,
+    /// Extra librdkafka properties, passed through as they are (e.g. `security.protocol`,
+    /// `session.timeout.ms`). Default: none.
+    pub properties: BTreeMap<String, String>,
+    /// How long a revoke waits for the partitions' in-flight rows to be written before it commits
+    /// what was handled and gives them up, in ms. Rows still unsent then are abandoned (the next
+    /// owner reads them again), never written late. Keep it well under `max.poll.interval.ms`.
+    /// Default 10000.
+    pub revoke_timeout_ms: u64,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "localhost:9092".into(),
+            group_id: "bqsink".into(),
+            topics: Vec::new(),
+            auto_offset_reset: OffsetReset::Earliest,
+            commit_interval_ms: 5_000,
+            properties: BTreeMap::new(),
+            revoke_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
