@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bqsink::bigquery::RestClient;
 use bqsink::generator::{Counts, Generator, Mix};
-use bqsink::run::PipelineHandle;
+use bqsink::service::PipelineHandle;
 use common::*;
 use serde_json::{json, Value};
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bqsink::bigquery::RestClient;
-use bqsink::run::PipelineHandle;
+use bqsink::service::PipelineHandle;
 use bqsink::sink::{Sink, SinkOptions};
 use bqsink_actors::config::{Config, SinkFailure, Tolerance};
 use bqsink_actors::messages::Tp;

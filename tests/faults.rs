@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bqsink::bigquery::RestClient;
 use bqsink::generator::{Counts, Generator, Mix};
-use bqsink::run::PipelineHandle;
+use bqsink::service::PipelineHandle;
 use bqsink::sink::{Reply, Sink, SinkOptions};
 use common::*;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bqsink::error_file::{encode_lines, rotated_files, FileRecord, RotatingFile};
+use bqsink::destinations::error_file::{encode_lines, rotated_files, FileRecord, RotatingFile};
 use bqsink::replay::{self, ReplayFrom, ReplayOptions, ReplayReport, ReplayTo};
 use bqsink::sink::{Sink, SinkOptions};
 use bqsink_actors::bigquery::BigQuery;

@@ -19,7 +19,7 @@ const BAD: &str = r#"{"event_id":"bad","amount": 12,,}"#;
 
 /// Offsets 0..10 good, 10 malformed, 11..20 good; each with the traceparent of trace `offset`.
 fn produce(bootstrap: &str) {
-    let p = bqsink::demo::producer(bootstrap).unwrap();
+    let p = bqsink::cli::demo::producer(bootstrap).unwrap();
     for i in 0..20u64 {
         let payload = if i == 10 {
             BAD.to_owned()

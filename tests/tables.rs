@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bqsink::bigquery::RestClient;
 use bqsink::generator::{Generator, Mix};
-use bqsink::run::PipelineHandle;
+use bqsink::service::PipelineHandle;
 use bqsink::sink::{Sink, SinkOptions};
 use bqsink_actors::config::{Config, Tolerance};
 use common::*;

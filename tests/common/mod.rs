@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use bqsink::demo;
+use bqsink::cli::demo;
 use bqsink::generator::{Counts, Event, Generator, Mix};
-use bqsink::run::PipelineHandle;
+use bqsink::service::PipelineHandle;
 use bqsink_actors::config::Config;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -14,7 +14,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use crate::generator::{Counts, Generator, Mix};
-use crate::run::PipelineHandle;
+use crate::service::PipelineHandle;
 use crate::sink::{Sink, SinkOptions};
 use crate::{bigquery, settings};
 

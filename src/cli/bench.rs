@@ -39,7 +39,7 @@ use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
-use crate::demo::{produce, producer};
+use super::demo::{produce, producer};
 use crate::generator::{Counts, Generator, Mix};
 use crate::sink::{Sink, SinkOptions};
 use crate::{bigquery, destinations, kafka};
