@@ -19,9 +19,7 @@
 pub mod bigquery;
 pub mod cli;
 pub mod destinations;
-pub mod generator;
 pub mod kafka;
 pub mod replay;
 pub mod service;
 pub mod settings;
-pub mod sink;

@@ -16,9 +16,9 @@ use bqsink::bigquery::RestClient;
 use bqsink::destinations::error_file::{rotated_files, FileRecord};
 use bqsink::replay::{self, ReplayFrom, ReplayOptions, ReplayTo};
 use bqsink::service::PipelineHandle;
-use bqsink::sink::{Reply, Sink, SinkOptions};
 use bqsink_actors::config::{Config, Tolerance};
 use bqsink_actors::messages::Stage;
+use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -63,7 +63,7 @@ fn malformed(i: usize) -> Rec {
 }
 
 fn produce_recs(bootstrap: &str, topic: &str, recs: &[Rec]) {
-    let p = bqsink::cli::demo::producer(bootstrap).unwrap();
+    let p = bqsink_devtools::kafka::producer(bootstrap).unwrap();
     for r in recs {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &r.headers {

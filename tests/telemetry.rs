@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use bqsink::bigquery::RestClient;
 use bqsink::service::PipelineHandle;
-use bqsink::sink::{Sink, SinkOptions};
 use bqsink_actors::config::{LoggingConfig, TelemetryConfig};
+use bqsink_devtools::sink::{Sink, SinkOptions};
 use common::*;
 use otlp::{send_traced, traceparent, Receiver, RecvSpan};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -25,7 +25,7 @@ const PLAIN: u64 = 20;
 /// Partition 0: `TRACED` records, record `i` with the traceparent of trace `i`, at offset `i`.
 /// Partition 1: `PLAIN` records without headers.
 fn produce(bootstrap: &str) {
-    let p = bqsink::cli::demo::producer(bootstrap).unwrap();
+    let p = bqsink_devtools::kafka::producer(bootstrap).unwrap();
     for i in 0..TRACED {
         let payload = format!(r#"{{"event_id":"t-{i}","n":{i}}}"#);
         send_traced(&p, TOPIC, &payload, i);

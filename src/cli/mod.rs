@@ -9,14 +9,16 @@
 //! | [`demo`] | `bqsink demo`: the pipeline between the devtools' mock Kafka and local BigQuery |
 //! | [`bench`] | `bqsink bench` and the pipeline process it measures (`bench-worker`) |
 //!
-//! Depends on everything else in this crate; nothing depends on it. `demo` and `bench` use the
-//! development tooling crate.
+//! Depends on everything else in this crate; nothing depends on it. `demo` and `bench` exist only
+//! with the `devtools` cargo feature (on by default, off in the production image): they use the
+//! `bqsink-devtools` crate. Without it the subcommands are hidden and say how to get them.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+#[cfg(feature = "devtools")]
 use bqsink_actors::config::LoggingConfig;
 use bqsink_actors::stats::Stats;
 use clap::{Parser, Subcommand};
@@ -25,7 +27,9 @@ use crate::bigquery;
 use crate::service::{logging, Service};
 use crate::settings::{self, Sources};
 
+#[cfg(feature = "devtools")]
 pub mod bench;
+#[cfg(feature = "devtools")]
 pub mod demo;
 mod replay;
 
@@ -58,6 +62,7 @@ enum Command {
     /// Load and check the configuration, print the merged result.
     Validate,
     /// Run the whole job locally: embedded Kafka, event generator, local BigQuery sink.
+    #[command(hide = cfg!(not(feature = "devtools")))]
     Demo {
         /// Events to produce before the demo ends by itself.
         #[arg(long, default_value_t = 100_000)]
@@ -77,6 +82,7 @@ enum Command {
     /// that fail again are reported (exit code 1).
     Replay(replay::ReplayArgs),
     /// Measure the pipeline end to end: records/s, MB/s, latency, peak RSS, CPU per record.
+    #[command(hide = cfg!(not(feature = "devtools")))]
     Bench {
         /// Member events to produce (~250 bytes each).
         #[arg(long, default_value_t = 2_000_000)]
@@ -149,6 +155,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             logging::init(&config.logging);
             replay::run(&config, args)
         }
+        #[cfg(feature = "devtools")]
         Command::Demo {
             records,
             follow,
@@ -166,6 +173,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 follow_rate: rate.max(1),
             })
         }
+        #[cfg(feature = "devtools")]
         Command::Bench {
             records,
             partitions,
@@ -179,7 +187,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 level: "warn".into(),
                 ..Default::default()
             });
-            bench::run(&bench::BenchOptions {
+            bqsink_devtools::bench::run(&bqsink_devtools::bench::BenchOptions {
                 records,
                 partitions,
                 rate: rate.map(|r| r.max(1)),
@@ -187,12 +195,46 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 malformed,
                 seed,
                 worker_config,
+                fetch_defaults: bench::fetch_defaults(),
             })
         }
+        #[cfg(feature = "devtools")]
         Command::BenchWorker => {
             let config = settings::load(&sources)?;
             logging::init(&config.logging);
             bench::worker(config)
         }
+        #[cfg(not(feature = "devtools"))]
+        Command::Demo { .. } => Err(without_devtools("demo")),
+        #[cfg(not(feature = "devtools"))]
+        Command::Bench { .. } | Command::BenchWorker => Err(without_devtools("bench")),
+    }
+}
+
+/// The error of a development subcommand in a binary built without the `devtools` feature.
+#[cfg(any(test, not(feature = "devtools")))]
+fn without_devtools(command: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`bqsink {command}` is development tooling, which this binary was built without (the \
+         production build uses --no-default-features); run it from a checkout with the default \
+         features: `cargo run --release -- {command}`"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_without_devtools_says_how_to_get_the_subcommand() {
+        let message = without_devtools("demo").to_string();
+        assert!(
+            message.contains("`bqsink demo` is development tooling"),
+            "{message}"
+        );
+        assert!(
+            message.contains("`cargo run --release -- demo`"),
+            "{message}"
+        );
     }
 }

@@ -41,6 +41,9 @@ use crate::destinations::error_file::{FileHeader, FileRecord};
 
 mod files;
 
+/// What one `send` did: rows written, duplicates dropped, and the failures by item index.
+type Sent = (u64, u64, Vec<(usize, String)>);
+
 pub use files::progress_path;
 use files::FileReader;
 
@@ -488,11 +491,7 @@ impl BqTarget {
     /// Returns (written, duplicates, failures by item index); an error when BigQuery could not
     /// take rows for `errors.retry_timeout_ms` (a sink failure: nothing of this batch counts as
     /// replayed or still failing, and the progress is not committed past it).
-    fn send(
-        &mut self,
-        runtime: &tokio::runtime::Runtime,
-        items: &[Item],
-    ) -> anyhow::Result<(u64, u64, Vec<(usize, String)>)> {
+    fn send(&mut self, runtime: &tokio::runtime::Runtime, items: &[Item]) -> anyhow::Result<Sent> {
         let mut failures = Vec::new();
         let mut duplicates = 0;
         let mut batcher = Batcher::new(self.max_rows, self.max_bytes);
