@@ -7,7 +7,7 @@
 //! | [`sink`] | a local insertAll-compatible BigQuery server: the demo's destination, the tests' fake |
 //! | [`generator`] | member events with duplicates and malformed payloads, deterministic per seed |
 //! | [`kafka`] | librdkafka's mock cluster and a fast producer for it |
-//! | [`bench`] | the `bqsink bench` harness: rounds, raw consumer, checks; drives a worker process |
+//! | [`bench`](mod@bench) | the `bqsink bench` harness: rounds, raw consumer, checks; drives a worker process |
 //! | [`measure`] | peak RSS, CPU time, rates |
 //!
 //! Depends on `bqsink-actors` (the stage code the sink reuses to read rows) and external crates,

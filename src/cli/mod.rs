@@ -5,9 +5,9 @@
 //! | module | holds |
 //! |---|---|
 //! | this file | the arguments, `run` and `validate` |
-//! | [`replay`] | `bqsink replay` arguments into [`crate::replay`] options |
+//! | `replay` | `bqsink replay` arguments into [`crate::replay`] options |
 //! | [`demo`] | `bqsink demo`: the pipeline between the devtools' mock Kafka and local BigQuery |
-//! | [`bench`] | `bqsink bench` and the pipeline process it measures (`bench-worker`) |
+//! | [`bench`](mod@bench) | `bqsink bench` and the pipeline process it measures (`bench-worker`) |
 //!
 //! Depends on everything else in this crate; nothing depends on it. `demo` and `bench` exist only
 //! with the `devtools` cargo feature (on by default, off in the production image): they use the

@@ -9,7 +9,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`control`] | [`RdKafkaControl`]: the actors' commands to the consumer thread |
+//! | [`control`](mod@control) | [`RdKafkaControl`]: the actors' commands to the consumer thread |
 //! | [`consumer`] | the consumer thread: polling, chunks per partition, rebalance callbacks, commits |
 //! | this file | the consumer's librdkafka settings, set-up errors |
 //!

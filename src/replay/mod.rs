@@ -6,11 +6,11 @@
 //! consumer group of its own (`<kafka.group_id>.replay.<stage filter or "all">` unless `--group`),
 //! for error files in one progress file `<path>.replay-progress` beside the base path, per file
 //! identity (its first line), so that progress follows a file when rotation renames it to
-//! `<path>.N` (see [`files`]). A second run therefore repeats nothing. Records
+//! `<path>.N` (see `files`). A second run therefore repeats nothing. Records
 //! that fail again are reported (one ERROR line each, a summary, optionally an NDJSON file in the
 //! error-file format to replay later) and passed over, so they do not block the rest.
 //!
-//! Holds: this file (options, the run over either source, the report) and [`files`] (reading error
+//! Holds: this file (options, the run over either source, the report) and `files` (reading error
 //! files through rotation, the progress file). Depends on: `bqsink_actors` (the stages it reuses),
 //! [`crate::destinations`] (the dead-letter headers and error-file format it reads back) and
 //! [`crate::kafka`] (the consumer settings); not on [`crate::service`] or [`crate::cli`].

@@ -1,4 +1,4 @@
-//! The bench's pipeline process, seen from the harness: [`Worker`] starts it as
+//! The bench's pipeline process, seen from the harness: `Worker` starts it as
 //! `<current executable> ... bench-worker` (the `bqsink` binary's hidden subcommand, which runs the
 //! full pipeline as `bqsink run` does) and speaks a line protocol with it:
 //!
