@@ -2,6 +2,9 @@
 # no shell). librdkafka, OpenSSL (Kafka over TLS/SASL) and zlib are built from source and linked
 # statically; TLS to BigQuery is rustls, so the runtime image needs no shared OpenSSL.
 #
+# The binary is built with --no-default-features: the development tooling (crate bqsink-devtools:
+# the demo, the benchmark, the local BigQuery server) is left out; `bqsink demo` says so.
+#
 #   docker build -t bqsink .
 #   docker run --rm -p 8083:8083 -e BQSINK__KAFKA__BROKERS=kafka:9092 ... bqsink
 
@@ -10,14 +13,16 @@ WORKDIR /src
 # Dependencies first, so that changing bqsink's own code does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/Cargo.toml
-RUN mkdir -p src actors/src \
-    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src actors/src
+# A workspace member: cargo needs its manifest to resolve the workspace, not its code.
+COPY devtools/Cargo.toml devtools/Cargo.toml
+RUN mkdir -p src actors/src devtools/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs devtools/src/lib.rs \
+    && cargo build --release --locked --no-default-features \
+    && rm -rf src actors/src devtools/src
 COPY . .
 # Make cargo see the real sources as newer than the placeholder build.
 RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
-    && cargo build --release --locked --bin bqsink \
+    && cargo build --release --locked --no-default-features --bin bqsink \
     && cp target/release/bqsink /bqsink
 
 FROM gcr.io/distroless/cc-debian12:nonroot

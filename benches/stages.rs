@@ -10,13 +10,13 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use bqsink::generator::{Generator, Mix};
 use bqsink_actors::config::Config;
 use bqsink_actors::messages::{RawRecord, SettledAs, Tp};
 use bqsink_actors::stage::batch::encode_body;
 use bqsink_actors::stage::convert::{parse_object, JsonObject};
 use bqsink_actors::stage::dedup::{Claims, Deduplicator, Position, Released};
 use bqsink_actors::stage::transform::Transformer;
+use bqsink_devtools::generator::{Generator, Mix};
 use criterion::{criterion_group, Criterion, Throughput};
 
 /// The allocator `bqsink` ships with (`src/main.rs`).

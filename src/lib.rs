@@ -2,25 +2,24 @@
 //! record before it is in BigQuery or reported.
 //!
 //! The pipeline itself (actors and pure stage logic) is the `bqsink-actors` crate; this crate holds
-//! the adapters (rdkafka, reqwest), configuration loading, the CLI's subcommands, and the local
-//! insertAll sink used by the demo and the tests.
+//! what connects it to the world, one folder per kind of part:
+//!
+//! | module | holds | may depend on |
+//! |---|---|---|
+//! | [`cli`] | the `bqsink` command line and its subcommands | everything below |
+//! | [`service`] | `bqsink run`: pipeline incarnations, restart loop, admin API, metrics, logs, traces | `kafka`, `destinations` |
+//! | [`replay`] | `bqsink replay`: failed records back to their topic or to BigQuery | `kafka`, `destinations` |
+//! | [`kafka`] | the rdkafka adapter: consumer thread, rebalances, commits | — |
+//! | [`bigquery`] | the BigQuery REST client and its credentials | — |
+//! | [`destinations`] | dead-letter topic, error file, Slack alerts | — |
+//! | [`settings`] | configuration layering: files and environment into `bqsink_actors::config::Config` | — |
+//!
+//! ("—": only `bqsink_actors` and external crates.)
 
-pub mod admin;
-pub mod auth;
-pub mod bench;
 pub mod bigquery;
-pub mod demo;
+pub mod cli;
 pub mod destinations;
-pub mod dlq;
-pub mod error_file;
-pub mod generator;
 pub mod kafka;
-pub mod logging;
-pub mod prometheus;
 pub mod replay;
-pub mod run;
 pub mod service;
 pub mod settings;
-pub mod sink;
-pub mod slack;
-pub mod telemetry;

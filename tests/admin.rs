@@ -8,8 +8,8 @@ mod support;
 
 use std::time::Duration;
 
-use bqsink::sink::Reply;
 use bqsink_actors::config::{OnFailure, SinkFailure};
+use bqsink_devtools::sink::Reply;
 use common::*;
 use support::*;
 

@@ -19,14 +19,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use bqsink::auth::{self, Source};
+use bqsink::bigquery::auth::{self, Source};
 use bqsink::bigquery::RestClient;
-use bqsink::generator::{Counts, Generator, Mix};
-use bqsink::run::PipelineHandle;
-use bqsink::sink::{Reply, Sink, SinkOptions};
+use bqsink::service::PipelineHandle;
 use bqsink_actors::bigquery::{BigQuery, BqError};
 use bqsink_actors::config::BigQueryConfig;
 use bqsink_actors::stage::transform::TableRef;
+use bqsink_devtools::generator::{Counts, Generator, Mix};
+use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
 use serde_json::{json, Value};
 

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bqsink::bigquery::RestClient;
-use bqsink::generator::{Counts, Generator, Mix};
-use bqsink::run::PipelineHandle;
+use bqsink::service::PipelineHandle;
+use bqsink_devtools::generator::{Counts, Generator, Mix};
 use common::*;
 use serde_json::{json, Value};
 

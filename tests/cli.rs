@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bqsink::sink::{Sink, SinkOptions};
+use bqsink_devtools::sink::{Sink, SinkOptions};
 use common::*;
 
 const TOPIC: &str = "events";

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bqsink::bigquery::RestClient;
-use bqsink::run::PipelineHandle;
-use bqsink::sink::{Sink, SinkOptions};
+use bqsink::service::PipelineHandle;
 use bqsink_actors::config::{Config, SinkFailure, Tolerance};
 use bqsink_actors::messages::Tp;
+use bqsink_devtools::sink::{Sink, SinkOptions};
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bqsink::bigquery::RestClient;
-use bqsink::error_file::{rotated_files, FileRecord};
+use bqsink::destinations::error_file::{rotated_files, FileRecord};
 use bqsink::replay::{self, ReplayFrom, ReplayOptions, ReplayTo};
-use bqsink::run::PipelineHandle;
-use bqsink::sink::{Reply, Sink, SinkOptions};
+use bqsink::service::PipelineHandle;
 use bqsink_actors::config::{Config, Tolerance};
 use bqsink_actors::messages::Stage;
+use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -63,7 +63,7 @@ fn malformed(i: usize) -> Rec {
 }
 
 fn produce_recs(bootstrap: &str, topic: &str, recs: &[Rec]) {
-    let p = bqsink::demo::producer(bootstrap).unwrap();
+    let p = bqsink_devtools::kafka::producer(bootstrap).unwrap();
     for r in recs {
         let mut headers = OwnedHeaders::new();
         for (k, v) in &r.headers {
@@ -715,7 +715,7 @@ fn the_replay_command_reports_what_still_fails_and_commits_its_progress() {
         class: "x",
         error: "x".into(),
     };
-    let lines = bqsink::error_file::encode_lines(
+    let lines = bqsink::destinations::error_file::encode_lines(
         &[
             failure(7, br#"{"event_id":"r-7"}"#, Stage::BigQuery),
             failure(8, b"{oops", Stage::Convert),
@@ -805,7 +805,7 @@ fn rows_replayed_to_the_source_while_the_pipeline_runs_are_written_once() {
 
 #[test]
 fn slack_alerts_pending_at_shutdown_get_one_last_post() {
-    use bqsink::slack::SlackAlerts;
+    use bqsink::destinations::slack::SlackAlerts;
     use bqsink_actors::destinations::{ErrorDestination, FailureRecord};
     use bqsink_actors::messages::{RawRecord, Tp};
 

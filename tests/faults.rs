@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bqsink::bigquery::RestClient;
-use bqsink::generator::{Counts, Generator, Mix};
-use bqsink::run::PipelineHandle;
-use bqsink::sink::{Reply, Sink, SinkOptions};
+use bqsink::service::PipelineHandle;
+use bqsink_devtools::generator::{Counts, Generator, Mix};
+use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 

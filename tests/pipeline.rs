@@ -7,9 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bqsink::generator::{Counts, Generator, Mix};
-use bqsink::sink::{Reply, Sink, SinkOptions};
 use bqsink_actors::config::Tolerance;
+use bqsink_devtools::generator::{Counts, Generator, Mix};
+use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
 
 const TOPIC: &str = "member-events";

@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bqsink::generator::{Counts, Event, Generator, Kind, Mix};
-use bqsink::sink::{Reply, Sink, SinkOptions};
 use bqsink_actors::config::{InsertIdMode, Tolerance};
+use bqsink_devtools::generator::{Counts, Event, Generator, Kind, Mix};
+use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
 
 const TOPIC: &str = "member-events";

@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bqsink::error_file::{encode_lines, rotated_files, FileRecord, RotatingFile};
+use bqsink::destinations::error_file::{encode_lines, rotated_files, FileRecord, RotatingFile};
 use bqsink::replay::{self, ReplayFrom, ReplayOptions, ReplayReport, ReplayTo};
-use bqsink::sink::{Sink, SinkOptions};
 use bqsink_actors::bigquery::BigQuery;
 use bqsink_actors::config::Config;
 use bqsink_actors::destinations::FailureRecord;
 use bqsink_actors::messages::{RawRecord, Stage, Tp};
+use bqsink_devtools::sink::{Sink, SinkOptions};
 
 const TOPIC: &str = "events";
 const TABLE: &str = "ds.events";

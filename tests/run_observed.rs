@@ -9,7 +9,7 @@ mod otlp;
 use std::process::Command;
 use std::time::Duration;
 
-use bqsink::sink::{Sink, SinkOptions};
+use bqsink_devtools::sink::{Sink, SinkOptions};
 use common::*;
 use otlp::{send_traced, traceparent, Receiver};
 use rdkafka::producer::Producer;
@@ -19,7 +19,7 @@ const BAD: &str = r#"{"event_id":"bad","amount": 12,,}"#;
 
 /// Offsets 0..10 good, 10 malformed, 11..20 good; each with the traceparent of trace `offset`.
 fn produce(bootstrap: &str) {
-    let p = bqsink::demo::producer(bootstrap).unwrap();
+    let p = bqsink_devtools::kafka::producer(bootstrap).unwrap();
     for i in 0..20u64 {
         let payload = if i == 10 {
             BAD.to_owned()

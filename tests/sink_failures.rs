@@ -25,10 +25,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bqsink::sink::{Reply, Sink, SinkOptions};
 use bqsink_actors::config::{Config, SinkFailure, Tolerance};
 use bqsink_actors::health::{SinkCondition, SinkState};
 use bqsink_actors::stats::Stats;
+use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
 use serde_json::Value;
 use support::{metric, unique_events, Admin};

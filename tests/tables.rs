@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bqsink::bigquery::RestClient;
-use bqsink::generator::{Generator, Mix};
-use bqsink::run::PipelineHandle;
-use bqsink::sink::{Sink, SinkOptions};
+use bqsink::service::PipelineHandle;
 use bqsink_actors::config::{Config, Tolerance};
+use bqsink_devtools::generator::{Generator, Mix};
+use bqsink_devtools::sink::{Sink, SinkOptions};
 use common::*;
 use serde_json::{json, Value};
 
@@ -44,7 +44,7 @@ fn events(
     n: usize,
     seed: u64,
     mut edit: impl FnMut(usize, &mut serde_json::Map<String, Value>),
-) -> Vec<bqsink::generator::Event> {
+) -> Vec<bqsink_devtools::generator::Event> {
     Generator::new(Mix {
         duplicates: 0.0,
         malformed: 0.0,

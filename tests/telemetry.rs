@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bqsink::bigquery::RestClient;
-use bqsink::run::PipelineHandle;
-use bqsink::sink::{Sink, SinkOptions};
+use bqsink::service::PipelineHandle;
 use bqsink_actors::config::{LoggingConfig, TelemetryConfig};
+use bqsink_devtools::sink::{Sink, SinkOptions};
 use common::*;
 use otlp::{send_traced, traceparent, Receiver, RecvSpan};
 use rdkafka::producer::{BaseRecord, Producer};
@@ -25,7 +25,7 @@ const PLAIN: u64 = 20;
 /// Partition 0: `TRACED` records, record `i` with the traceparent of trace `i`, at offset `i`.
 /// Partition 1: `PLAIN` records without headers.
 fn produce(bootstrap: &str) {
-    let p = bqsink::demo::producer(bootstrap).unwrap();
+    let p = bqsink_devtools::kafka::producer(bootstrap).unwrap();
     for i in 0..TRACED {
         let payload = format!(r#"{{"event_id":"t-{i}","n":{i}}}"#);
         send_traced(&p, TOPIC, &payload, i);
@@ -50,7 +50,7 @@ fn ids(spans: &[RecvSpan]) -> HashSet<String> {
 #[test]
 fn spans_reach_the_otlp_receiver_with_attributes_parents_and_links() {
     let receiver = Receiver::start();
-    let tracing = bqsink::logging::init_with_traces(
+    let tracing = bqsink::service::logging::init_with_traces(
         &LoggingConfig {
             level: "warn".into(),
             ..LoggingConfig::default()

@@ -3,7 +3,7 @@
 //! Invariant: a line of an error file is sent by at most one replay that saved its progress,
 //! whatever the file is called by then, and a later replay resumes right after the last line sent.
 //!
-//! The error-file writer rotates by renaming (`<path>` → `<path>.N`, see [`crate::error_file`]),
+//! The error-file writer rotates by renaming (`<path>` → `<path>.N`, see [`crate::destinations::error_file`]),
 //! so a name says nothing about which bytes are behind it: the file replayed as `failed.ndjson`
 //! yesterday is `failed.ndjson.7` today, and `failed.ndjson` is a new file. Progress is therefore
 //! kept per file *identity*, the hash of the file's first complete line (a failed record with its
@@ -34,7 +34,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::{Item, ReplayReport, StillFailing, MAX_LISTED};
-use crate::error_file::{rotation_base, FileRecord};
+use crate::destinations::error_file::{rotation_base, FileRecord};
 
 /// A file's identity: the xxh3 hash of its first line, newline included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -277,7 +277,7 @@ impl FileReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error_file::encode_lines;
+    use crate::destinations::error_file::encode_lines;
     use bqsink_actors::destinations::FailureRecord;
     use bqsink_actors::messages::{RawRecord, Stage, Tp};
 

@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use bqsink::demo;
-use bqsink::generator::{Counts, Event, Generator, Mix};
-use bqsink::run::PipelineHandle;
+use bqsink::service::PipelineHandle;
 use bqsink_actors::config::Config;
+use bqsink_devtools::generator::{Counts, Event, Generator, Mix};
+use bqsink_devtools::kafka;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -30,16 +30,16 @@ pub fn cluster(topic: &str, partitions: i32) -> (Cluster, String) {
 
 /// Produces events (keyed) and waits until all are acknowledged.
 pub fn produce(bootstrap: &str, topic: &str, events: &[Event]) {
-    let p = demo::producer(bootstrap).unwrap();
+    let p = kafka::producer(bootstrap).unwrap();
     for e in events {
-        demo::produce(&p, topic, &e.key, &e.payload).unwrap();
+        kafka::produce(&p, topic, &e.key, &e.payload).unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
 }
 
 /// Produces raw payloads to one partition, in order.
 pub fn produce_to_partition(bootstrap: &str, topic: &str, partition: i32, payloads: &[Vec<u8>]) {
-    let p = demo::producer(bootstrap).unwrap();
+    let p = kafka::producer(bootstrap).unwrap();
     for payload in payloads {
         let r = rdkafka::producer::BaseRecord::<(), [u8]>::to(topic)
             .partition(partition)
@@ -251,7 +251,11 @@ pub fn sink_failure_lines(log: &str) -> Vec<serde_json::Value> {
 
 /// Per partition, the first offset whose row is not in `table` of the fake (which must keep rows;
 /// rows carry `_kafka_partition` and `_kafka_offset`). No offset may be committed past it.
-pub fn first_unwritten(sink: &bqsink::sink::Sink, table: &str, partitions: i32) -> Vec<i64> {
+pub fn first_unwritten(
+    sink: &bqsink_devtools::sink::Sink,
+    table: &str,
+    partitions: i32,
+) -> Vec<i64> {
     let mut written = vec![std::collections::HashSet::new(); partitions as usize];
     for row in sink.rows(table) {
         let (Some(p), Some(o)) = (

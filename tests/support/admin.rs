@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bqsink::bigquery::RestClient;
-use bqsink::generator::{Generator, Mix};
 use bqsink::service::ServiceHandle;
-use bqsink::sink::{Sink, SinkOptions};
 use bqsink_actors::config::Config;
+use bqsink_devtools::generator::{Generator, Mix};
+use bqsink_devtools::sink::{Sink, SinkOptions};
 use reqwest::blocking::Client;
 use serde_json::Value;
 
@@ -26,7 +26,7 @@ pub fn sink() -> Sink {
 }
 
 /// `n` distinct events whose ids start with `prefix`.
-pub fn unique_events(n: usize, prefix: &str, seed: u64) -> Vec<bqsink::generator::Event> {
+pub fn unique_events(n: usize, prefix: &str, seed: u64) -> Vec<bqsink_devtools::generator::Event> {
     Generator::new(Mix {
         duplicates: 0.0,
         malformed: 0.0,

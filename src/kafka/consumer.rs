@@ -1,21 +1,21 @@
-//! The Kafka adapter: one thread owns the rdkafka consumer.
+//! The consumer thread: one thread owns the rdkafka consumer.
 //!
 //! The thread polls (so the actors never block on librdkafka), copies records into chunks per
 //! partition and delivers them to the partition consumers, and runs the commands the actors send
-//! through [`KafkaControl`]: commit, pause, resume, stop reading, close. Rebalance callbacks run on
+//! through [`super::RdKafkaControl`]: commit, pause, resume, stop reading, close. Rebalance callbacks run on
 //! this thread too: on assignment it asks the supervisor for the new partitions' consumers, on
 //! revocation it asks for their final offsets and commits them synchronously before the partitions
 //! are given up.
 
 use std::collections::HashMap;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use actix::{Addr, Recipient};
 use bqsink_actors::config::{Config, DedupKey};
-use bqsink_actors::kafka::{CommitError, KafkaControl};
+use bqsink_actors::kafka::CommitError;
 use bqsink_actors::messages::{Assigned, RawChunk, RawRecord, Revoked, Revoking, Tp};
 use bqsink_actors::stage::convert::convert;
 use bqsink_actors::stage::dedup::Position;
@@ -23,144 +23,12 @@ use bqsink_actors::stage::flow::{Flow, Inflight, InflightLimits, Intake, TotalFl
 use bqsink_actors::stage::transform::Transformer;
 use bqsink_actors::stats::Stats;
 use bqsink_actors::supervisor::SupervisorActor;
-use futures::future::BoxFuture;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-/// Errors setting up the consumer.
-#[derive(Debug, thiserror::Error)]
-pub enum KafkaSetupError {
-    #[error("cannot create the Kafka consumer (check kafka.brokers and kafka.properties)")]
-    Create(#[source] rdkafka::error::KafkaError),
-    #[error("cannot subscribe to topics {topics:?}")]
-    Subscribe {
-        topics: Vec<String>,
-        source: rdkafka::error::KafkaError,
-    },
-}
-
-/// A request from the actors to the consumer thread.
-pub enum Command {
-    Commit(
-        Vec<(Tp, i64)>,
-        futures::channel::oneshot::Sender<Result<(), CommitError>>,
-    ),
-    Pause(Tp),
-    Resume(Tp),
-    Restart {
-        tp: Tp,
-        from: Option<i64>,
-        to: Recipient<RawChunk>,
-        inflight: Arc<Inflight>,
-        /// The partition's offsets went backwards: its committed offset may move back to `from`.
-        rewind: bool,
-    },
-    StopReading,
-    Close,
-}
-
-/// The actors' handle on the consumer thread.
-pub struct RdKafkaControl {
-    tx: Mutex<Sender<Command>>,
-}
-
-impl RdKafkaControl {
-    fn send(&self, cmd: Command) {
-        // The consumer thread is gone only after `close`; later commands have nothing to act on.
-        let _ = self.tx.lock().map(|tx| tx.send(cmd));
-    }
-}
-
-impl KafkaControl for RdKafkaControl {
-    fn commit(&self, offsets: Vec<(Tp, i64)>) -> BoxFuture<'static, Result<(), CommitError>> {
-        let (tx, rx) = futures::channel::oneshot::channel();
-        self.send(Command::Commit(offsets, tx));
-        Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(CommitError("the Kafka consumer thread has stopped".into()))
-            })
-        })
-    }
-    fn pause(&self, tp: &Tp) {
-        self.send(Command::Pause(tp.clone()));
-    }
-    fn resume(&self, tp: &Tp) {
-        self.send(Command::Resume(tp.clone()));
-    }
-    fn restart_partition(
-        &self,
-        tp: &Tp,
-        from: Option<i64>,
-        to: Recipient<RawChunk>,
-        inflight: Arc<Inflight>,
-    ) {
-        self.send(Command::Restart {
-            tp: tp.clone(),
-            from,
-            to,
-            inflight,
-            rewind: false,
-        });
-    }
-    fn rewind_partition(
-        &self,
-        tp: &Tp,
-        from: i64,
-        to: Recipient<RawChunk>,
-        inflight: Arc<Inflight>,
-    ) {
-        self.send(Command::Restart {
-            tp: tp.clone(),
-            from: Some(from),
-            to,
-            inflight,
-            rewind: true,
-        });
-    }
-    fn stop_reading(&self) {
-        self.send(Command::StopReading);
-    }
-    fn close(&self) {
-        self.send(Command::Close);
-    }
-}
-
-/// Creates the command channel; the receiver goes to [`spawn_consumer`].
-pub fn control() -> (Arc<RdKafkaControl>, Receiver<Command>) {
-    let (tx, rx) = mpsc::channel();
-    (Arc::new(RdKafkaControl { tx: Mutex::new(tx) }), rx)
-}
-
-/// librdkafka settings for the group consumer: explicit commits of handled offsets only.
-/// librdkafka fetch settings bqsink changes (README, Performance); `kafka.properties` overrides
-/// them. Prefetch at most 4 MiB (librdkafka: 64 MiB): records wait in the pipeline's in-flight
-/// budget instead. With a queue that small, librdkafka's 1 s back-off when it is full stalls the
-/// pipeline; 20 ms does not.
-pub const FETCH_DEFAULTS: [(&str, &str); 2] = [
-    ("queued.max.messages.kbytes", "4096"),
-    ("fetch.queue.backoff.ms", "20"),
-];
-
-pub fn consumer_config(config: &Config) -> ClientConfig {
-    let k = &config.kafka;
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &k.brokers)
-        .set("group.id", &k.group_id)
-        .set("auto.offset.reset", k.auto_offset_reset.as_str())
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false");
-    for (key, value) in FETCH_DEFAULTS {
-        c.set(key, value);
-    }
-    for (key, value) in &k.properties {
-        c.set(key, value);
-    }
-    c
-}
+use super::{consumer_config, Command, KafkaSetupError};
 
 /// Where one assigned partition's records go, and its flow-control state.
 struct Route {

@@ -31,8 +31,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 
-use crate::prometheus::{self, names};
-use crate::service::{Phase, ServiceState, Watermarks};
+use super::prometheus::{self, names};
+use super::state::{Phase, Refused, ServiceState, Watermarks};
 
 /// The runtime thread serving the admin API and running the refresher.
 pub struct Background {
@@ -143,7 +143,7 @@ async fn background(
     if signals {
         let service = Arc::clone(&app.service);
         tokio::spawn(async move {
-            crate::run::wait_for_signal().await;
+            super::run::wait_for_signal().await;
             tracing::info!("signal received");
             service.stop();
         });
@@ -403,11 +403,7 @@ pub async fn status_json(service: &ServiceState) -> Value {
     })
 }
 
-fn accepted(
-    service: &ServiceState,
-    action: &str,
-    result: Result<(), crate::service::Refused>,
-) -> Response {
+fn accepted(service: &ServiceState, action: &str, result: Result<(), Refused>) -> Response {
     match result {
         Ok(()) => (
             StatusCode::ACCEPTED,

@@ -2,6 +2,9 @@
 //! cluster), a generator of member events (with duplicates and malformed records), a local
 //! insertAll-compatible sink, and the pipeline between them; then checks that the sink holds every
 //! unique event exactly once.
+//!
+//! The tooling (mock cluster, generator, sink) comes from `bqsink_devtools`; this module is the wiring
+//! that needs the pipeline.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,13 +12,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bqsink_actors::stats::StatsSnapshot;
-use rdkafka::config::ClientConfig;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use bqsink_devtools::generator::{Counts, Generator, Mix};
+use bqsink_devtools::kafka::{mock_cluster, produce, producer, TOPIC};
+use bqsink_devtools::sink::{Sink, SinkOptions};
+use rdkafka::producer::Producer;
 
-use crate::generator::{Counts, Generator, Mix};
-use crate::run::PipelineHandle;
-use crate::sink::{Sink, SinkOptions};
+use crate::service::PipelineHandle;
 use crate::{bigquery, settings};
 
 /// Demo settings (`bqsink demo --records N [--follow]`).
@@ -26,46 +28,6 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// Records per second while following.
     pub follow_rate: u64,
-}
-
-pub const TOPIC: &str = "member-events";
-
-/// A producer for the mock cluster: lz4 batches, so a backlog fits the mock's 5 MiB per partition.
-pub fn producer(bootstrap: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("compression.type", "lz4")
-        .set("linger.ms", "20")
-        .set("batch.size", "1000000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("enable.idempotence", "true")
-        .create()
-        .context("creating the demo producer")
-}
-
-/// Produces one record, waiting while the producer's queue is full.
-pub fn produce(
-    p: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: &str,
-    payload: &[u8],
-) -> anyhow::Result<()> {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match p.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(
-                    rdkafka::types::RDKafkaErrorCode::QueueFull,
-                ),
-                r,
-            )) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err((e, _)) => return Err(e).context("producing a demo event"),
-        }
-    }
 }
 
 fn config_text(bootstrap: &str, endpoint: &str) -> String {
@@ -105,10 +67,7 @@ fn line(s: &StatsSnapshot, produced: u64, secs: f64) -> String {
 
 /// Runs the demo; returns the exit code (0 when the sink holds exactly the unique events).
 pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
-    let cluster = MockCluster::new(1).context("starting the embedded Kafka mock cluster")?;
-    cluster
-        .create_topic(TOPIC, opts.partitions, 1)
-        .context("creating the demo topic")?;
+    let cluster = mock_cluster(TOPIC, opts.partitions)?;
     let bootstrap = cluster.bootstrap_servers();
     let sink = Sink::start(SinkOptions {
         keep_rows: false,

@@ -1,6 +1,6 @@
 //! The BigQuery adapter over reqwest, against `bigquery.endpoint`: `tabledata.insertAll`, and the
 //! table calls of table management (`tables.get`, `tables.insert`, `tables.patch`,
-//! `datasets.insert`). Each request carries a bearer token from [`crate::auth`]; a 401 gets the token
+//! `datasets.insert`). Each request carries a bearer token from [`super::auth`]; a 401 gets the token
 //! replaced and the request sent once more.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{self, TokenSource};
+use super::auth::{self, TokenSource};
 
 /// A BigQuery REST client for one project.
 #[derive(Clone)]

@@ -1,28 +1,21 @@
-//! `bqsink run` as a service: the pipeline, restarted in-process on request, plus the admin HTTP
-//! API, the metrics refresher and signal handling on a small Tokio runtime of their own.
+//! The service's shared state: where it is ([`Phase`]), the operator's requests (pause, restart,
+//! stop), and what the metrics refresher saw. Invariant: every change of phase happens under one
+//! lock and wakes the service loop, so a request is never lost between two incarnations.
 //!
-//! One pipeline *incarnation* is [`crate::run::run`]: an actix `System`, the actors and the Kafka
-//! poller, from joining the group to leaving it. `POST /restart` drains and commits the running
-//! incarnation like a shutdown and starts a new one (a new consumer that joins the group again,
-//! empty dedup cache); after a failure under `errors.tolerance = "none"` with
-//! `admin.on_failure = "wait"` it starts a new one from the committed offsets, i.e. at the failed
-//! record. Pausing survives restarts.
+//! Plain data and its state machine: this module imports neither the admin API nor the service
+//! loop, which both use it ([`super::admin`] reads and requests, [`super::lifecycle`] drives).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use actix::Addr;
-use anyhow::Context as _;
-use bqsink_actors::bigquery::BigQuery;
 use bqsink_actors::config::{Config, OnFailure};
 use bqsink_actors::messages::{GetStatus, PauseAll, ResumeAll, Shutdown, StatusReport, Tp};
 use bqsink_actors::stats::Stats;
 use bqsink_actors::supervisor::SupervisorActor;
 
-use crate::run;
+use super::prometheus::names;
 
 /// Where the service is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +78,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ServiceState {
-    fn new(config: Config, stats: Arc<Stats>) -> Self {
+    pub(super) fn new(config: Config, stats: Arc<Stats>) -> Self {
         Self {
             config,
             stats,
@@ -202,7 +195,7 @@ impl ServiceState {
     }
 
     /// An incarnation is running: remember its supervisor, apply a pause and pending requests.
-    fn started(&self, sup: Addr<SupervisorActor>) {
+    pub(super) fn started(&self, sup: Addr<SupervisorActor>) {
         let mut inner = lock(&self.inner);
         if inner.paused {
             sup.do_send(PauseAll);
@@ -220,8 +213,13 @@ impl ServiceState {
         inner.supervisor = Some(sup);
     }
 
+    /// The service has ended (whatever the phase was).
+    pub(super) fn set_stopped(&self) {
+        lock(&self.inner).phase = Phase::Stopped;
+    }
+
     /// What to do after an incarnation ended with `code`.
-    fn ended(&self, code: i32) -> Next {
+    pub(super) fn ended(&self, code: i32) -> Next {
         let mut inner = lock(&self.inner);
         inner.supervisor = None;
         if inner.stop_requested {
@@ -244,7 +242,7 @@ impl ServiceState {
             .next()
             .unwrap_or_else(|| "a record failed".into());
         tracing::error!(%reason, "pipeline FAILED; waiting for POST /restart or SIGTERM");
-        metrics::gauge!(crate::prometheus::names::PIPELINE_FAILED).set(1.0);
+        metrics::gauge!(names::PIPELINE_FAILED).set(1.0);
         inner.phase = Phase::Failed(reason);
         loop {
             inner = self.wake.wait(inner).unwrap_or_else(|e| e.into_inner());
@@ -253,7 +251,7 @@ impl ServiceState {
                 return Next::Exit(code);
             }
             if inner.restart_requested {
-                metrics::gauge!(crate::prometheus::names::PIPELINE_FAILED).set(0.0);
+                metrics::gauge!(names::PIPELINE_FAILED).set(0.0);
                 return self.restart_now(inner);
             }
         }
@@ -263,147 +261,15 @@ impl ServiceState {
         inner.restart_requested = false;
         inner.restarts += 1;
         inner.phase = Phase::Starting;
-        metrics::counter!(crate::prometheus::names::PIPELINE_RESTARTS).increment(1);
+        metrics::counter!(names::PIPELINE_RESTARTS).increment(1);
         self.stats.clear_errors();
         lock(&self.watermarks).clear();
         Next::Restart
     }
 }
 
-enum Next {
+/// What the service loop does after an incarnation ended.
+pub(super) enum Next {
     Restart,
     Exit(i32),
-}
-
-/// A service ready to run: admin API bound, background runtime started.
-pub struct Service {
-    state: Arc<ServiceState>,
-    bq: Arc<dyn BigQuery>,
-    admin_addr: Option<SocketAddr>,
-    background: Option<crate::admin::Background>,
-}
-
-impl Service {
-    /// Binds the admin API (when `admin.enabled`), installs the metrics recorder (when
-    /// `metrics.enabled`), starts the background runtime; with `signals`, SIGTERM and Ctrl-C stop
-    /// the service gracefully.
-    pub fn start(
-        config: Config,
-        bq: Arc<dyn BigQuery>,
-        stats: Arc<Stats>,
-        signals: bool,
-    ) -> anyhow::Result<Self> {
-        let state = Arc::new(ServiceState::new(config, stats));
-        let background = crate::admin::Background::start(Arc::clone(&state), signals)
-            .context("starting the admin API")?;
-        Ok(Self {
-            state,
-            bq,
-            admin_addr: background.admin_addr(),
-            background: Some(background),
-        })
-    }
-
-    /// Where the admin API listens.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
-    }
-
-    pub fn state(&self) -> &Arc<ServiceState> {
-        &self.state
-    }
-
-    /// Runs pipeline incarnations until the service is stopped or the pipeline fails (with
-    /// `admin.on_failure = "exit"`); returns the exit code of the last one.
-    pub fn run(mut self) -> anyhow::Result<i32> {
-        let result = self.run_loop();
-        lock(&self.state.inner).phase = Phase::Stopped;
-        if let Some(bg) = self.background.take() {
-            bg.stop();
-        }
-        result
-    }
-
-    fn run_loop(&self) -> anyhow::Result<i32> {
-        loop {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let (config, bq, stats) = (
-                self.state.config.clone(),
-                Arc::clone(&self.bq),
-                Arc::clone(&self.state.stats),
-            );
-            let pipeline = std::thread::Builder::new()
-                .name("pipeline".into())
-                .spawn(move || run::run(&config, bq, stats, false, Some(tx)))
-                .context("spawning the pipeline thread")?;
-            match rx.recv() {
-                Ok((sup, _system)) => self.state.started(sup),
-                Err(_) => {
-                    return match pipeline.join() {
-                        Ok(Err(e)) => Err(e),
-                        _ => Err(anyhow::anyhow!("the pipeline stopped before it started")),
-                    }
-                }
-            }
-            let code = pipeline
-                .join()
-                .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
-            match self.state.ended(code) {
-                Next::Restart => continue,
-                Next::Exit(code) => return Ok(code),
-            }
-        }
-    }
-}
-
-/// A service running on a thread of its own (tests).
-pub struct ServiceHandle {
-    pub stats: Arc<Stats>,
-    pub state: Arc<ServiceState>,
-    admin_addr: Option<SocketAddr>,
-    thread: JoinHandle<anyhow::Result<i32>>,
-}
-
-impl ServiceHandle {
-    pub fn spawn(config: Config, bq: Arc<dyn BigQuery>) -> anyhow::Result<Self> {
-        let stats = Arc::new(Stats::default());
-        let service = Service::start(config, bq, Arc::clone(&stats), false)?;
-        let state = Arc::clone(service.state());
-        let admin_addr = service.admin_addr();
-        let thread = std::thread::Builder::new()
-            .name("service".into())
-            .spawn(move || service.run())
-            .context("spawning the service thread")?;
-        Ok(Self {
-            stats,
-            state,
-            admin_addr,
-            thread,
-        })
-    }
-
-    /// Base URL of the admin API, e.g. `http://127.0.0.1:40123`.
-    pub fn admin_url(&self) -> String {
-        match self.admin_addr {
-            Some(a) => format!("http://{a}"),
-            None => String::new(),
-        }
-    }
-
-    /// Stops gracefully; returns the exit code.
-    pub fn shutdown(self) -> anyhow::Result<i32> {
-        self.state.stop();
-        self.wait()
-    }
-
-    /// Waits for the service to end by itself.
-    pub fn wait(self) -> anyhow::Result<i32> {
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the service thread panicked"))?
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
-    }
 }

@@ -1,6 +1,6 @@
 //! Trace export: an OpenTelemetry tracer provider that sends the pipeline's spans over OTLP (HTTP
 //! with protobuf, or gRPC with the `otlp-grpc` feature) in batches, from a thread of its own.
-//! Installed into the `tracing` subscriber by [`crate::logging::init_with_traces`].
+//! Installed into the `tracing` subscriber by [`super::logging::init_with_traces`].
 
 use std::time::Duration;
 

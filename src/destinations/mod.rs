@@ -1,4 +1,21 @@
-//! Builds the error destinations `[errors]` asks for: dead-letter topic, file, Slack.
+//! The error destinations: where a *record failure* goes (never a sink failure, which is retried or
+//! stops the pipeline). Invariant: a destination's `deliver` resolves only when what it stores is
+//! stored (broker acknowledged, file synced), because the error report lets the record's offset be
+//! committed on that; an alert-only destination (Slack) never holds the pipeline up.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`dlq`] (+ `dlq/setup.rs`) | the dead-letter topic: producer, Kafka Connect context headers, start-up checks |
+//! | [`error_file`] | the NDJSON error file with rotation (what `bqsink replay --from-file` reads) |
+//! | [`slack`] | aggregated Slack alerts for record failures and sink-health changes |
+//! | this file | [`from_config`]: the destinations `[errors]` asks for |
+//!
+//! Depends on: `bqsink_actors` (the `ErrorDestination` port) and external crates only; nothing else
+//! in this crate. [`crate::replay`] reads what `dlq` and `error_file` wrote.
+
+pub mod dlq;
+pub mod error_file;
+pub mod slack;
 
 use std::sync::Arc;
 
@@ -7,9 +24,9 @@ use bqsink_actors::config::{Config, Tolerance};
 use bqsink_actors::destinations::ErrorDestination;
 use bqsink_actors::stats::Stats;
 
-use crate::dlq::DeadLetterQueue;
-use crate::error_file::ErrorFile;
-use crate::slack::SlackAlerts;
+use dlq::DeadLetterQueue;
+use error_file::ErrorFile;
+use slack::SlackAlerts;
 
 /// The configured destinations, stores first. Dropping them stops the Slack thread (after a last
 /// post of what is pending). Slack also alerts the sink failures of `stats.health`.

@@ -11,7 +11,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::telemetry::{self, TelemetryError, Tracing};
+use super::telemetry::{self, TelemetryError, Tracing};
 
 /// Installs the global subscriber without trace export (once; later calls are ignored).
 pub fn init(config: &LoggingConfig) {

@@ -6,9 +6,14 @@
 //! consumer group of its own (`<kafka.group_id>.replay.<stage filter or "all">` unless `--group`),
 //! for error files in one progress file `<path>.replay-progress` beside the base path, per file
 //! identity (its first line), so that progress follows a file when rotation renames it to
-//! `<path>.N` (see [`files`]). A second run therefore repeats nothing. Records
+//! `<path>.N` (see `files`). A second run therefore repeats nothing. Records
 //! that fail again are reported (one ERROR line each, a summary, optionally an NDJSON file in the
 //! error-file format to replay later) and passed over, so they do not block the rest.
+//!
+//! Holds: this file (options, the run over either source, the report) and `files` (reading error
+//! files through rotation, the progress file). Depends on: `bqsink_actors` (the stages it reuses),
+//! [`crate::destinations`] (the dead-letter headers and error-file format it reads back) and
+//! [`crate::kafka`] (the consumer settings); not on [`crate::service`] or [`crate::cli`].
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -31,10 +36,13 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::dlq::{self, headers};
-use crate::error_file::{FileHeader, FileRecord};
+use crate::destinations::dlq::{self, headers};
+use crate::destinations::error_file::{FileHeader, FileRecord};
 
 mod files;
+
+/// What one `send` did: rows written, duplicates dropped, and the failures by item index.
+type Sent = (u64, u64, Vec<(usize, String)>);
 
 pub use files::progress_path;
 use files::FileReader;
@@ -394,8 +402,7 @@ fn send_to_source(
                 value: value.as_deref(),
             });
         }
-        let mut record =
-            crate::dlq::original_record(&tp.topic, &item.raw, hdrs).partition(tp.partition);
+        let mut record = dlq::original_record(&tp.topic, &item.raw, hdrs).partition(tp.partition);
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
