@@ -563,9 +563,6 @@ impl BqTarget {
     }
 }
 
-/// What one batch sent to BigQuery came to: (written, duplicates, failures by item index).
-type Sent = (u64, u64, Vec<(usize, String)>);
-
 /// Reads a dead-letter topic from the replay group's committed offsets to the end offsets it had
 /// when the replay started.
 struct DlqReader {
