@@ -10,42 +10,38 @@
 //! that fail again are reported (one ERROR line each, a summary, optionally an NDJSON file in the
 //! error-file format to replay later) and passed over, so they do not block the rest.
 //!
-//! Holds: this file (options, the run over either source, the report) and `files` (reading error
-//! files through rotation, the progress file). Depends on: `bqsink_actors` (the stages it reuses),
+//! Holds: this file (options, the run over either source, the report), the sources `dlq_source`
+//! (a dead-letter topic) and `files` (error files through rotation, the progress file), and
+//! `targets` (the source topic or BigQuery). Depends on: `bqsink_actors` (the stages it reuses),
 //! [`crate::destinations`] (the dead-letter headers and error-file format it reads back) and
 //! [`crate::kafka`] (the consumer settings); not on [`crate::service`] or [`crate::cli`].
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use bqsink_actors::bigquery::{send_with_retry, BigQuery, RetryPolicy};
+use bqsink_actors::bigquery::BigQuery;
 use bqsink_actors::config::Config;
-use bqsink_actors::destinations::parse_stage;
 use bqsink_actors::messages::{RawRecord, Stage, Tp};
-use bqsink_actors::stage::batch::{BatchItem, Batcher};
-use bqsink_actors::stage::convert::convert;
-use bqsink_actors::stage::dedup::{Deduplicator, Position, Verdict};
-use bqsink_actors::stage::transform::{TableRef, Transformer};
 use indicatif::{ProgressBar, ProgressStyle};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::destinations::dlq::{self, headers};
 use crate::destinations::error_file::{FileHeader, FileRecord};
 
+mod dlq_source;
 mod files;
+mod targets;
 
 /// What one `send` did: rows written, duplicates dropped, and the failures by item index.
 type Sent = (u64, u64, Vec<(usize, String)>);
 
+use dlq_source::DlqReader;
 pub use files::progress_path;
 use files::FileReader;
+use targets::{send_to_source, BqTarget, Target};
 
 /// Where failed records are read from.
 #[derive(Debug, Clone)]
@@ -377,357 +373,6 @@ fn still_failing_record(item: &Item, f: &StillFailing, connector: &str) -> FileR
         failed_at_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
-    }
-}
-
-enum Target {
-    Source(dlq::Producer),
-    BigQuery(Box<BqTarget>),
-}
-
-/// Produces each record to its original topic and partition; returns (replayed, 0, failures).
-fn send_to_source(
-    runtime: &tokio::runtime::Runtime,
-    producer: &dlq::Producer,
-    items: &[Item],
-) -> (u64, u64, Vec<(usize, String)>) {
-    let mut failures = Vec::new();
-    let mut pending = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let Some(tp) = &item.origin else { continue };
-        let mut hdrs = OwnedHeaders::new_with_capacity(item.raw.headers.len());
-        for (key, value) in &item.raw.headers {
-            hdrs = hdrs.insert(Header {
-                key,
-                value: value.as_deref(),
-            });
-        }
-        let mut record = dlq::original_record(&tp.topic, &item.raw, hdrs).partition(tp.partition);
-        loop {
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    pending.push((i, delivery));
-                    break;
-                }
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    back,
-                )) => {
-                    record = back;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((e, _)) => {
-                    failures.push((i, format!("producing to {tp}: {e}")));
-                    break;
-                }
-            }
-        }
-    }
-    let mut replayed = 0;
-    runtime.block_on(async {
-        for (i, delivery) in pending {
-            match delivery.await {
-                Ok(Ok(_)) => replayed += 1,
-                Ok(Err((e, _))) => {
-                    failures.push((i, format!("producing to the source topic: {e}")))
-                }
-                Err(_) => failures.push((i, "the producer was closed".into())),
-            }
-        }
-    });
-    (replayed, 0, failures)
-}
-
-/// The BigQuery path: the pipeline's own convert, transform and dedup, then insertAll with retries.
-struct BqTarget {
-    bq: Arc<dyn BigQuery>,
-    transformer: Transformer,
-    dedup: Deduplicator,
-    policy: RetryPolicy,
-    max_rows: usize,
-    max_bytes: usize,
-}
-
-struct ReplayRow {
-    item: usize,
-    table: Arc<TableRef>,
-    entry: Vec<u8>,
-}
-
-impl BatchItem for ReplayRow {
-    fn table(&self) -> &Arc<TableRef> {
-        &self.table
-    }
-    fn entry(&self) -> &[u8] {
-        &self.entry
-    }
-}
-
-impl BqTarget {
-    fn new(config: &Config, bq: Arc<dyn BigQuery>) -> Self {
-        Self {
-            bq,
-            transformer: Transformer::new(config),
-            dedup: Deduplicator::new(
-                config.dedup.max_keys,
-                Duration::from_secs(config.dedup.ttl_secs),
-            ),
-            policy: RetryPolicy {
-                timeout: Duration::from_millis(config.errors.retry_timeout_ms),
-                max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),
-                min_delay: Duration::from_millis(100)
-                    .min(Duration::from_millis(config.errors.retry_delay_max_ms)),
-                // A replay is a command that ends: when BigQuery cannot take rows for
-                // errors.retry_timeout_ms it stops (without committing its progress past them).
-                give_up: true,
-            },
-            max_rows: config.batch.max_rows,
-            max_bytes: config.batch.max_bytes,
-        }
-    }
-
-    /// Returns (written, duplicates, failures by item index); an error when BigQuery could not
-    /// take rows for `errors.retry_timeout_ms` (a sink failure: nothing of this batch counts as
-    /// replayed or still failing, and the progress is not committed past it).
-    fn send(&mut self, runtime: &tokio::runtime::Runtime, items: &[Item]) -> anyhow::Result<Sent> {
-        let mut failures = Vec::new();
-        let mut duplicates = 0;
-        let mut batcher = Batcher::new(self.max_rows, self.max_bytes);
-        let mut batches = Vec::new();
-        let now = Instant::now();
-        for (i, item) in items.iter().enumerate() {
-            let Some(tp) = &item.origin else { continue };
-            let value = match convert(item.raw.payload.as_deref()) {
-                Ok(v) => v,
-                Err(e) => {
-                    failures.push((i, format!("convert ({}): {e}", e.class())));
-                    continue;
-                }
-            };
-            let row = match self.transformer.apply(tp, &item.raw, value) {
-                Ok(r) => r,
-                Err(e) => {
-                    failures.push((i, format!("transform ({}): {e}", e.class())));
-                    continue;
-                }
-            };
-            if let Some(hash) = row.dedup_hash {
-                if self.dedup.check(hash, Position::new(tp, item.raw.offset)) == Verdict::Duplicate
-                {
-                    duplicates += 1;
-                    continue;
-                }
-            }
-            batches.extend(batcher.push(
-                ReplayRow {
-                    item: i,
-                    table: row.table,
-                    entry: row.entry,
-                },
-                now,
-            ));
-        }
-        batches.extend(batcher.drain());
-        let mut written = 0;
-        for batch in batches {
-            let entries: Vec<&[u8]> = batch.rows.iter().map(|r| r.entry.as_slice()).collect();
-            let outcome = runtime.block_on(send_with_retry(
-                &*self.bq,
-                &batch.table,
-                &entries,
-                self.policy,
-                &|_| true,
-            ));
-            if let Some(sf) = outcome.sink_failure {
-                anyhow::bail!(
-                    "BigQuery table {} could not take rows for {:.1?} ({}); the replay stops here \
-                     and its progress is not committed past them: run it again later",
-                    batch.table,
-                    sf.after,
-                    sf.error
-                );
-            }
-            written += outcome.written.len() as u64;
-            for (row, class, error) in outcome.failed {
-                if let Some(r) = batch.rows.get(row) {
-                    failures.push((
-                        r.item,
-                        format!("bigquery ({class}): table {}: {error}", batch.table),
-                    ));
-                }
-            }
-        }
-        Ok((written, duplicates, failures))
-    }
-}
-
-/// Reads a dead-letter topic from the replay group's committed offsets to the end offsets it had
-/// when the replay started.
-struct DlqReader {
-    consumer: BaseConsumer,
-    topic: String,
-    /// Partition → (next offset to read, end offset).
-    partitions: HashMap<i32, (i64, i64)>,
-}
-
-impl DlqReader {
-    fn open(config: &Config, topic: &str, group: &str) -> anyhow::Result<Self> {
-        let mut cc = crate::kafka::consumer_config(config);
-        cc.set("group.id", group)
-            .set("auto.offset.reset", "earliest");
-        let consumer: BaseConsumer = cc
-            .create()
-            .context("creating the replay consumer (check kafka.brokers)")?;
-        let timeout = Duration::from_secs(30);
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .with_context(|| format!("reading the metadata of {topic}"))?;
-        let parts: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        anyhow::ensure!(!parts.is_empty(), "topic {topic:?} does not exist");
-        let mut tpl = TopicPartitionList::new();
-        for &p in &parts {
-            tpl.add_partition(topic, p);
-        }
-        let committed = consumer
-            .committed_offsets(tpl, timeout)
-            .with_context(|| format!("reading the committed offsets of group {group:?}"))?;
-        let mut partitions = HashMap::new();
-        let mut assign = TopicPartitionList::new();
-        for &p in &parts {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, timeout)
-                .with_context(|| format!("reading the end offsets of {topic}[{p}]"))?;
-            let start = match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
-            };
-            if start < high {
-                assign.add_partition_offset(topic, p, Offset::Offset(start))?;
-                partitions.insert(p, (start, high));
-            }
-        }
-        consumer
-            .assign(&assign)
-            .with_context(|| format!("assigning {topic}"))?;
-        tracing::info!(
-            topic,
-            group,
-            to_read = partitions.values().map(|(s, e)| e - s).sum::<i64>(),
-            "replaying from the dead-letter topic"
-        );
-        Ok(Self {
-            consumer,
-            topic: topic.into(),
-            partitions,
-        })
-    }
-
-    fn remaining(&self) -> u64 {
-        self.partitions.values().map(|(s, e)| (e - s) as u64).sum()
-    }
-
-    fn done(&self) -> bool {
-        self.partitions.values().all(|(next, end)| next >= end)
-    }
-
-    fn next_batch(&mut self, max: usize) -> anyhow::Result<Vec<Item>> {
-        let mut items = Vec::new();
-        let mut idle = Instant::now();
-        while items.len() < max && !self.done() {
-            match self.consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(msg)) => {
-                    idle = Instant::now();
-                    let Some((next, end)) = self.partitions.get_mut(&msg.partition()) else {
-                        continue;
-                    };
-                    if msg.offset() >= *end {
-                        *next = (*next).max(*end);
-                        continue;
-                    }
-                    *next = msg.offset() + 1;
-                    items.push(item_from_dlq(&msg));
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "reading the dead-letter topic"),
-                None => {
-                    // Offsets that hold no record (transaction markers, compaction) are never
-                    // delivered: take the consumer's position for them.
-                    if let Ok(pos) = self.consumer.position() {
-                        for e in pos.elements_for_topic(&self.topic) {
-                            if let (Offset::Offset(o), Some((next, _))) =
-                                (e.offset(), self.partitions.get_mut(&e.partition()))
-                            {
-                                *next = (*next).max(o);
-                            }
-                        }
-                    }
-                    anyhow::ensure!(
-                        idle.elapsed() < Duration::from_secs(60),
-                        "no record from {} for 60 s before its end offsets",
-                        self.topic
-                    );
-                }
-            }
-        }
-        Ok(items)
-    }
-
-    /// Commits what was read (and sent) so far.
-    fn commit(&self) -> anyhow::Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (&p, &(next, _)) in &self.partitions {
-            tpl.add_partition_offset(&self.topic, p, Offset::Offset(next))?;
-        }
-        self.consumer
-            .commit(&tpl, CommitMode::Sync)
-            .context("committing the replay progress")
-    }
-}
-
-/// An original record rebuilt from a dead-letter record: context headers give its origin, the
-/// other headers are its own.
-fn item_from_dlq(msg: &rdkafka::message::BorrowedMessage<'_>) -> Item {
-    let mut own = Vec::new();
-    let mut context: HashMap<&str, String> = HashMap::new();
-    if let Some(hs) = msg.headers() {
-        for h in hs.iter() {
-            if h.key.starts_with(headers::PREFIX) {
-                if let Some(v) = h.value {
-                    context.insert(h.key, String::from_utf8_lossy(v).into_owned());
-                }
-            } else {
-                own.push((h.key.to_owned(), h.value.map(<[u8]>::to_vec)));
-            }
-        }
-    }
-    let origin = match (
-        context.get(headers::TOPIC),
-        context
-            .get(headers::PARTITION)
-            .and_then(|p| p.parse::<i32>().ok()),
-    ) {
-        (Some(t), Some(p)) => Some(Tp::new(t.as_str(), p)),
-        _ => None,
-    };
-    Item {
-        origin,
-        raw: RawRecord {
-            offset: context
-                .get(headers::OFFSET)
-                .and_then(|o| o.parse().ok())
-                .unwrap_or(msg.offset()),
-            timestamp_ms: msg.timestamp().to_millis(),
-            key: msg.key().map(<[u8]>::to_vec),
-            payload: msg.payload().map(<[u8]>::to_vec),
-            headers: own,
-        },
-        stage: context.get(headers::STAGE).and_then(|s| parse_stage(s)),
     }
 }
 
