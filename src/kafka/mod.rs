@@ -21,6 +21,7 @@ use rdkafka::config::ClientConfig;
 
 pub mod consumer;
 pub mod control;
+mod warmup;
 
 pub use consumer::{spawn_consumer, SinkContext};
 pub use control::{control, Command, RdKafkaControl};
