@@ -8,12 +8,11 @@ use bqsink_actors::messages::{RawRecord, Tp};
 use bqsink_actors::stage::convert::convert;
 use bqsink_actors::stage::dedup::Position;
 use bqsink_actors::stage::transform::Transformer;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::consumer::SinkContext;
 use super::{consumer_config, KafkaSetupError};
 
 /// Dedup warm-up (`dedup.warmup_records`): reads back the records just before each newly assigned
@@ -40,9 +39,9 @@ impl Warmup {
         }))
     }
 
-    pub(super) fn keys_before_committed(
+    pub(super) fn keys_before_committed<C: ConsumerContext>(
         &self,
-        consumer: &BaseConsumer<SinkContext>,
+        consumer: &BaseConsumer<C>,
         tpl: &TopicPartitionList,
     ) -> Vec<(u64, Position)> {
         let timeout = Duration::from_secs(10);
