@@ -136,21 +136,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::messages::{Handled, Origin, RawRecord, SettledAs, Tp};
+    use crate::messages::{Origin, RawRecord, SettledAs, Tp};
     use crate::stage::transform::TableRef;
-
-    /// Collects acknowledgements, like a partition consumer.
-    type Seen = Arc<Mutex<Vec<(Vec<i64>, HandledKind)>>>;
-    struct Acks(Seen);
-    impl Actor for Acks {
-        type Context = Context<Self>;
-    }
-    impl Handler<Handled> for Acks {
-        type Result = ();
-        fn handle(&mut self, msg: Handled, _: &mut Self::Context) {
-            self.0.lock().unwrap().push((msg.offsets, msg.kind));
-        }
-    }
+    use crate::testing::{Acks, Seen};
 
     /// Collects the rows passed on, as (partition, offset), like the writer.
     type Written = Arc<Mutex<Vec<(i32, i64)>>>;

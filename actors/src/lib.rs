@@ -73,3 +73,6 @@ pub mod supervisor;
 pub mod tables;
 pub mod transformer;
 pub mod writer;
+
+#[cfg(test)]
+mod testing;

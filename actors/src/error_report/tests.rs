@@ -7,20 +7,8 @@ use futures::future::BoxFuture;
 
 use super::*;
 use crate::destinations::DeliveryError;
-use crate::messages::{Handled, RawRecord, Stage, Tp};
-
-/// Collects acknowledgements, like a partition consumer.
-type Seen = Arc<Mutex<Vec<(Vec<i64>, HandledKind)>>>;
-struct Acks(Seen);
-impl Actor for Acks {
-    type Context = Context<Self>;
-}
-impl Handler<Handled> for Acks {
-    type Result = ();
-    fn handle(&mut self, msg: Handled, _: &mut Self::Context) {
-        self.0.lock().unwrap().push((msg.offsets, msg.kind));
-    }
-}
+use crate::messages::{RawRecord, Stage, Tp};
+use crate::testing::Acks;
 
 /// A supervisor that records why it was told to stop.
 struct Supervisor(Arc<Mutex<Vec<String>>>);
