@@ -2,7 +2,9 @@
 //! record before it is in BigQuery or reported.
 //!
 //! The pipeline itself (actors and pure stage logic) is the `bqsink-actors` crate; this crate holds
-//! what connects it to the world, one folder per kind of part:
+//! what connects it to the world, one folder per kind of part.
+//!
+//! # Layout
 //!
 //! | module | holds | may depend on |
 //! |---|---|---|
