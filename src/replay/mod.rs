@@ -218,35 +218,13 @@ pub fn run(
             });
             let mut reader = DlqReader::open(config, topic, &group)?;
             let bar = progress_bar(opts.progress, reader.remaining());
-            loop {
-                let batch = reader.next_batch(opts.batch)?;
-                if batch.is_empty() {
-                    break;
-                }
-                let n = batch.len() as u64;
-                ctx.process(batch)?;
-                reader.commit()?;
-                bar.inc(n);
-                bar.set_message(ctx.summary());
-            }
-            bar.finish_and_clear();
+            ctx.drain(&mut reader, &bar)?;
         }
         ReplayFrom::Files(paths) => {
             for path in paths {
                 let mut reader = FileReader::open(path)?;
                 let bar = progress_bar(opts.progress, reader.remaining_lines()?);
-                loop {
-                    let batch = reader.next_batch(opts.batch, ctx.report)?;
-                    if batch.is_empty() {
-                        break;
-                    }
-                    let n = batch.len() as u64;
-                    ctx.process(batch)?;
-                    reader.commit()?;
-                    bar.inc(n);
-                    bar.set_message(ctx.summary());
-                }
-                bar.finish_and_clear();
+                ctx.drain(&mut reader, &bar)?;
             }
         }
     }
@@ -275,7 +253,48 @@ struct RunCtx<'a> {
     connector: &'a str,
 }
 
+/// Where replayed records are read from, a batch at a time, with progress committed after each.
+trait Source {
+    fn next_batch(&mut self, max: usize, report: &mut ReplayReport) -> anyhow::Result<Vec<Item>>;
+    fn commit(&self) -> anyhow::Result<()>;
+}
+
+impl Source for DlqReader {
+    fn next_batch(&mut self, max: usize, _: &mut ReplayReport) -> anyhow::Result<Vec<Item>> {
+        DlqReader::next_batch(self, max)
+    }
+    fn commit(&self) -> anyhow::Result<()> {
+        DlqReader::commit(self)
+    }
+}
+
+impl Source for FileReader {
+    fn next_batch(&mut self, max: usize, report: &mut ReplayReport) -> anyhow::Result<Vec<Item>> {
+        FileReader::next_batch(self, max, report)
+    }
+    fn commit(&self) -> anyhow::Result<()> {
+        FileReader::commit(self)
+    }
+}
+
 impl RunCtx<'_> {
+    /// Replays `source` to its end: each batch is processed, then its progress committed.
+    fn drain(&mut self, source: &mut impl Source, bar: &ProgressBar) -> anyhow::Result<()> {
+        loop {
+            let batch = source.next_batch(self.opts.batch, self.report)?;
+            if batch.is_empty() {
+                break;
+            }
+            let n = batch.len() as u64;
+            self.process(batch)?;
+            source.commit()?;
+            bar.inc(n);
+            bar.set_message(self.summary());
+        }
+        bar.finish_and_clear();
+        Ok(())
+    }
+
     fn summary(&self) -> String {
         format!(
             "| replayed {} skipped {} failing {}",
