@@ -7,11 +7,9 @@ mod common;
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bqsink::bigquery::RestClient;
-use bqsink::service::PipelineHandle;
+use bqsink_actors::config::WriteApi;
 use bqsink_devtools::generator::{Counts, Generator, Mix};
 use common::*;
 use serde_json::{json, Value};
@@ -51,6 +49,14 @@ impl Emulator {
             url,
             pidfile: Some(dir),
         }
+    }
+}
+
+impl Emulator {
+    /// Its Storage Write API: gRPC on the REST port + 10.
+    fn grpc_url(&self) -> String {
+        let (host, port) = self.url.rsplit_once(':').expect("host:port");
+        format!("{host}:{}", port.parse::<u16>().expect("port") + 10)
     }
 }
 
@@ -101,6 +107,17 @@ fn schema() -> Value {
 
 #[test]
 fn rows_land_in_the_emulator_exactly_once() {
+    rows_land_once(WriteApi::InsertAll);
+}
+
+/// The same through the Storage Write API's `_default` stream (gRPC on the emulator's port + 10),
+/// RECORD column included.
+#[test]
+fn rows_land_in_the_emulator_exactly_once_through_the_storage_write_api() {
+    rows_land_once(WriteApi::Storage);
+}
+
+fn rows_land_once(write_api: WriteApi) {
     let emulator = Emulator::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -112,7 +129,8 @@ fn rows_land_in_the_emulator_exactly_once() {
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    let api = format!("{}/bigquery/v2/projects/local", emulator.url);
+    let api_url = format!("{}/bigquery/v2/projects/local", emulator.url);
+    let api = &api_url;
     rt.block_on(async {
         post(&http, format!("{api}/datasets"), json!({"datasetReference": {"projectId": "local", "datasetId": "members"}})).await;
         post(
@@ -143,11 +161,9 @@ fn rows_land_in_the_emulator_exactly_once() {
         .tables
         .insert(TOPIC.into(), "member_events".into());
     config.bigquery.request_timeout_ms = 30_000;
-    let pipeline = PipelineHandle::spawn(
-        config.clone(),
-        Arc::new(RestClient::new(&config.bigquery).unwrap()),
-    )
-    .unwrap();
+    config.bigquery.write_api = write_api;
+    config.bigquery.storage_endpoint = emulator.grpc_url();
+    let pipeline = start(&config);
     wait_fully_committed(&bootstrap, "g-emu", TOPIC, 4, Duration::from_secs(120));
     let stats = pipeline.stats.snapshot();
     assert_eq!(pipeline.shutdown().unwrap(), 0);
@@ -167,6 +183,18 @@ fn rows_land_in_the_emulator_exactly_once() {
     );
     assert_eq!(n, counts.unique, "and none twice: {result}");
     assert_eq!(row[2]["v"], "0");
+    // The RECORD and TIMESTAMP columns hold the events' values.
+    let result = rt.block_on(post(
+        &http,
+        format!("{api_url}/queries"),
+        json!({"query": "SELECT attributes.locale, occurred_at FROM `local.members.member_events` WHERE attributes.plan IS NOT NULL LIMIT 1", "useLegacySql": false}),
+    ));
+    let row = &result["rows"][0]["f"];
+    assert_eq!(row[0]["v"], "ko-KR", "{result}");
+    assert!(
+        row[1]["v"].as_str().is_some_and(|t| !t.is_empty()),
+        "{result}"
+    );
 }
 
 /// `SELECT COUNT(*)` of a table in the emulator.
@@ -254,11 +282,7 @@ schema = [
         request_timeout_ms: 30_000,
         ..tables
     };
-    let pipeline = PipelineHandle::spawn(
-        config.clone(),
-        Arc::new(RestClient::new(&config.bigquery).unwrap()),
-    )
-    .unwrap();
+    let pipeline = start(&config);
     wait_fully_committed(
         &bootstrap,
         "g-emu-tables",

@@ -26,6 +26,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::bigquery::client::{BigQuery, BqError, InsertAllResponse};
 use crate::messages::{Failure, Origin, RawRecord, Row, Tp};
 use crate::model::TableRef;
+use crate::stage::batch::InsertOptions;
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -152,23 +153,28 @@ pub fn batch_span(table: &TableRef, rows: &[Row], bytes: usize) -> Span {
     span
 }
 
-/// One insertAll request, in a `bigquery.request` span, with its latency and errors as metrics.
-pub async fn insert_all(
+/// One write request (an insertAll, or an append to a write stream), in a `bigquery.request` span,
+/// with its latency and errors as metrics.
+pub async fn write_rows(
     bq: &dyn BigQuery,
     table: &TableRef,
-    body: Vec<u8>,
-    rows: usize,
+    rows: &[&[u8]],
+    options: InsertOptions,
 ) -> Result<InsertAllResponse, BqError> {
     let span = tracing::debug_span!(
         "bigquery.request",
         table = %table,
-        rows = rows as i64,
-        bytes = body.len() as i64,
+        rows = rows.len() as i64,
+        bytes = rows.iter().map(|r| r.len()).sum::<usize>() as i64,
         error = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
     let started = Instant::now();
-    let result = tracing::Instrument::instrument(bq.insert_all(table, body), span.clone()).await;
+    let request = {
+        let _entered = span.enter();
+        bq.write_rows(table, rows, options)
+    };
+    let result = tracing::Instrument::instrument(request, span.clone()).await;
     let secs = started.elapsed().as_secs_f64();
     let table_label = table.to_string();
     match &result {

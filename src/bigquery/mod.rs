@@ -7,6 +7,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`rest`] | [`RestClient`]: `tabledata.insertAll` and the table calls over reqwest |
+//! | [`storage`] | [`StorageWriteClient`]: the Storage Write API over gRPC (tonic), table calls over REST |
 //! | [`auth`] | bearer tokens: none, static, service-account key, metadata server |
 //!
 //! Depends on: `bqsink_actors` (the port, the config) and external crates only; nothing else in this
@@ -15,5 +16,30 @@
 
 pub mod auth;
 pub mod rest;
+pub mod storage;
 
 pub use rest::RestClient;
+pub use storage::StorageWriteClient;
+
+use std::sync::Arc;
+
+use bqsink_actors::bigquery::BigQuery;
+use bqsink_actors::config::{BigQueryConfig, WriteApi};
+
+/// The client `bigquery.write_api` names, and what its tokens come from (for the log).
+pub fn from_config(
+    config: &BigQueryConfig,
+) -> Result<(Arc<dyn BigQuery>, String), rest::ClientError> {
+    Ok(match config.write_api {
+        WriteApi::InsertAll => {
+            let c = RestClient::new(config)?;
+            let auth = c.auth_description();
+            (Arc::new(c), auth)
+        }
+        WriteApi::Storage => {
+            let c = StorageWriteClient::new(config)?;
+            let auth = c.auth_description();
+            (Arc::new(c), auth)
+        }
+    })
+}

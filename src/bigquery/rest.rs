@@ -35,6 +35,8 @@ pub enum ClientError {
     Http(#[source] reqwest::Error),
     #[error("cannot set up authentication for BigQuery")]
     Auth(#[from] auth::AuthError),
+    #[error("bad BigQuery endpoint {0}")]
+    Endpoint(String),
 }
 
 /// `{"error": {...}}`, the body of a non-200 answer.

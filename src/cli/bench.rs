@@ -29,7 +29,7 @@ pub fn worker(config: Config) -> anyhow::Result<i32> {
         .first()
         .cloned()
         .context("no topic configured")?;
-    let client = Arc::new(bigquery::RestClient::new(&config.bigquery)?);
+    let (client, _) = bigquery::from_config(&config.bigquery)?;
     let stats = Arc::new(Stats::default());
     // As `run::run` starts it, keeping a handle on the consumer's controls for pause and resume.
     let destinations = destinations::from_config(&config, &stats)?;

@@ -145,10 +145,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let _traces = logging::init_with_traces(&config.logging, &config.telemetry)
                 .context("setting up trace export")?;
             tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, endpoint = %config.bigquery.endpoint, "starting bqsink");
-            let client =
-                bigquery::RestClient::new(&config.bigquery).context("setting up BigQuery")?;
-            tracing::info!(auth = %client.auth_description(), "BigQuery authentication");
-            Service::start(config, Arc::new(client), Arc::new(Stats::default()), true)?.run()
+            let (client, auth) =
+                bigquery::from_config(&config.bigquery).context("setting up BigQuery")?;
+            tracing::info!(auth = %auth, write_api = ?config.bigquery.write_api, "BigQuery authentication");
+            Service::start(config, client, Arc::new(Stats::default()), true)?.run()
         }
         Command::Replay(args) => {
             let config = settings::load(&sources)?;

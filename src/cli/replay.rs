@@ -69,9 +69,11 @@ pub fn run(config: &Config, args: ReplayArgs) -> anyhow::Result<i32> {
     opts.still_failing_file = args.still_failing;
     opts.progress = true;
     let bq: Option<Arc<dyn BigQuery>> = match to {
-        ReplayTo::BigQuery => Some(Arc::new(
-            bigquery::RestClient::new(&config.bigquery).context("setting up BigQuery")?,
-        )),
+        ReplayTo::BigQuery => Some(
+            bigquery::from_config(&config.bigquery)
+                .context("setting up BigQuery")?
+                .0,
+        ),
         ReplayTo::Source => None,
     };
     let report = replay::run(config, bq, &opts)?;

@@ -163,10 +163,27 @@ pub fn count_by(rows: &[Value], field: &str) -> HashMap<String, usize> {
     m
 }
 
-/// Starts a pipeline with the reqwest BigQuery client.
+/// Starts a pipeline with the BigQuery client `bigquery.write_api` names (as `bqsink run` does).
 pub fn start(config: &Config) -> PipelineHandle {
-    let client = bqsink::bigquery::RestClient::new(&config.bigquery).unwrap();
-    PipelineHandle::spawn(config.clone(), std::sync::Arc::new(client)).unwrap()
+    let (client, _) = bqsink::bigquery::from_config(&config.bigquery).unwrap();
+    PipelineHandle::spawn(config.clone(), client).unwrap()
+}
+
+/// The member events' table schema (`fields`), with the metadata columns.
+pub fn member_events_fields() -> Value {
+    let s = |name: &str, ty: &str| serde_json::json!({"name": name, "type": ty});
+    serde_json::json!([
+        s("event_id", "STRING"), s("member_id", "STRING"), s("event_type", "STRING"),
+        s("occurred_at", "TIMESTAMP"), s("channel", "STRING"), s("seq", "INTEGER"),
+        {"name": "attributes", "type": "RECORD", "fields": [s("ip", "STRING"), s("plan", "STRING"), s("locale", "STRING"), s("session", "STRING")]},
+        s("_kafka_topic", "STRING"), s("_kafka_partition", "INTEGER"), s("_kafka_offset", "INTEGER"), s("_kafka_timestamp", "TIMESTAMP"),
+    ])
+}
+
+/// Points `config` at `sink`'s Storage Write API (`bigquery.write_api = "storage"`).
+pub fn use_storage_write(config: &mut Config, sink: &bqsink_devtools::sink::Sink) {
+    config.bigquery.write_api = bqsink_actors::config::WriteApi::Storage;
+    config.bigquery.storage_endpoint = sink.grpc_url().to_owned();
 }
 
 /// `n` generated events and what they are.

@@ -3,10 +3,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bqsink::bigquery::RestClient;
 use bqsink::service::ServiceHandle;
 use bqsink_actors::config::Config;
 use bqsink_devtools::generator::{Generator, Mix};
@@ -51,11 +49,8 @@ pub fn service_config(bootstrap: &str, group: &str, topic: &str, sink: &Sink) ->
 }
 
 pub fn spawn(config: &Config) -> ServiceHandle {
-    ServiceHandle::spawn(
-        config.clone(),
-        Arc::new(RestClient::new(&config.bigquery).unwrap()),
-    )
-    .unwrap()
+    let (client, _) = bqsink::bigquery::from_config(&config.bigquery).unwrap();
+    ServiceHandle::spawn(config.clone(), client).unwrap()
 }
 
 pub struct Admin {

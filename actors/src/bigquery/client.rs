@@ -4,7 +4,7 @@
 //! Invariant: every [`BqError`] is a *sink failure* (BigQuery cannot take anything right now), never
 //! a record failure; bad rows come back one by one in [`InsertAllResponse::insert_errors`]. This file
 //! knows nothing about retries or telemetry: those wrap the client from above
-//! ([`super::retry`], `crate::telemetry::insert_all`).
+//! ([`super::retry`], `crate::telemetry::write_rows`).
 
 use std::time::Duration;
 
@@ -12,12 +12,28 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use crate::model::TableRef;
+use crate::stage::batch::{encode_body_with, InsertOptions};
 use crate::stage::schema::FieldSchema;
 use crate::tables::definition::{TableDefinition, TableManager};
 
 /// Sends insertAll requests and manages tables. Implemented over reqwest in the `bqsink` crate.
 /// Only `insert_all` is required; the table calls default to [`BqError::Unsupported`].
 pub trait BigQuery: Send + Sync + 'static {
+    /// Writes `rows` (encoded insertAll entries, `{"insertId":…,"json":{…}}`) to `table` in one
+    /// request and answers as insertAll does: the rows not listed in `insert_errors` are written.
+    /// The default sends one `tabledata.insertAll`; the Storage Write API client (`bqsink` crate)
+    /// encodes the rows as protobuf and appends them to a write stream instead.
+    fn write_rows(
+        &self,
+        table: &TableRef,
+        rows: &[&[u8]],
+        options: InsertOptions,
+    ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
+        let size = rows.iter().map(|r| r.len() + 1).sum::<usize>() + 80;
+        let body = encode_body_with(options, rows.iter().copied(), size);
+        self.insert_all(table, body)
+    }
+
     /// POSTs an encoded insertAll body for `table`.
     fn insert_all(
         &self,
@@ -124,6 +140,95 @@ pub enum BqError {
     Auth { message: String, retryable: bool },
     #[error("the BigQuery client does not implement {0}")]
     Unsupported(&'static str),
+    /// A gRPC call of the Storage Write API failed: its status code (`UNAVAILABLE`, …) and message.
+    #[error("{code} from the BigQuery Storage Write API: {message}")]
+    Grpc { code: GrpcCode, message: String },
+}
+
+/// The gRPC status codes a Storage Write API call can end with (google.rpc.Code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcCode {
+    Cancelled,
+    Unknown,
+    InvalidArgument,
+    DeadlineExceeded,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    ResourceExhausted,
+    FailedPrecondition,
+    Aborted,
+    OutOfRange,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DataLoss,
+    Unauthenticated,
+}
+
+impl GrpcCode {
+    /// The code of a numeric gRPC status (`None` for OK).
+    pub fn from_i32(code: i32) -> Option<Self> {
+        use GrpcCode::*;
+        Some(match code {
+            1 => Cancelled,
+            3 => InvalidArgument,
+            4 => DeadlineExceeded,
+            5 => NotFound,
+            6 => AlreadyExists,
+            7 => PermissionDenied,
+            8 => ResourceExhausted,
+            9 => FailedPrecondition,
+            10 => Aborted,
+            11 => OutOfRange,
+            12 => Unimplemented,
+            13 => Internal,
+            14 => Unavailable,
+            15 => DataLoss,
+            16 => Unauthenticated,
+            0 => return None,
+            _ => Unknown,
+        })
+    }
+
+    /// Transient by Google's guidance for the Storage Write API: retry with backoff.
+    pub fn is_transient(self) -> bool {
+        use GrpcCode::*;
+        matches!(
+            self,
+            Cancelled
+                | Unknown
+                | DeadlineExceeded
+                | ResourceExhausted
+                | Aborted
+                | Internal
+                | Unavailable
+        )
+    }
+}
+
+impl std::fmt::Display for GrpcCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            GrpcCode::Cancelled => "CANCELLED",
+            GrpcCode::Unknown => "UNKNOWN",
+            GrpcCode::InvalidArgument => "INVALID_ARGUMENT",
+            GrpcCode::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            GrpcCode::NotFound => "NOT_FOUND",
+            GrpcCode::AlreadyExists => "ALREADY_EXISTS",
+            GrpcCode::PermissionDenied => "PERMISSION_DENIED",
+            GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            GrpcCode::FailedPrecondition => "FAILED_PRECONDITION",
+            GrpcCode::Aborted => "ABORTED",
+            GrpcCode::OutOfRange => "OUT_OF_RANGE",
+            GrpcCode::Unimplemented => "UNIMPLEMENTED",
+            GrpcCode::Internal => "INTERNAL",
+            GrpcCode::Unavailable => "UNAVAILABLE",
+            GrpcCode::DataLoss => "DATA_LOSS",
+            GrpcCode::Unauthenticated => "UNAUTHENTICATED",
+        };
+        f.write_str(name)
+    }
 }
 
 /// Error reasons BigQuery documents as transient (its error-message table).
@@ -154,6 +259,7 @@ impl BqError {
         match self {
             BqError::Timeout | BqError::Transport(_) | BqError::Decode(_) => true,
             BqError::Unsupported(_) => false,
+            BqError::Grpc { code, .. } => code.is_transient(),
             BqError::Auth { retryable, .. } => *retryable,
             BqError::Http { status, reason, .. } => {
                 *status >= 500 || *status == 429 || RETRYABLE_REASONS.contains(&reason.as_str())
@@ -170,11 +276,19 @@ impl BqError {
             BqError::Http { .. } => "http",
             BqError::Auth { .. } => "auth",
             BqError::Unsupported(_) => "unsupported",
+            BqError::Grpc { .. } => "grpc",
         }
     }
 
-    /// HTTP 404: the table (or its dataset) does not exist.
+    /// HTTP 404 or gRPC `NOT_FOUND`: the table (or its dataset) does not exist.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, BqError::Http { status: 404, .. })
+        matches!(
+            self,
+            BqError::Http { status: 404, .. }
+                | BqError::Grpc {
+                    code: GrpcCode::NotFound,
+                    ..
+                }
+        )
     }
 }

@@ -156,10 +156,8 @@ pub async fn send_with_retry(
         if todo.is_empty() {
             return outcome;
         }
-        let size = todo.iter().map(|&i| entries[i].len() + 1).sum::<usize>() + 80;
-        let body =
-            crate::stage::batch::encode_body_with(options, todo.iter().map(|&i| entries[i]), size);
-        let retry_reason = match crate::telemetry::insert_all(bq, table, body, todo.len()).await {
+        let rows: Vec<&[u8]> = todo.iter().map(|&i| entries[i]).collect();
+        let retry_reason = match crate::telemetry::write_rows(bq, table, &rows, options).await {
             Ok(resp) => {
                 hooks.sink_ok();
                 let rows = classify(&todo, &resp, add_fields.is_some());

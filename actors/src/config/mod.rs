@@ -20,7 +20,7 @@ pub mod validate;
 
 pub use bigquery::{
     AuthMode, BigQueryConfig, FieldConfig, FieldMode, FieldType, InsertIdMode, PartitionType,
-    TableConfig, Tables,
+    TableConfig, Tables, WriteApi,
 };
 pub use errors::{
     DeadLetterQueueConfig, ErrorFileConfig, ErrorsConfig, SinkFailure, SlackConfig, Tolerance,

@@ -8,5 +8,6 @@ pub mod flow;
 pub mod guard;
 pub mod json;
 pub mod offsets;
+pub mod proto;
 pub mod schema;
 pub mod transform;

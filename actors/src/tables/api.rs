@@ -13,6 +13,7 @@ use super::definition::{row_objects, TableDefinition, TableManager};
 use crate::bigquery::client::{BigQuery, BqError, InsertAllResponse};
 use crate::config::Config;
 use crate::model::TableRef;
+use crate::stage::batch::InsertOptions;
 use crate::stage::schema::{self, FieldSchema};
 
 impl TableManager {
@@ -121,6 +122,15 @@ impl BigQuery for Managed {
         body: Vec<u8>,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
         self.inner.insert_all(table, body)
+    }
+
+    fn write_rows(
+        &self,
+        table: &TableRef,
+        rows: &[&[u8]],
+        options: InsertOptions,
+    ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
+        self.inner.write_rows(table, rows, options)
     }
 
     fn get_table(

@@ -1,4 +1,6 @@
 //! A local insertAll-compatible HTTP server: the demo's destination and the tests' BigQuery fake.
+//! It also speaks the Storage Write API's `AppendRows` over gRPC on a second port ([`Sink::grpc_url`],
+//! `grpc.rs`), into the same tables, with the same hook.
 //!
 //! It answers `POST /bigquery/v2/projects/{p}/datasets/{d}/tables/{t}/insertAll` like BigQuery with
 //! `skipInvalidRows = false`: all rows are stored, or, when a row is rejected, none is (the rejected
@@ -16,7 +18,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -114,6 +116,7 @@ impl Shared {
 /// A running sink; stops when dropped.
 pub struct Sink {
     url: String,
+    grpc_url: String,
     shared: Arc<Shared>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -155,21 +158,45 @@ impl Sink {
                 get(tables_get).patch(tables_patch),
             )
             .with_state(Arc::clone(&shared));
+        // The Storage Write API (gRPC) on the next free port.
+        let grpc_listener = runtime.block_on(tokio::net::TcpListener::bind(SocketAddr::new(
+            listener.local_addr()?.ip(),
+            0,
+        )))?;
+        let grpc_url = format!("http://{}", grpc_listener.local_addr()?);
+        let write = grpc::WriteService {
+            shared: Arc::clone(&shared),
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("bq-sink".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    let (grpc_stop, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
                     let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                         let _ = stopped.await;
+                        let _ = grpc_stop.send(());
                     });
-                    if let Err(e) = serve.await {
+                    let grpc = tonic::transport::Server::builder()
+                        .add_service(write)
+                        .serve_with_incoming_shutdown(
+                            tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                            async move {
+                                let _ = grpc_stopped.await;
+                            },
+                        );
+                    let (rest, grpc) = tokio::join!(serve, grpc);
+                    if let Err(e) = rest {
                         tracing::error!(error = %e, "sink server failed");
+                    }
+                    if let Err(e) = grpc {
+                        tracing::error!(error = %e, "sink gRPC server failed");
                     }
                 });
             })?;
         Ok(Sink {
             url,
+            grpc_url,
             shared,
             stop: Some(stop),
             thread: Some(thread),
@@ -179,6 +206,11 @@ impl Sink {
     /// Base URL, for `bigquery.endpoint`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Base URL of its Storage Write API (gRPC, plaintext), for `bigquery.storage_endpoint`.
+    pub fn grpc_url(&self) -> &str {
+        &self.grpc_url
     }
 
     /// Sets the hook deciding replies (default: accept everything).
@@ -302,7 +334,9 @@ impl Drop for Sink {
 }
 
 mod decode;
+mod grpc;
 mod latency;
+mod proto_rows;
 mod tables;
 
 use decode::store_fast;
@@ -392,8 +426,15 @@ fn store(shared: &Shared, table: &str, mut rows: Vec<Value>) {
     let mut seconds = Seconds::default();
     let latencies: Vec<u64> = rows
         .iter()
-        .filter_map(|r| r.get("json")?.get("_kafka_timestamp")?.as_str())
-        .filter_map(|t| seconds.latency_ms(t, now))
+        .filter_map(|r| match r.get("json")?.get("_kafka_timestamp")? {
+            Value::String(t) => seconds.latency_ms(t, now),
+            // Written through the Storage Write API: microseconds since the epoch.
+            Value::Number(micros) => {
+                let at = UNIX_EPOCH + Duration::from_micros(micros.as_u64()?);
+                Some(now.duration_since(at).unwrap_or_default().as_millis() as u64)
+            }
+            _ => None,
+        })
         .collect();
     let mut inner = shared.lock();
     let inner = &mut *inner;

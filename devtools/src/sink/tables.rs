@@ -93,7 +93,7 @@ fn drop_fields(row: &mut Map<String, Value>, paths: &[String]) {
     }
 }
 
-fn schema_of(def: &Value) -> Vec<FieldSchema> {
+pub(super) fn schema_of(def: &Value) -> Vec<FieldSchema> {
     serde_json::from_value(def["schema"]["fields"].clone()).unwrap_or_default()
 }
 
