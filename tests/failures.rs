@@ -20,12 +20,9 @@ use bqsink_actors::config::{Config, Tolerance};
 use bqsink_actors::messages::Stage;
 use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 
 const TOPIC: &str = "events";
@@ -80,69 +77,6 @@ fn produce_recs(bootstrap: &str, topic: &str, recs: &[Rec]) {
         p.send(record).map_err(|(e, _)| e).unwrap();
     }
     p.flush(Duration::from_secs(30)).unwrap();
-}
-
-/// A record read back from a topic.
-#[derive(Debug, Clone)]
-struct Read {
-    offset: i64,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl Read {
-    fn header(&self, key: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.as_ref())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-    fn own_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| !k.starts_with("__connect.errors."))
-            .cloned()
-            .collect()
-    }
-}
-
-/// Every record of partition 0 of `topic`, from the beginning to its current end.
-fn read_topic(bootstrap: &str, topic: &str) -> Vec<Read> {
-    let (_, high) = watermarks(bootstrap, topic, 1)[0];
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", "test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    c.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let start = Instant::now();
-    while out.last().map_or(high > 0, |r: &Read| r.offset + 1 < high) {
-        assert!(start.elapsed() < Duration::from_secs(30), "reading {topic}");
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            let m = m.unwrap();
-            out.push(Read {
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                value: m.payload().map(<[u8]>::to_vec),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            });
-        }
-    }
-    out
 }
 
 fn dlq_count(bootstrap: &str) -> i64 {

@@ -165,6 +165,8 @@ struct Scenario {
     g: Group,
     sink: Sink,
     outage: Outage,
+    /// Written through the Storage Write API (the sink's gRPC side) instead of insertAll.
+    storage: bool,
 }
 
 impl Scenario {
@@ -184,7 +186,22 @@ impl Scenario {
             g,
             sink,
             outage,
+            storage: false,
         }
+    }
+
+    /// The same through the Storage Write API: the table exists (its schema makes the rows'
+    /// protobuf format) and the outage refuses every `AppendRows` with the gRPC code of `status`.
+    fn storage(
+        topic: &'static str,
+        status: u16,
+        reason: &'static str,
+        bearer: Option<&'static str>,
+    ) -> Self {
+        let s = Self::new(topic, status, reason, bearer);
+        s.sink.manage_tables();
+        s.sink.create_table(&s.g.table(), member_events_fields());
+        Scenario { storage: true, ..s }
     }
 
     /// Tolerance "all" with a dead-letter topic (where a sink failure must never go), retries.
@@ -195,6 +212,9 @@ impl Scenario {
         c.errors.deadletterqueue.topic_name = g.dlq.clone();
         c.errors.sink_failure = SinkFailure::Retry;
         c.errors.retry_timeout_ms = RETRY_TIMEOUT_MS;
+        if self.storage {
+            use_storage_write(&mut c, &self.sink);
+        }
         c
     }
 
@@ -494,6 +514,31 @@ fn bigquery_401_with_a_static_token_is_retried_until_accepted_and_loses_nothing(
     let mut config = s.config();
     config.bigquery.token = Some("fixed".into());
     survive_outage(&s, &config, "401");
+}
+
+#[test]
+fn storage_write_unavailable_past_the_retry_timeout_loses_nothing() {
+    let _serial = one_at_a_time();
+    let s = Scenario::storage("swdown", 503, "backendError", None);
+    let config = s.config();
+    survive_outage(&s, &config, "UNAVAILABLE");
+}
+
+#[test]
+fn storage_write_not_found_is_retried_until_the_table_takes_rows_and_loses_nothing() {
+    let _serial = one_at_a_time();
+    let s = Scenario::storage("swmissing", 404, "notFound", None);
+    let config = s.config();
+    survive_outage(&s, &config, "NOT_FOUND");
+}
+
+#[test]
+fn storage_write_unauthenticated_is_retried_until_accepted_and_loses_nothing() {
+    let _serial = one_at_a_time();
+    let s = Scenario::storage("swunauth", 401, "unauthorized", Some("Bearer fixed"));
+    let mut config = s.config();
+    config.bigquery.token = Some("fixed".into());
+    survive_outage(&s, &config, "UNAUTHENTICATED");
 }
 
 #[test]

@@ -11,6 +11,7 @@ use bqsink_devtools::generator::{Counts, Event, Generator, Mix};
 use bqsink_devtools::kafka;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, Producer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -412,4 +413,70 @@ impl Drop for BqsinkRun {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadBack {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ReadBack {
+    pub fn header(&self, key: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+    pub fn own_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("__connect.errors."))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Every record of partition 0 of `topic`, from the beginning to its current end.
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<ReadBack> {
+    let (_, high) = watermarks(bootstrap, topic, 1)[0];
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let start = Instant::now();
+    while out
+        .last()
+        .map_or(high > 0, |r: &ReadBack| r.offset + 1 < high)
+    {
+        assert!(start.elapsed() < Duration::from_secs(30), "reading {topic}");
+        if let Some(m) = c.poll(Duration::from_millis(100)) {
+            let m = m.unwrap();
+            out.push(ReadBack {
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    out
 }
