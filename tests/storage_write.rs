@@ -82,7 +82,7 @@ fn events_go_through_the_storage_write_api_once_each_typed_by_their_columns() {
         "(distinct events, repeated rows) in the table"
     );
     assert_eq!(
-        stats.failed as u64, counts.malformed,
+        stats.failed, counts.malformed,
         "only the malformed records failed"
     );
     assert!(sink.insert_id_dropped() == 0);

@@ -159,6 +159,7 @@ pub async fn write_rows(
     bq: &dyn BigQuery,
     table: &TableRef,
     rows: &[&[u8]],
+    sources: &[(Tp, i64)],
     options: InsertOptions,
 ) -> Result<InsertAllResponse, BqError> {
     let span = tracing::debug_span!(
@@ -172,7 +173,7 @@ pub async fn write_rows(
     let started = Instant::now();
     let request = {
         let _entered = span.enter();
-        bq.write_rows(table, rows, options)
+        bq.write_rows(table, rows, sources, options)
     };
     let result = tracing::Instrument::instrument(request, span.clone()).await;
     let secs = started.elapsed().as_secs_f64();

@@ -360,4 +360,9 @@ impl RetryHooks for BatchHooks<'_> {
     fn sink_ok(&self) {
         self.stats.health.succeeded(&self.sink);
     }
+
+    fn source(&self, i: usize) -> Option<(Tp, i64)> {
+        let row = self.rows.get(i)?;
+        Some((row.origin.tp.clone(), row.source.offset))
+    }
 }

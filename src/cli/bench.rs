@@ -30,6 +30,7 @@ pub fn worker(config: Config) -> anyhow::Result<i32> {
         .cloned()
         .context("no topic configured")?;
     let (client, _) = bigquery::from_config(&config.bigquery)?;
+    let hook = client.commit_hook();
     let stats = Arc::new(Stats::default());
     // As `run::run` starts it, keeping a handle on the consumer's controls for pause and resume.
     let destinations = destinations::from_config(&config, &stats)?;
@@ -44,7 +45,13 @@ pub fn worker(config: Config) -> anyhow::Result<i32> {
             destinations.clone(),
         )
     });
-    let poller = kafka::spawn_consumer(&config, supervisor.clone(), commands, Arc::clone(&stats))?;
+    let poller = kafka::spawn_consumer(
+        &config,
+        supervisor.clone(),
+        commands,
+        Arc::clone(&stats),
+        hook,
+    )?;
 
     std::thread::spawn(move || {
         let tps = |n: &str| -> Vec<Tp> {

@@ -17,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use actix::{Addr, Recipient};
+use bqsink_actors::bigquery::CommitHook;
 use bqsink_actors::config::Config;
 use bqsink_actors::kafka::CommitError;
 use bqsink_actors::messages::{Assigned, RawChunk, RawRecord, Revoked, Revoking, Tp};
@@ -57,12 +58,86 @@ pub struct SinkContext {
     /// offsets went backwards (`KafkaControl::rewind_partition`): its entry is forgotten, so its
     /// next commit moves back to where it is read again.
     committed: Mutex<HashMap<(Arc<str>, i32), i64>>,
+    /// Exactly-once delivery's part in each commit (`bigquery.delivery = "exactly_once"`): the
+    /// offset and metadata to commit, then the flushes the commit allows.
+    hook: Option<Arc<dyn CommitHook>>,
 }
 
 impl SinkContext {
     /// Commits synchronously what moves forward; with `assigned_only`, only partitions still
     /// assigned (a periodic commit that raced with a revoke is dropped).
+    ///
+    /// With exactly-once delivery every commit goes through the hook: partitions whose streams
+    /// await a flush are committed again at their offset, each offset may be lowered and carries
+    /// the metadata naming the rows it covers, and only after the broker accepted the commit are
+    /// those rows flushed (`bqsink_actors::stage::exactly_once` has the proof).
     fn commit(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        offsets: &[(Tp, i64)],
+        assigned_only: bool,
+    ) -> KafkaResult<()> {
+        let Some(hook) = &self.hook else {
+            return self.commit_plain(consumer, offsets, assigned_only);
+        };
+        let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        let routes = if assigned_only {
+            Some(self.routes.lock().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            None
+        };
+        let assigned = |key: &(Arc<str>, i32)| routes.as_ref().is_none_or(|r| r.contains_key(key));
+        let mut wanted: Vec<(Tp, i64)> = offsets
+            .iter()
+            .filter(|(tp, o)| {
+                let key = (tp.topic.clone(), tp.partition);
+                assigned(&key) && committed.get(&key).is_none_or(|c| o > c)
+            })
+            .cloned()
+            .collect();
+        for tp in hook.pending() {
+            let key = (tp.topic.clone(), tp.partition);
+            if let (true, Some(&c)) = (assigned(&key), committed.get(&key)) {
+                if !wanted.iter().any(|(t, _)| *t == tp) {
+                    wanted.push((tp, c));
+                }
+            }
+        }
+        drop(routes);
+        let mut plan: Vec<(Tp, i64, String)> = Vec::new();
+        for (tp, o) in wanted {
+            match hook.prepare(&tp, o) {
+                Ok((o, metadata)) => {
+                    let key = (tp.topic.clone(), tp.partition);
+                    if committed.get(&key).is_none_or(|c| o >= *c) {
+                        plan.push((tp, o, metadata));
+                    }
+                }
+                Err(e) => tracing::error!(%tp, error = %e, "offset not committed"),
+            }
+        }
+        if plan.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (tp, offset, metadata) in &plan {
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*offset))?;
+            if let Some(mut e) = tpl.find_partition(&tp.topic, tp.partition) {
+                e.set_metadata(metadata);
+            }
+        }
+        consumer.commit(&tpl, CommitMode::Sync)?;
+        let tps: Vec<Tp> = plan.iter().map(|(tp, _, _)| tp.clone()).collect();
+        for (tp, o, _) in plan {
+            committed.insert((tp.topic, tp.partition), o);
+        }
+        drop(committed);
+        hook.committed(&tps);
+        Ok(())
+    }
+
+    /// [`Self::commit`] without exactly-once delivery.
+    fn commit_plain(
         &self,
         consumer: &BaseConsumer<Self>,
         offsets: &[(Tp, i64)],
@@ -131,7 +206,7 @@ impl ConsumerContext for SinkContext {
         }
         // The supervisor answers with the partitions' last handled offsets; commit them before
         // another instance takes over.
-        match futures::executor::block_on(self.supervisor.send(Revoked { tps })) {
+        match futures::executor::block_on(self.supervisor.send(Revoked { tps: tps.clone() })) {
             Ok(finals) if !finals.is_empty() => {
                 if let Err(e) = self.commit(consumer, &finals, false) {
                     tracing::warn!(error = %e, "commit of revoked partitions failed; their records will be read again");
@@ -140,12 +215,23 @@ impl ConsumerContext for SinkContext {
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "supervisor gone during revoke"),
         }
+        if let Some(hook) = &self.hook {
+            // Nothing more is appended for them; a commit that no longer names the streams whose
+            // flush was confirmed lets them be finalized. The next owner flushes the others.
+            hook.released(&tps);
+            if let Err(e) = self.commit(consumer, &[], false) {
+                tracing::debug!(error = %e, "commit after releasing the revoked partitions' streams failed");
+            }
+        }
     }
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let tps = tps_of(tpl);
+                if let Some(hook) = &self.hook {
+                    self.take_over(consumer, hook.as_ref(), tpl);
+                }
                 let warmup = match &self.warmup {
                     Some(w) => w.keys_before_committed(consumer, tpl),
                     None => Vec::new(),
@@ -182,6 +268,37 @@ impl ConsumerContext for SinkContext {
     }
 }
 
+impl SinkContext {
+    /// Exactly once: hands the assigned partitions' committed metadata to the hook (the streams a
+    /// previous owner committed rows of) and remembers their committed offsets, at which those
+    /// streams are committed again before they are finalized.
+    fn take_over(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        hook: &dyn CommitHook,
+        tpl: &TopicPartitionList,
+    ) {
+        let committed = match consumer.committed_offsets(tpl.clone(), Duration::from_secs(30)) {
+            Ok(c) => c,
+            Err(e) => {
+                // Without the metadata, a previous owner's committed rows that were not flushed yet
+                // would stay invisible: say so loudly; they are flushed once the partition is
+                // assigned again with the metadata readable.
+                tracing::error!(error = %e, "cannot read the committed offsets' metadata of the assigned partitions");
+                return;
+            }
+        };
+        let mut known = self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        for e in committed.elements() {
+            let tp = Tp::new(e.topic(), e.partition());
+            if let Offset::Offset(o) = e.offset() {
+                known.insert((tp.topic.clone(), tp.partition), o);
+            }
+            hook.assigned(&tp, Some(e.metadata()).filter(|m| !m.is_empty()));
+        }
+    }
+}
+
 fn commit_sync(consumer: &BaseConsumer<SinkContext>, offsets: &[(Tp, i64)]) -> KafkaResult<()> {
     let mut tpl = TopicPartitionList::new();
     for (tp, offset) in offsets {
@@ -202,6 +319,7 @@ pub fn spawn_consumer(
     supervisor: Addr<SupervisorActor>,
     commands: Receiver<Command>,
     stats: Arc<Stats>,
+    hook: Option<Arc<dyn CommitHook>>,
 ) -> Result<JoinHandle<()>, KafkaSetupError> {
     let context = SinkContext {
         supervisor,
@@ -214,6 +332,7 @@ pub fn spawn_consumer(
         },
         committed: Mutex::new(HashMap::new()),
         stats,
+        hook,
     };
     let consumer: BaseConsumer<SinkContext> = consumer_config(config)
         .create_with_context(context)
@@ -243,6 +362,9 @@ pub fn spawn_consumer(
 /// no rebalance meanwhile) before every partition is paused and polling goes on.
 const TOTAL_STALL: Duration = Duration::from_secs(1);
 
+/// How often the poller checks whether exactly-once streams need a commit of their own.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How long the poller sleeps while the total in-flight limits are reached.
 const TOTAL_WAIT: Duration = Duration::from_millis(2);
 
@@ -256,7 +378,16 @@ fn poll_loop(
     // Records arrive in runs of one partition (a fetched batch): the run's chunk is found by
     // comparing with the previous record's partition, without hashing anything per record.
     let mut chunks = Chunks::default();
+    // Exactly once: streams awaiting a flush or a finalize after a rebalance are committed again
+    // at their offset, even when no offset moves.
+    let mut next_upkeep = Instant::now();
     loop {
+        if consumer.context().hook.is_some() && Instant::now() >= next_upkeep {
+            next_upkeep = Instant::now() + UPKEEP_INTERVAL;
+            if let Err(e) = consumer.context().commit(&consumer, &[], true) {
+                tracing::warn!(error = %e, "commit for the exactly-once streams' upkeep failed; tried again");
+            }
+        }
         loop {
             let cmd = match commands.try_recv() {
                 Ok(cmd) => cmd,

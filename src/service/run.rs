@@ -34,16 +34,18 @@ pub fn run(
     let system = actix::System::new();
     let (control, commands) = kafka::control();
     let poller_stats = Arc::clone(&stats);
+    let hook = bq.commit_hook();
     let supervisor = system.block_on(async {
         pipeline::start_with_destinations(config, control, bq, stats, destinations.clone())
     });
-    let poller = match kafka::spawn_consumer(config, supervisor.clone(), commands, poller_stats) {
-        Ok(p) => p,
-        Err(e) => {
-            actix::System::current().stop();
-            return Err(e).context("starting the Kafka consumer");
-        }
-    };
+    let poller =
+        match kafka::spawn_consumer(config, supervisor.clone(), commands, poller_stats, hook) {
+            Ok(p) => p,
+            Err(e) => {
+                actix::System::current().stop();
+                return Err(e).context("starting the Kafka consumer");
+            }
+        };
     if signals {
         let sup = supervisor.clone();
         system.block_on(async move {

@@ -75,6 +75,28 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
         .collect()
 }
 
+/// The metadata of the group's committed offsets, per partition.
+pub fn committed_metadata(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<String> {
+    let c = admin_consumer(bootstrap, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| {
+            got.find_partition(topic, p)
+                .map(|e| e.metadata().to_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
 /// (low, high) watermarks per partition.
 pub fn watermarks(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
     let c = admin_consumer(bootstrap, "watermarks");
@@ -392,6 +414,17 @@ impl BqsinkRun {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// SIGKILL: the process dies at once, mid-whatever.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGTERM (drain, commit, exit); the exit code.

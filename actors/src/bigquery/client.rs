@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::model::TableRef;
+use crate::model::{TableRef, Tp};
 use crate::stage::batch::{encode_body_with, InsertOptions};
 use crate::stage::schema::FieldSchema;
 use crate::tables::definition::{TableDefinition, TableManager};
@@ -23,10 +23,14 @@ pub trait BigQuery: Send + Sync + 'static {
     /// request and answers as insertAll does: the rows not listed in `insert_errors` are written.
     /// The default sends one `tabledata.insertAll`; the Storage Write API client (`bqsink` crate)
     /// encodes the rows as protobuf and appends them to a write stream instead.
+    ///
+    /// `sources` holds each row's partition and offset when the caller knows them (the pipeline's
+    /// writer does; a replay does not): exactly-once delivery needs them.
     fn write_rows(
         &self,
         table: &TableRef,
         rows: &[&[u8]],
+        _sources: &[(Tp, i64)],
         options: InsertOptions,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
         let size = rows.iter().map(|r| r.len() + 1).sum::<usize>() + 80;
@@ -68,11 +72,36 @@ pub trait BigQuery: Send + Sync + 'static {
         Box::pin(async { Err(BqError::Unsupported("tables.patch")) })
     }
 
+    /// Exactly-once delivery's part in the offset commit, when the client delivers exactly once
+    /// (`bigquery.delivery = "exactly_once"`). Default none.
+    fn commit_hook(&self) -> Option<std::sync::Arc<dyn CommitHook>> {
+        None
+    }
+
     /// The table management [`send_with_retry`](super::retry::send_with_retry) applies (auto-creation, new fields, insert
     /// options); see [`crate::tables::api::Managed`]. Default none.
     fn tables(&self) -> Option<&TableManager> {
         None
     }
+}
+
+/// What the Kafka poller asks of an exactly-once client around each offset commit (see
+/// `crate::stage::exactly_once` for the protocol and its proof). All calls come from the poller
+/// thread, one at a time, and may block it.
+pub trait CommitHook: Send + Sync + 'static {
+    /// `tp` was assigned; `metadata` is its committed offset's metadata (the streams a previous
+    /// owner committed rows of, which this instance flushes and then finalizes).
+    fn assigned(&self, tp: &Tp, metadata: Option<&str>);
+    /// The offset to commit for `tp` when every record below `offset` is handled (possibly lower),
+    /// and the metadata to commit with it; an error when the metadata cannot be written.
+    fn prepare(&self, tp: &Tp, offset: i64) -> Result<(i64, String), String>;
+    /// The commits just prepared for `tps` succeeded: flush what they name (blocking), then
+    /// finalize the streams no commit names any more.
+    fn committed(&self, tps: &[Tp]);
+    /// Partitions that need a commit although their offset has not moved.
+    fn pending(&self) -> Vec<Tp>;
+    /// `tps` were revoked: nothing more is appended for them.
+    fn released(&self, tps: &[Tp]);
 }
 
 /// The 200 response of insertAll: rows not listed were inserted.

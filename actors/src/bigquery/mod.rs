@@ -8,7 +8,9 @@
 pub mod client;
 pub mod retry;
 
-pub use client::{BigQuery, BqError, ErrorProto, GrpcCode, InsertAllResponse, RowErrors};
+pub use client::{
+    BigQuery, BqError, CommitHook, ErrorProto, GrpcCode, InsertAllResponse, RowErrors,
+};
 pub use retry::{
     is_unknown_field, retry_delay, send_with_retry, Outcome, RetryHooks, RetryPolicy, RowFailure,
     SinkFailed,

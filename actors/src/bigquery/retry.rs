@@ -11,7 +11,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use super::client::{
     BigQuery, BqError, ErrorProto, InsertAllResponse, RowErrors, RETRYABLE_REASONS,
 };
-use crate::model::TableRef;
+use crate::model::{TableRef, Tp};
 use crate::stage::batch::InsertOptions;
 
 /// How failing requests are retried.
@@ -69,6 +69,10 @@ pub trait RetryHooks: Sync {
     fn sink_error(&self, _error: &BqError, _failing: bool) {}
     /// A request went through: BigQuery takes writes.
     fn sink_ok(&self) {}
+    /// Row `i`'s partition and offset, when known (exactly-once delivery needs them).
+    fn source(&self, _i: usize) -> Option<(Tp, i64)> {
+        None
+    }
 }
 
 /// A plain `keep` predicate is hooks that do nothing else.
@@ -157,7 +161,15 @@ pub async fn send_with_retry(
             return outcome;
         }
         let rows: Vec<&[u8]> = todo.iter().map(|&i| entries[i]).collect();
-        let retry_reason = match crate::telemetry::write_rows(bq, table, &rows, options).await {
+        let sources: Vec<(Tp, i64)> = todo.iter().filter_map(|&i| hooks.source(i)).collect();
+        let sources = if sources.len() == rows.len() {
+            sources
+        } else {
+            Vec::new()
+        };
+        let retry_reason = match crate::telemetry::write_rows(bq, table, &rows, &sources, options)
+            .await
+        {
             Ok(resp) => {
                 hooks.sink_ok();
                 let rows = classify(&todo, &resp, add_fields.is_some());

@@ -18,6 +18,11 @@ pub struct BigQueryConfig {
     /// API) or `storage` (the Storage Write API over gRPC: rows as protobuf appended to the table's
     /// `_default` stream; half the price per GB, higher quotas). Both deliver at least once.
     pub write_api: WriteApi,
+    /// With `write_api = "storage"`: `at_least_once` (default for now: each table's `_default`
+    /// stream, rows committed on append) or `exactly_once` (a BUFFERED stream per table and
+    /// partition, rows made visible by `FlushRows` only after the Kafka offset commit that covers
+    /// them; no duplicate row across crashes, restarts and rebalances; README, "Exactly once").
+    pub delivery: Delivery,
     /// Base URL of the Storage Write API (gRPC). Default `https://bigquerystorage.googleapis.com`;
     /// `http://` for an emulator or a test server (plaintext HTTP/2).
     pub storage_endpoint: String,
@@ -71,6 +76,7 @@ impl Default for BigQueryConfig {
             endpoint: "https://bigquery.googleapis.com".into(),
             project: String::new(),
             write_api: WriteApi::InsertAll,
+            delivery: Delivery::AtLeastOnce,
             storage_endpoint: "https://bigquerystorage.googleapis.com".into(),
             dataset: String::new(),
             tables: Tables::default(),
@@ -96,6 +102,14 @@ impl Default for BigQueryConfig {
 pub enum WriteApi {
     InsertAll,
     Storage,
+}
+
+/// `bigquery.delivery`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    AtLeastOnce,
+    ExactlyOnce,
 }
 
 /// `bigquery.auth`.

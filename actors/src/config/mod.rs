@@ -19,8 +19,8 @@ pub mod stages;
 pub mod validate;
 
 pub use bigquery::{
-    AuthMode, BigQueryConfig, FieldConfig, FieldMode, FieldType, InsertIdMode, PartitionType,
-    TableConfig, Tables, WriteApi,
+    AuthMode, BigQueryConfig, Delivery, FieldConfig, FieldMode, FieldType, InsertIdMode,
+    PartitionType, TableConfig, Tables, WriteApi,
 };
 pub use errors::{
     DeadLetterQueueConfig, ErrorFileConfig, ErrorsConfig, SinkFailure, SlackConfig, Tolerance,

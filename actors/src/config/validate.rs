@@ -43,6 +43,23 @@ impl Config {
         {
             return bad("bigquery.endpoint", "must be an http:// or https:// URL");
         }
+        if !(self.bigquery.storage_endpoint.starts_with("http://")
+            || self.bigquery.storage_endpoint.starts_with("https://"))
+        {
+            return bad(
+                "bigquery.storage_endpoint",
+                "must be an http:// or https:// URL",
+            );
+        }
+        if self.bigquery.delivery == super::Delivery::ExactlyOnce
+            && self.bigquery.write_api != super::WriteApi::Storage
+        {
+            return bad(
+                "bigquery.delivery",
+                "\"exactly_once\" needs bigquery.write_api = \"storage\" (insertAll's insertId \
+                 dedup is best effort)",
+            );
+        }
         if self.bigquery.max_concurrent_requests == 0 {
             return bad("bigquery.max_concurrent_requests", "must be > 0");
         }

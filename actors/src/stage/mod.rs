@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod convert;
 pub mod dedup;
+pub mod exactly_once;
 pub mod flow;
 pub mod guard;
 pub mod json;

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 use futures::future::BoxFuture;
 
 use super::definition::{row_objects, TableDefinition, TableManager};
-use crate::bigquery::client::{BigQuery, BqError, InsertAllResponse};
+use crate::bigquery::client::{BigQuery, BqError, CommitHook, InsertAllResponse};
 use crate::config::Config;
-use crate::model::TableRef;
+use crate::model::{TableRef, Tp};
 use crate::stage::batch::InsertOptions;
 use crate::stage::schema::{self, FieldSchema};
 
@@ -128,9 +128,14 @@ impl BigQuery for Managed {
         &self,
         table: &TableRef,
         rows: &[&[u8]],
+        sources: &[(Tp, i64)],
         options: InsertOptions,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
-        self.inner.write_rows(table, rows, options)
+        self.inner.write_rows(table, rows, sources, options)
+    }
+
+    fn commit_hook(&self) -> Option<Arc<dyn CommitHook>> {
+        self.inner.commit_hook()
     }
 
     fn get_table(

@@ -1,5 +1,7 @@
 //! The sink's BigQuery Storage Write API (gRPC over plaintext HTTP/2): `AppendRows` on a table's
-//! `_default` stream, stored in the same tables as insertAll rows and subject to the same hook.
+//! `_default` stream, stored in the same tables as insertAll rows and subject to the same hook, and
+//! BUFFERED streams (`CreateWriteStream`, appends at offsets, `FlushRows`, `FinalizeWriteStream`;
+//! see `streams.rs`).
 //!
 //! Rows are decoded with the connection's writer schema (the `DescriptorProto` of its first
 //! request) into JSON objects: strings as strings, integers and floats as numbers (a TIMESTAMP is
@@ -16,17 +18,20 @@ use std::task::{Context, Poll};
 use futures::future::BoxFuture;
 use futures::stream::{self, BoxStream, StreamExt};
 use googleapis_tonic_google_cloud_bigquery_storage_v1::google::cloud::bigquery::storage::v1::{
-    append_rows_request::Rows, append_rows_response, row_error::RowErrorCode, AppendRowsRequest,
-    AppendRowsResponse, RowError,
+    append_rows_request::Rows, append_rows_response, row_error::RowErrorCode, write_stream,
+    AppendRowsRequest, AppendRowsResponse, CreateWriteStreamRequest, FinalizeWriteStreamRequest,
+    FinalizeWriteStreamResponse, FlushRowsRequest, FlushRowsResponse, GetWriteStreamRequest,
+    RowError, WriteStream,
 };
 use googleapis_tonic_google_cloud_bigquery_storage_v1::google::rpc;
 use prost_types::DescriptorProto;
 use tonic::{Code, Status};
 
 use super::proto_rows::decode_row;
+use super::streams;
 use super::*;
 
-const APPEND_ROWS: &str = "/google.cloud.bigquery.storage.v1.BigQueryWrite/AppendRows";
+const SERVICE: &str = "/google.cloud.bigquery.storage.v1.BigQueryWrite/";
 
 /// The `BigQueryWrite` service over the sink's state.
 #[derive(Clone)]
@@ -49,16 +54,114 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for WriteService {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
-        match req.uri().path() {
-            APPEND_ROWS => Box::pin(async move {
+        let path = req.uri().path().to_owned();
+        let method = path.strip_prefix(SERVICE).unwrap_or("");
+        match method {
+            "AppendRows" => Box::pin(async move {
                 let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
                 Ok(grpc.streaming(AppendRowsSvc { shared }, req).await)
             }),
-            path => {
+            "CreateWriteStream" => unary(req, move |m: CreateWriteStreamRequest| {
+                let name = streams::create(&shared, &m.parent)?;
+                Ok(WriteStream {
+                    name,
+                    r#type: write_stream::Type::Buffered as i32,
+                    ..Default::default()
+                })
+            }),
+            "GetWriteStream" => unary(req, move |m: GetWriteStreamRequest| {
+                match shared.lock().streams.contains_key(&m.name) {
+                    true => Ok(WriteStream {
+                        name: m.name,
+                        r#type: write_stream::Type::Buffered as i32,
+                        ..Default::default()
+                    }),
+                    false => Err(Status::not_found(format!("Stream not found: {}", m.name))),
+                }
+            }),
+            "FinalizeWriteStream" => unary(req, move |m: FinalizeWriteStreamRequest| {
+                let row_count = streams::finalize(&shared, &m.name)?;
+                Ok(FinalizeWriteStreamResponse { row_count })
+            }),
+            "FlushRows" => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.unary(FlushSvc { shared }, req).await)
+            }),
+            _ => {
                 let status = Status::unimplemented(format!("the local sink does not serve {path}"));
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
+    }
+}
+
+/// Serves one unary call with `f`.
+fn unary<Req, Resp, F>(
+    req: http::Request<tonic::body::Body>,
+    f: F,
+) -> BoxFuture<'static, Result<http::Response<tonic::body::Body>, Infallible>>
+where
+    Req: prost::Message + Default + Send + 'static,
+    Resp: prost::Message + Send + 'static,
+    F: FnOnce(Req) -> Result<Resp, Status> + Send + 'static,
+{
+    struct Svc<F>(Option<F>);
+    impl<Req, Resp, F> tonic::server::UnaryService<Req> for Svc<F>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        F: FnOnce(Req) -> Result<Resp, Status> + Send + 'static,
+    {
+        type Response = Resp;
+        type Future = BoxFuture<'static, Result<tonic::Response<Resp>, Status>>;
+        fn call(&mut self, request: tonic::Request<Req>) -> Self::Future {
+            let result = match self.0.take() {
+                Some(f) => f(request.into_inner()).map(tonic::Response::new),
+                None => Err(Status::internal("called twice")),
+            };
+            Box::pin(async move { result })
+        }
+    }
+    Box::pin(async move {
+        let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<Resp, Req>::default());
+        Ok(grpc.unary(Svc(Some(f)), req).await)
+    })
+}
+
+/// `FlushRows`, through the flush hook.
+struct FlushSvc {
+    shared: Arc<Shared>,
+}
+
+impl tonic::server::UnaryService<FlushRowsRequest> for FlushSvc {
+    type Response = FlushRowsResponse;
+    type Future = BoxFuture<'static, Result<tonic::Response<FlushRowsResponse>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<FlushRowsRequest>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let m = request.into_inner();
+            let offset = m
+                .offset
+                .ok_or_else(|| Status::invalid_argument("FlushRows without an offset"))?;
+            let hook = shared.lock().flush_hook.clone();
+            let mut reply = hook.map_or(Reply::Accept, |h| h(&m.write_stream, offset));
+            while let Reply::Delay(wait, inner) = reply {
+                tokio::time::sleep(wait).await;
+                reply = *inner;
+            }
+            match reply {
+                Reply::Fail { status, reason } => Err(Status::new(
+                    grpc_code(status),
+                    format!("injected failure: {reason}"),
+                )),
+                Reply::InBand { code, message } => Err(Status::new(Code::from(code), message)),
+                _ => {
+                    let offset = streams::flush(&shared, &m.write_stream, offset)?;
+                    Ok(tonic::Response::new(FlushRowsResponse { offset }))
+                }
+            }
+        })
     }
 }
 
@@ -158,9 +261,21 @@ fn parse_stream(name: &str) -> Option<(String, &str)> {
 impl Connection {
     async fn append(&mut self, req: AppendRowsRequest) -> Result<AppendRowsResponse, Status> {
         let stream = req.write_stream.clone();
-        let Some((table, "_default")) = parse_stream(&stream) else {
+        let Some((table, stream_id)) = parse_stream(&stream) else {
             return Err(Status::not_found(format!("Stream not found: {stream}")));
         };
+        let default = stream_id == "_default";
+        if !default && !self.shared.lock().streams.contains_key(&stream) {
+            return Err(Status::not_found(format!("Stream not found: {stream}")));
+        }
+        if default && req.offset.is_some() {
+            return Ok(in_band(
+                &stream,
+                Code::InvalidArgument,
+                "the _default stream does not take offsets",
+                vec![],
+            ));
+        }
         let Some(Rows::ProtoRows(data)) = req.rows else {
             return Ok(in_band(
                 &stream,
@@ -212,6 +327,8 @@ impl Connection {
                 rows: &rows,
                 authorization: self.authorization.as_deref(),
                 seq,
+                stream: Some(stream_id),
+                offset: req.offset,
             });
         }
         while let Reply::Delay(wait, inner) = reply {
@@ -225,6 +342,9 @@ impl Connection {
                     grpc_code(status),
                     format!("injected failure: {reason}"),
                 ))
+            }
+            Reply::InBand { code, message } => {
+                return Ok(in_band(&stream, Code::from(code), &message, vec![]))
             }
             Reply::RejectRows(bad) => {
                 let errors = bad
@@ -265,11 +385,17 @@ impl Connection {
                 return Ok(in_band(&stream, Code::InvalidArgument, &message, vec![]));
             }
         }
-        store(&self.shared, &table, rows);
+        if default {
+            store(&self.shared, &table, rows);
+        } else if let Err((code, message)) =
+            streams::append(&self.shared, &stream, req.offset, rows)?
+        {
+            return Ok(in_band(&stream, code, &message, vec![]));
+        }
         Ok(AppendRowsResponse {
             write_stream: stream,
             response: Some(append_rows_response::Response::AppendResult(
-                append_rows_response::AppendResult { offset: None },
+                append_rows_response::AppendResult { offset: req.offset },
             )),
             ..Default::default()
         })

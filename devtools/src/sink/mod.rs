@@ -46,6 +46,10 @@ pub enum Reply {
     RejectRows(Vec<usize>),
     /// Wait, then do the inner reply (a request timeout when the wait is long enough).
     Delay(Duration, Box<Reply>),
+    /// Storage Write API only: answer this gRPC code in band (`AppendRowsResponse.error`, the
+    /// connection stays open), e.g. 6 `ALREADY_EXISTS`, 11 `OUT_OF_RANGE`; store nothing. insertAll
+    /// answers it as a 500.
+    InBand { code: i32, message: String },
 }
 
 /// One request as the hook sees it.
@@ -58,7 +62,14 @@ pub struct Request<'a> {
     pub authorization: Option<&'a str>,
     /// How many requests came before this one.
     pub seq: u64,
+    /// Storage Write API: the stream (`_default` or a created stream's id) and the append offset.
+    pub stream: Option<&'a str>,
+    pub offset: Option<i64>,
 }
+
+/// Decides the reply to a `FlushRows(stream, offset)` (Storage Write API): `Accept` flushes,
+/// `Fail` answers that status, `Delay` waits first.
+pub type FlushHook = Arc<dyn Fn(&str, i64) -> Reply + Send + Sync>;
 
 /// Decides the reply to each request.
 pub type Hook = Arc<dyn Fn(&Request<'_>) -> Reply + Send + Sync>;
@@ -98,6 +109,10 @@ struct Inner {
     /// Table-management calls, e.g. `tables.insert ds.t`.
     calls: Vec<String>,
     latency: LatencyTracker,
+    /// Storage Write API streams created with `CreateWriteStream`, by full name.
+    streams: HashMap<String, streams::BufferedStream>,
+    streams_created: u64,
+    flush_hook: Option<FlushHook>,
 }
 
 struct Shared {
@@ -216,6 +231,32 @@ impl Sink {
     /// Sets the hook deciding replies (default: accept everything).
     pub fn set_hook(&self, hook: impl Fn(&Request<'_>) -> Reply + Send + Sync + 'static) {
         self.shared.lock().hook = Some(Arc::new(hook));
+    }
+
+    /// Sets the hook deciding `FlushRows` replies (default: flush).
+    pub fn set_flush_hook(&self, hook: impl Fn(&str, i64) -> Reply + Send + Sync + 'static) {
+        self.shared.lock().flush_hook = Some(Arc::new(hook));
+    }
+
+    /// The Storage Write API streams created so far: (name, rows appended, rows flushed,
+    /// finalized), in creation order.
+    pub fn write_streams(&self) -> Vec<(String, usize, usize, bool)> {
+        let inner = self.shared.lock();
+        let mut v: Vec<_> = inner
+            .streams
+            .iter()
+            .map(|(n, s)| (s.seq, n.clone(), s.rows.len(), s.flushed, s.finalized))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, n, a, f, z)| (n, a, f, z)).collect()
+    }
+
+    /// Finalizes a stream as if someone else did (a fault for tests): it takes no more appends
+    /// or flushes.
+    pub fn finalize_stream(&self, name: &str) {
+        if let Some(s) = self.shared.lock().streams.get_mut(name) {
+            s.finalized = true;
+        }
     }
 
     /// Removes the hook: accept everything.
@@ -337,6 +378,7 @@ mod decode;
 mod grpc;
 mod latency;
 mod proto_rows;
+mod streams;
 mod tables;
 
 use decode::store_fast;
@@ -389,6 +431,8 @@ async fn insert_all(
             rows: &rows,
             authorization,
             seq,
+            stream: None,
+            offset: None,
         });
     }
     while let Reply::Delay(wait, inner) = reply {
@@ -404,6 +448,7 @@ async fn insert_all(
             Json(json!({"kind": "bigquery#tableDataInsertAllResponse"})).into_response()
         }
         Reply::Fail { status, reason } => error_body(status, &reason, "injected failure"),
+        Reply::InBand { message, .. } => error_body(500, "backendError", &message),
         Reply::RejectRows(bad) => {
             let errors: Vec<Value> = (0..rows.len())
                 .map(|i| {

@@ -22,6 +22,7 @@
 //! refuses appends with new fields).
 
 mod connection;
+mod exactly_once;
 mod status;
 
 use std::collections::HashMap;
@@ -29,9 +30,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bqsink_actors::bigquery::{
-    BigQuery, BqError, ErrorProto, GrpcCode, InsertAllResponse, RowErrors,
+    BigQuery, BqError, CommitHook, ErrorProto, GrpcCode, InsertAllResponse, RowErrors,
 };
-use bqsink_actors::config::BigQueryConfig;
+use bqsink_actors::config::{BigQueryConfig, Delivery};
+use bqsink_actors::messages::Tp;
 use bqsink_actors::stage::batch::InsertOptions;
 use bqsink_actors::stage::proto::RowFormat;
 use bqsink_actors::stage::schema::FieldSchema;
@@ -50,6 +52,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use super::auth::TokenSource;
 use super::rest::{ClientError, RestClient};
 use connection::Connection;
+pub use exactly_once::Commits;
 
 /// The most bytes of rows in one `AppendRows` request: Google's limit is 10 MB for the whole
 /// request, descriptor and envelope included.
@@ -70,6 +73,8 @@ struct Inner {
     project: String,
     timeout: Duration,
     state: Mutex<State>,
+    delivery: Delivery,
+    exactly_once: exactly_once::ExactlyOnce,
 }
 
 #[derive(Default)]
@@ -140,6 +145,8 @@ impl StorageWriteClient {
                 project: config.project.clone(),
                 timeout: Duration::from_millis(config.request_timeout_ms),
                 state: Mutex::new(State::default()),
+                delivery: config.delivery,
+                exactly_once: Default::default(),
             }),
         })
     }
@@ -224,20 +231,14 @@ impl Inner {
         )
     }
 
-    /// The open connection to `table`'s default stream for `format`, or a new one.
-    async fn connection(
+    /// The call metadata: the bearer token and Google's routing header (`key=value`, the value
+    /// URL-encoded as the API requires).
+    async fn routing_metadata(
         &self,
-        table: &TableRef,
-        format: &Format,
-        stream: &str,
-    ) -> Result<(Arc<Connection>, Option<String>), BqError> {
+        key: &str,
+        value: &str,
+    ) -> Result<tonic::metadata::MetadataMap, BqError> {
         let token = self.auth.token().await?;
-        let mut state = self.state();
-        if let Some(c) = state.connections.get(table) {
-            if c.is_open() && c.format_version == format.version {
-                return Ok((Arc::clone(c), token));
-            }
-        }
         let mut metadata = tonic::metadata::MetadataMap::new();
         if let Some(t) = &token {
             let value = format!("Bearer {t}").parse().map_err(|_| BqError::Auth {
@@ -246,11 +247,38 @@ impl Inner {
             })?;
             metadata.insert("authorization", value);
         }
-        // Google routes a call by its stream; the value is URL-encoded as the API requires.
-        let routing = format!("write_stream={}", stream.replace('/', "%2F"));
+        let routing = format!("{key}={}", value.replace('/', "%2F"));
         if let Ok(v) = routing.parse() {
             metadata.insert("x-goog-request-params", v);
         }
+        Ok(metadata)
+    }
+
+    /// The metadata of an `AppendRows` call to `stream`.
+    async fn metadata(&self, stream: &str) -> Result<tonic::metadata::MetadataMap, BqError> {
+        self.routing_metadata("write_stream", stream).await
+    }
+
+    /// The open connection to `table`'s default stream for `format`, or a new one, and the token
+    /// it was opened with.
+    async fn connection(
+        &self,
+        table: &TableRef,
+        format: &Format,
+        stream: &str,
+    ) -> Result<(Arc<Connection>, Option<String>), BqError> {
+        if let Some(c) = self.state().connections.get(table) {
+            if c.is_open() && c.format_version == format.version {
+                return Ok((Arc::clone(c), None));
+            }
+        }
+        let metadata = self.metadata(stream).await?;
+        let token = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let mut state = self.state();
         let c = Arc::new(Connection::open(
             &self.handle(),
             self.write.clone(),
@@ -259,6 +287,28 @@ impl Inner {
         ));
         state.connections.insert(table.clone(), Arc::clone(&c));
         Ok((c, token))
+    }
+
+    /// Sends encoded rows: exactly once with their sources, else to the default stream.
+    async fn send(
+        &self,
+        table: &TableRef,
+        format: Arc<Format>,
+        encoded: Encoded,
+        sources: Option<Vec<(Tp, i64)>>,
+    ) -> Result<InsertAllResponse, BqError> {
+        match sources {
+            Some(sources) => {
+                let result = self
+                    .append_exactly_once(table, format, encoded, &sources)
+                    .await;
+                if let Err(e) = &result {
+                    self.after_error(table, e, None).await;
+                }
+                result
+            }
+            None => self.append(table, format, encoded).await,
+        }
     }
 
     /// Appends the encoded rows to the table's default stream, at most [`MAX_REQUEST_ROW_BYTES`]
@@ -387,6 +437,14 @@ impl Inner {
         if status::is_schema_mismatch(e) || e.is_not_found() {
             self.forget(table);
         }
+        let current;
+        let token = match token {
+            Some(t) => Some(t),
+            None => {
+                current = self.auth.token().await.ok().flatten();
+                current.as_deref()
+            }
+        };
         if let (
             BqError::Grpc {
                 code: GrpcCode::Unauthenticated,
@@ -456,21 +514,34 @@ impl BigQuery for StorageWriteClient {
         &self,
         table: &TableRef,
         rows: &[&[u8]],
+        sources: &[(Tp, i64)],
         _options: InsertOptions,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
         let inner = Arc::clone(&self.inner);
         let table = table.clone();
+        // Exactly once needs each row's partition and offset; rows without them (a replay) go to
+        // the default stream, at least once.
+        let sources = (inner.delivery == Delivery::ExactlyOnce && sources.len() == rows.len())
+            .then(|| sources.to_vec());
         // With the format known the rows are encoded here, without copying them for the future.
         if let Some(format) = inner.cached_format(&table) {
             let encoded = encode(&format, rows);
-            return Box::pin(async move { inner.append(&table, format, encoded).await });
+            return Box::pin(async move { inner.send(&table, format, encoded, sources).await });
         }
         let owned: Vec<Vec<u8>> = rows.iter().map(|r| r.to_vec()).collect();
         Box::pin(async move {
             let format = inner.format(&table).await?;
             let rows: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
             let encoded = encode(&format, &rows);
-            inner.append(&table, format, encoded).await
+            inner.send(&table, format, encoded, sources).await
+        })
+    }
+
+    fn commit_hook(&self) -> Option<Arc<dyn CommitHook>> {
+        (self.inner.delivery == Delivery::ExactlyOnce).then(|| {
+            Arc::new(Commits {
+                inner: Arc::clone(&self.inner),
+            }) as Arc<dyn CommitHook>
         })
     }
 

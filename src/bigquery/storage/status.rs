@@ -42,6 +42,21 @@ fn error(code: i32, message: &str, details: &[prost_types::Any]) -> BqError {
     }
 }
 
+/// Whether a stream is gone for good: finalized (it takes no appends and no flushes) or not found
+/// (deleted, expired).
+pub(super) fn is_stream_gone(e: &BqError) -> bool {
+    match e {
+        BqError::Grpc { code, message } => {
+            let m = message.to_ascii_lowercase();
+            *code == GrpcCode::NotFound
+                || m.contains("finalized")
+                || m.contains("stream_not_found")
+                || m.contains("stream not found")
+        }
+        _ => false,
+    }
+}
+
 /// Whether the error says the table's schema and the rows' descriptor disagree (a column was
 /// dropped or changed, or fields were added that this connection does not know yet): the row
 /// format is fetched again and a new connection opened.

@@ -1,0 +1,130 @@
+//! The sink's BUFFERED write streams, as Google documents them: `CreateWriteStream` names a stream
+//! of a table; `AppendRows` with an offset takes rows only at exactly the stream's end
+//! (`ALREADY_EXISTS` below, `OUT_OF_RANGE` above); rows are invisible until `FlushRows(F)` makes
+//! rows `0..=F` visible (inclusive, cumulative; flushing again is harmless); after
+//! `FinalizeWriteStream` a stream takes no appends and no flushes (`INVALID_ARGUMENT`).
+
+use serde_json::Value;
+use tonic::{Code, Status};
+
+use super::{store, Shared};
+
+/// One created stream.
+pub(super) struct BufferedStream {
+    pub(super) table: String,
+    pub(super) seq: u64,
+    /// Appended rows (`{"json": …}`), visible up to `flushed`.
+    pub(super) rows: Vec<Value>,
+    pub(super) flushed: usize,
+    pub(super) finalized: bool,
+}
+
+/// `projects/p/datasets/d/tables/t` → `d.t`.
+pub(super) fn table_of(parent: &str) -> Option<String> {
+    let parts: Vec<&str> = parent.split('/').collect();
+    match parts.as_slice() {
+        ["projects", _, "datasets", d, "tables", t] => Some(format!("{d}.{t}")),
+        _ => None,
+    }
+}
+
+/// Creates a BUFFERED stream of `parent`'s table; its full name.
+pub(super) fn create(shared: &Shared, parent: &str) -> Result<String, Status> {
+    let table =
+        table_of(parent).ok_or_else(|| Status::invalid_argument(format!("bad parent {parent}")))?;
+    let mut inner = shared.lock();
+    if inner.managed && !inner.definitions.contains_key(&table) {
+        return Err(Status::not_found(format!("Not found: Table sink:{table}")));
+    }
+    inner.streams_created += 1;
+    let seq = inner.streams_created;
+    let name = format!("{parent}/streams/{seq:016x}");
+    inner.streams.insert(
+        name.clone(),
+        BufferedStream {
+            table,
+            seq,
+            rows: Vec::new(),
+            flushed: 0,
+            finalized: false,
+        },
+    );
+    Ok(name)
+}
+
+/// Appends `rows` at `offset`: `Ok` when taken, or the in-band code and message.
+pub(super) fn append(
+    shared: &Shared,
+    name: &str,
+    offset: Option<i64>,
+    rows: Vec<Value>,
+) -> Result<Result<(), (Code, String)>, Status> {
+    let mut inner = shared.lock();
+    let s = inner
+        .streams
+        .get_mut(name)
+        .ok_or_else(|| Status::not_found(format!("Stream not found: {name}")))?;
+    if s.finalized {
+        return Ok(Err((
+            Code::InvalidArgument,
+            format!("Stream has been finalized and cannot be appended: {name}"),
+        )));
+    }
+    let end = s.rows.len() as i64;
+    match offset {
+        Some(o) if o < end => Ok(Err((
+            Code::AlreadyExists,
+            format!("The offset is within stream, expected offset {end}, received {o}"),
+        ))),
+        Some(o) if o > end => Ok(Err((
+            Code::OutOfRange,
+            format!("The offset is beyond stream, expected offset {end}, received {o}"),
+        ))),
+        _ => {
+            s.rows.extend(rows);
+            Ok(Ok(()))
+        }
+    }
+}
+
+/// `FlushRows(name, offset)`: rows up to `offset` (inclusive) become visible.
+pub(super) fn flush(shared: &Shared, name: &str, offset: i64) -> Result<i64, Status> {
+    let (table, rows) = {
+        let mut inner = shared.lock();
+        let s = inner
+            .streams
+            .get_mut(name)
+            .ok_or_else(|| Status::not_found(format!("Stream not found: {name}")))?;
+        if s.finalized {
+            return Err(Status::invalid_argument(format!(
+                "Stream has been finalized and cannot be appended: {name}"
+            )));
+        }
+        let end = usize::try_from(offset + 1).unwrap_or(0);
+        if offset < 0 || end > s.rows.len() {
+            return Err(Status::out_of_range(format!(
+                "Offset {offset} is beyond the end of the stream ({} rows)",
+                s.rows.len()
+            )));
+        }
+        if end <= s.flushed {
+            return Ok(offset);
+        }
+        let rows = s.rows[s.flushed..end].to_vec();
+        s.flushed = end;
+        (s.table.clone(), rows)
+    };
+    store(shared, &table, rows);
+    Ok(offset)
+}
+
+/// `FinalizeWriteStream`: the row count.
+pub(super) fn finalize(shared: &Shared, name: &str) -> Result<i64, Status> {
+    let mut inner = shared.lock();
+    let s = inner
+        .streams
+        .get_mut(name)
+        .ok_or_else(|| Status::not_found(format!("Stream not found: {name}")))?;
+    s.finalized = true;
+    Ok(s.rows.len() as i64)
+}
