@@ -3,6 +3,8 @@
 //! bqsink on a mock Kafka cluster, then query the table through the emulator's REST API.
 
 mod common;
+#[path = "support/admin.rs"]
+mod support;
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -96,13 +98,7 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
 }
 
 fn schema() -> Value {
-    let s = |name: &str, ty: &str| json!({"name": name, "type": ty});
-    json!({"fields": [
-        s("event_id", "STRING"), s("member_id", "STRING"), s("event_type", "STRING"),
-        s("occurred_at", "TIMESTAMP"), s("channel", "STRING"), s("seq", "INTEGER"),
-        {"name": "attributes", "type": "RECORD", "fields": [s("ip", "STRING"), s("plan", "STRING"), s("locale", "STRING"), s("session", "STRING")]},
-        s("_kafka_topic", "STRING"), s("_kafka_partition", "INTEGER"), s("_kafka_offset", "INTEGER"), s("_kafka_timestamp", "TIMESTAMP"),
-    ]})
+    json!({"fields": member_events_fields()})
 }
 
 #[test]
@@ -249,6 +245,8 @@ fn tables_are_created_partitioned_clustered_and_routed_in_the_emulator() {
 [kafka]
 topics = ["{topic}"]
 [bigquery]
+write_api = "insert_all"
+delivery = "at_least_once"
 project = "local"
 dataset = "routed"
 auto_create_tables = true
@@ -334,4 +332,124 @@ schema = [
         .await;
         assert_eq!(r["rows"][0]["f"][0]["v"], expected["login"].to_string(), "{r}");
     });
+}
+
+/// `SELECT COUNT(*), COUNT(DISTINCT event_id)` of `members.member_events`.
+async fn counts(http: &reqwest::Client, api: &str) -> (u64, u64) {
+    let result = post(
+        http,
+        format!("{api}/queries"),
+        json!({"query": "SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS d FROM `local.members.member_events`", "useLegacySql": false}),
+    )
+    .await;
+    let row = &result["rows"][0]["f"];
+    let n = |i: usize| -> u64 {
+        row[i]["v"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{result}"))
+            .parse()
+            .unwrap()
+    };
+    (n(0), n(1))
+}
+
+/// Exactly once against the emulator's BUFFERED streams and FlushRows (patched to Google's
+/// inclusive semantics by `tools/bqemulator.sh`): instances killed with SIGKILL while writing, one
+/// stopped, others joining; then `COUNT(*) = COUNT(DISTINCT event_id)` = the events produced.
+#[test]
+fn exactly_once_in_the_emulator_through_kill_9_restarts_and_three_instances() {
+    let emulator = Emulator::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = client();
+    let api = format!("{}/bigquery/v2/projects/local", emulator.url);
+    rt.block_on(async {
+        post(&http, format!("{api}/datasets"), json!({"datasetReference": {"projectId": "local", "datasetId": "members"}})).await;
+        post(
+            &http,
+            format!("{api}/datasets/members/tables"),
+            json!({"tableReference": {"projectId": "local", "datasetId": "members", "tableId": "member_events"}, "schema": schema()}),
+        )
+        .await;
+    });
+    // 4 partitions: the emulator serves at most 6 AppendRows connections at once.
+    let partitions = 4;
+    let (_cluster, bootstrap) = cluster(TOPIC, partitions);
+    let group = "g-emu-eo";
+    let toml = base_toml(&bootstrap, group, TOPIC, &emulator.url)
+        .replace(
+            "write_api = \"insert_all\"\ndelivery = \"at_least_once\"\n",
+            &format!(
+                "write_api = \"storage\"\ndelivery = \"exactly_once\"\nstorage_endpoint = \"{}\"\nrequest_timeout_ms = 30000\n",
+                emulator.grpc_url()
+            ),
+        )
+        .replace("project = \"test\"", "project = \"local\"")
+        .replace("dataset = \"ds\"", "dataset = \"members\"")
+        .replace("commit_interval_ms = 200", "commit_interval_ms = 500")
+        + &format!(
+            r#"
+[bigquery.tables]
+"{TOPIC}" = "member_events"
+[dedup]
+key = "none"
+[errors]
+retry_delay_max_ms = 500
+[admin]
+listen = "127.0.0.1:0"
+[logging]
+level = "info,bqsink::bigquery::storage=debug,bqsink_actors::supervisor=debug"
+"#
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("eo.toml");
+    std::fs::write(&file, toml).unwrap();
+    let visible = || rt.block_on(counts(&http, &api));
+    let mut produced = 0u64;
+    let mut produce_unique = |n: usize, seed: u64| {
+        let events = support::unique_events(n, &format!("s{seed}-"), seed);
+        produce(&bootstrap, TOPIC, &events);
+        produced += n as u64;
+    };
+    let wait = Duration::from_secs(120);
+
+    // One instance, killed while writing, restarted.
+    produce_unique(1_500, 31);
+    let mut a0 = BqsinkRun::spawn(&file);
+    wait_until(wait, "rows visible", || visible().0 > 0);
+    produce_unique(1_500, 32);
+    a0.kill9();
+    let after_kill = visible();
+    assert!(
+        after_kill.0 == after_kill.1,
+        "no duplicate after the kill: {after_kill:?}"
+    );
+    // Three instances: the restarted one, two joining; one stopped, one killed.
+    let mut a = BqsinkRun::spawn(&file);
+    produce_unique(1_000, 33);
+    let mut b = BqsinkRun::spawn(&file);
+    let mut c = BqsinkRun::spawn(&file);
+    produce_unique(1_000, 34);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(b.terminate(wait), 0, "{}", b.tail());
+    produce_unique(1_000, 35);
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill9();
+    produce_unique(1_000, 36);
+    wait_fully_committed(&bootstrap, group, TOPIC, partitions, wait);
+    wait_until(wait, "every event visible", || visible().0 >= produced);
+    assert_eq!(a.terminate(wait), 0, "{}", a.tail());
+    let (n, distinct) = visible();
+    if std::env::var("BQSINK_DEBUG_LOGS").is_ok() {
+        for (name, run) in [("a0", &a0), ("a", &a), ("b", &b), ("c", &c)] {
+            std::fs::write(format!("/tmp/emu-run-{name}.log"), run.log()).unwrap();
+        }
+    }
+    assert_eq!(
+        (n, distinct),
+        (produced, produced),
+        "(rows, distinct event ids) in the emulator's table"
+    );
 }

@@ -59,9 +59,9 @@ fn eo_config(bootstrap: &str, group: &str, topic: &str, sink: &Sink) -> Config {
 fn eo_toml(bootstrap: &str, group: &str, topic: &str, sink: &Sink, commit_ms: u64) -> String {
     base_toml(bootstrap, group, topic, sink.url())
         .replace(
-            "[bigquery]\n",
+            "write_api = \"insert_all\"\ndelivery = \"at_least_once\"\n",
             &format!(
-                "[bigquery]\nwrite_api = \"storage\"\ndelivery = \"exactly_once\"\nstorage_endpoint = \"{}\"\n",
+                "write_api = \"storage\"\ndelivery = \"exactly_once\"\nstorage_endpoint = \"{}\"\n",
                 sink.grpc_url()
             ),
         )

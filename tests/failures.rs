@@ -662,7 +662,7 @@ fn the_replay_command_reports_what_still_fails_and_commits_its_progress() {
     std::fs::write(
         &config_file,
         format!(
-            "[kafka]\ntopics = [\"{TOPIC}\"]\n[bigquery]\nendpoint = \"{}\"\nproject = \"p\"\ndataset = \"ds\"\n[logging]\nformat = \"json\"\n",
+            "[kafka]\ntopics = [\"{TOPIC}\"]\n[bigquery]\nendpoint = \"{}\"\nwrite_api = \"insert_all\"\ndelivery = \"at_least_once\"\nproject = \"p\"\ndataset = \"ds\"\n[logging]\nformat = \"json\"\n",
             sink.url()
         ),
     )

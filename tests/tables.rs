@@ -114,6 +114,8 @@ fn tables_toml() -> String {
 [kafka]
 topics = ["{TOPIC}"]
 [bigquery]
+write_api = "insert_all"
+delivery = "at_least_once"
 project = "test"
 dataset = "members"
 auto_create_tables = true

@@ -154,6 +154,19 @@ impl Counts {
     }
 }
 
+/// The table schema of the generated member events (`fields` of a `tables.insert`), with bqsink's
+/// default `_kafka_*` metadata columns: what the demo, the bench and the tests create the table with
+/// (the Storage Write API encodes rows from the table's schema).
+pub fn member_events_fields() -> serde_json::Value {
+    let s = |name: &str, ty: &str| serde_json::json!({"name": name, "type": ty});
+    serde_json::json!([
+        s("event_id", "STRING"), s("member_id", "STRING"), s("event_type", "STRING"),
+        s("occurred_at", "TIMESTAMP"), s("channel", "STRING"), s("seq", "INTEGER"),
+        {"name": "attributes", "type": "RECORD", "fields": [s("ip", "STRING"), s("plan", "STRING"), s("locale", "STRING"), s("session", "STRING")]},
+        s("_kafka_topic", "STRING"), s("_kafka_partition", "INTEGER"), s("_kafka_offset", "INTEGER"), s("_kafka_timestamp", "TIMESTAMP"),
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

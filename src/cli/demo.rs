@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bqsink_actors::stats::StatsSnapshot;
-use bqsink_devtools::generator::{Counts, Generator, Mix};
+use bqsink_devtools::generator::{self, Counts, Generator, Mix};
 use bqsink_devtools::kafka::{mock_cluster, produce, producer, TOPIC};
 use bqsink_devtools::sink::{Sink, SinkOptions};
 use rdkafka::producer::Producer;
@@ -30,7 +30,7 @@ pub struct DemoOptions {
     pub follow_rate: u64,
 }
 
-fn config_text(bootstrap: &str, endpoint: &str) -> String {
+fn config_text(bootstrap: &str, endpoint: &str, storage_endpoint: &str) -> String {
     format!(
         r#"
 [kafka]
@@ -43,6 +43,7 @@ commit_interval_ms = 1000
 "max.poll.interval.ms" = "10000"
 [bigquery]
 endpoint = "{endpoint}"
+storage_endpoint = "{storage_endpoint}"
 project = "demo"
 dataset = "members"
 [bigquery.tables]
@@ -79,12 +80,18 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
         "embedded Kafka at {bootstrap}, topic {TOPIC} ({} partitions)",
         opts.partitions
     );
-    println!("local BigQuery sink at {}", sink.url());
+    println!(
+        "local BigQuery sink at {} (Storage Write API at {}, exactly once)",
+        sink.url(),
+        sink.grpc_url()
+    );
 
-    let config = settings::from_toml(&config_text(&bootstrap, sink.url()))?;
-    let client = bigquery::RestClient::new(&config.bigquery)?;
+    // The Storage Write API encodes rows from the table's schema: the table exists, as in BigQuery.
+    sink.create_table("members.member_events", generator::member_events_fields());
+    let config = settings::from_toml(&config_text(&bootstrap, sink.url(), sink.grpc_url()))?;
+    let (client, _) = bigquery::from_config(&config.bigquery)?;
     let started = Instant::now();
-    let pipeline = PipelineHandle::spawn(config, Arc::new(client))?;
+    let pipeline = PipelineHandle::spawn(config, client)?;
 
     // The generator produces while the pipeline consumes.
     let produced = Arc::new(AtomicU64::new(0));

@@ -107,10 +107,34 @@ enum Command {
         /// addresses, `errors.tolerance = "all"`).
         #[arg(long)]
         worker_config: Option<PathBuf>,
+        /// Which write path to measure: `storage` (the default configuration: Storage Write API,
+        /// exactly once), `insert-all`, or `both`, one after the other, printed side by side.
+        #[arg(long, value_enum, default_value_t = BenchPath::Both)]
+        path: BenchPath,
     },
     /// The pipeline process of `bqsink bench` (runs until standard input closes).
     #[command(hide = true)]
     BenchWorker,
+}
+
+/// `bqsink bench --path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPath {
+    Storage,
+    InsertAll,
+    Both,
+}
+
+impl BenchPath {
+    #[cfg(feature = "devtools")]
+    fn paths(self) -> Vec<bqsink_devtools::bench::WritePath> {
+        use bqsink_devtools::bench::WritePath;
+        match self {
+            BenchPath::Storage => vec![WritePath::Storage],
+            BenchPath::InsertAll => vec![WritePath::InsertAll],
+            BenchPath::Both => vec![WritePath::Storage, WritePath::InsertAll],
+        }
+    }
 }
 
 /// Parses the command line and runs the subcommand; the process's exit code.
@@ -182,6 +206,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             malformed,
             seed,
             worker_config,
+            path,
         } => {
             logging::init(&LoggingConfig {
                 level: "warn".into(),
@@ -196,6 +221,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 seed,
                 worker_config,
                 fetch_defaults: bench::fetch_defaults(),
+                paths: path.paths(),
             })
         }
         #[cfg(feature = "devtools")]

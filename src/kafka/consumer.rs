@@ -132,7 +132,8 @@ impl SinkContext {
             committed.insert((tp.topic, tp.partition), o);
         }
         drop(committed);
-        hook.committed(&tps);
+        // Flushes wait only when the partitions are being given up (revoke, close).
+        hook.committed(&tps, !assigned_only);
         Ok(())
     }
 

@@ -159,6 +159,8 @@ commit_interval_ms = 200
 "max.poll.interval.ms" = "10000"
 [bigquery]
 endpoint = "{endpoint}"
+write_api = "insert_all"
+delivery = "at_least_once"
 project = "test"
 dataset = "ds"
 [batch]
@@ -192,16 +194,8 @@ pub fn start(config: &Config) -> PipelineHandle {
     PipelineHandle::spawn(config.clone(), client).unwrap()
 }
 
-/// The member events' table schema (`fields`), with the metadata columns.
-pub fn member_events_fields() -> Value {
-    let s = |name: &str, ty: &str| serde_json::json!({"name": name, "type": ty});
-    serde_json::json!([
-        s("event_id", "STRING"), s("member_id", "STRING"), s("event_type", "STRING"),
-        s("occurred_at", "TIMESTAMP"), s("channel", "STRING"), s("seq", "INTEGER"),
-        {"name": "attributes", "type": "RECORD", "fields": [s("ip", "STRING"), s("plan", "STRING"), s("locale", "STRING"), s("session", "STRING")]},
-        s("_kafka_topic", "STRING"), s("_kafka_partition", "INTEGER"), s("_kafka_offset", "INTEGER"), s("_kafka_timestamp", "TIMESTAMP"),
-    ])
-}
+#[allow(unused_imports)]
+pub use bqsink_devtools::generator::member_events_fields;
 
 /// Points `config` at `sink`'s Storage Write API (`bigquery.write_api = "storage"`).
 pub fn use_storage_write(config: &mut Config, sink: &bqsink_devtools::sink::Sink) {

@@ -95,9 +95,10 @@ pub trait CommitHook: Send + Sync + 'static {
     /// The offset to commit for `tp` when every record below `offset` is handled (possibly lower),
     /// and the metadata to commit with it; an error when the metadata cannot be written.
     fn prepare(&self, tp: &Tp, offset: i64) -> Result<(i64, String), String>;
-    /// The commits just prepared for `tps` succeeded: flush what they name (blocking), then
-    /// finalize the streams no commit names any more.
-    fn committed(&self, tps: &[Tp]);
+    /// The commits just prepared for `tps` succeeded: flush what they name, then finalize the
+    /// streams no commit names any more; with `wait` before returning (a revoke), else in the
+    /// background (the poller goes on polling).
+    fn committed(&self, tps: &[Tp], wait: bool);
     /// Partitions that need a commit although their offset has not moved.
     fn pending(&self) -> Vec<Tp>;
     /// `tps` were revoked: nothing more is appended for them.

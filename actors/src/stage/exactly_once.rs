@@ -182,10 +182,13 @@ impl PartitionBook {
         }
     }
 
-    /// Retires every stream (the partition is given up).
+    /// The partition is given up: every stream retires, and rows no commit covers are abandoned —
+    /// whoever owns the partition next (this instance again, maybe) reads their records again from
+    /// the committed offset and writes them to a new stream, so these must never be flushed.
     pub fn retire_all(&mut self) {
         for s in self.tables.values_mut().flatten() {
             s.retired = true;
+            s.segments.clear();
         }
     }
 

@@ -64,6 +64,36 @@ pub struct BenchOptions {
     /// The librdkafka fetch settings the pipeline's consumer uses (`bqsink::kafka::FETCH_DEFAULTS`),
     /// so that the raw consumer reads the same way.
     pub fetch_defaults: Vec<(String, String)>,
+    /// The write paths to measure, one after the other, each on a fresh cluster and sink.
+    pub paths: Vec<WritePath>,
+}
+
+/// How the bench's pipeline writes to the local sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WritePath {
+    /// The Storage Write API, exactly once (the default configuration).
+    Storage,
+    /// `tabledata.insertAll`, at least once.
+    InsertAll,
+}
+
+impl WritePath {
+    fn label(self) -> &'static str {
+        match self {
+            WritePath::Storage => "storage write API, exactly once",
+            WritePath::InsertAll => "insertAll, at least once",
+        }
+    }
+}
+
+/// One path's figures, for the side-by-side summary.
+struct Summary {
+    path: WritePath,
+    rate: f64,
+    latency: Option<String>,
+    rss_mib: f64,
+    cpu_per_million: f64,
+    ok: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -110,6 +140,7 @@ fn produce_events(
 /// Throughput mode: rounds of backlog, each read raw and then by the pipeline.
 fn throughput(
     opts: &BenchOptions,
+    path: WritePath,
     bootstrap: &str,
     sink: &Sink,
     dir: &Path,
@@ -151,7 +182,7 @@ fn throughput(
                 w.command(&format!("resume {}", opts.partitions))?;
             }
             None => {
-                let w = Worker::start(dir, bootstrap, sink.url(), opts.worker_config.as_deref())?;
+                let w = Worker::start(dir, bootstrap, sink, path, opts.worker_config.as_deref())?;
                 w.watch_reads();
                 worker = Some(w);
             }
@@ -185,13 +216,14 @@ fn throughput(
 /// Latency mode: produce at `rate` records/s while the pipeline consumes.
 fn latency(
     opts: &BenchOptions,
+    path: WritePath,
     rate: u64,
     bootstrap: &str,
     sink: &Sink,
     dir: &Path,
     generator: &mut Generator,
 ) -> anyhow::Result<(Produced, Rate, Worker)> {
-    let mut worker = Worker::start(dir, bootstrap, sink.url(), opts.worker_config.as_deref())?;
+    let mut worker = Worker::start(dir, bootstrap, sink, path, opts.worker_config.as_deref())?;
     let warmup = WARMUP.min(opts.records);
     let p = producer(bootstrap)?;
     let mut produced = produce_events(&p, generator, warmup, |_| {})?;
@@ -221,8 +253,37 @@ fn latency(
     Ok((produced, achieved, worker))
 }
 
-/// Runs the benchmark; returns 0 when the sink holds exactly the unique good events.
+/// Runs the benchmark for each of `opts.paths`, then prints them side by side; returns 0 when every
+/// run's sink held exactly the unique good events.
 pub fn run(opts: &BenchOptions) -> anyhow::Result<i32> {
+    let mut summaries = Vec::new();
+    for &path in &opts.paths {
+        println!("== {} ==", path.label());
+        summaries.push(run_path(opts, path)?);
+        println!();
+    }
+    if summaries.len() > 1 {
+        println!("side by side (same run, same machine):");
+        for s in &summaries {
+            println!(
+                "  {:<34} {:>10.0} records/s  {}peak RSS {:>6.1} MiB  CPU {:.2} s/M  {}",
+                s.path.label(),
+                s.rate,
+                s.latency
+                    .as_deref()
+                    .map(|l| format!("{l}  "))
+                    .unwrap_or_default(),
+                s.rss_mib,
+                s.cpu_per_million,
+                if s.ok { "check OK" } else { "check MISMATCH" }
+            );
+        }
+    }
+    Ok(i32::from(summaries.iter().any(|s| !s.ok)))
+}
+
+/// One path's run.
+fn run_path(opts: &BenchOptions, path: WritePath) -> anyhow::Result<Summary> {
     let cluster = mock_cluster(TOPIC, opts.partitions)?;
     let bootstrap = cluster.bootstrap_servers();
     let sink = Sink::start(SinkOptions {
@@ -230,7 +291,12 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<i32> {
         id_pointer: Some("/event_id".into()),
         honor_insert_id: false,
     })
-    .context("starting the local insertAll sink")?;
+    .context("starting the local BigQuery sink")?;
+    // The Storage Write API encodes rows from the table's schema: the table exists, as in BigQuery.
+    sink.create_table(
+        &format!("bench.{TABLE}"),
+        crate::generator::member_events_fields(),
+    );
     let dir = std::env::temp_dir().join(format!("bqsink-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut generator = Generator::new(Mix {
@@ -249,10 +315,10 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<i32> {
         }
     );
 
-    let (produced, worker, harness) = match opts.rate {
+    let (produced, worker, harness, rate, latency_text) = match opts.rate {
         None => {
             let (produced, raw, piped, worker) =
-                throughput(opts, &bootstrap, &sink, &dir, &mut generator)?;
+                throughput(opts, path, &bootstrap, &sink, &dir, &mut generator)?;
             println!(
                 "raw consume    {:>10.0} records/s  {:>6.1} MB/s   (bare BaseConsumer that reads and drops; \
                  {:.2} s CPU per million records with the mock broker)",
@@ -269,22 +335,26 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<i32> {
                 "ratio          {:>10.1} % of the raw consume rate",
                 100.0 * piped.per_sec() / raw.per_sec().max(1e-9)
             );
-            (produced, worker, Some(piped))
+            (produced, worker, Some(piped), piped.per_sec(), None)
         }
         Some(rate) => {
             let (produced, achieved, worker) =
-                latency(opts, rate, &bootstrap, &sink, &dir, &mut generator)?;
+                latency(opts, path, rate, &bootstrap, &sink, &dir, &mut generator)?;
             println!(
                 "pipeline       {:>10.0} records/s  {:>6.1} MB/s   (offered {} records/s)",
                 achieved.per_sec(),
                 achieved.mb_per_sec(),
                 fmt_n(rate)
             );
-            println!(
-                "latency        {} (row written minus produce timestamp)",
-                sink.latency()
-            );
-            (produced, worker, None)
+            let latency = sink.latency();
+            println!("latency        {latency} (row visible minus produce timestamp)");
+            (
+                produced,
+                worker,
+                None,
+                achieved.per_sec(),
+                Some(format!("latency {latency}")),
+            )
         }
     };
     let report = worker.finish()?;
@@ -302,14 +372,14 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<i32> {
         fmt_n(n)
     );
     println!(
-        "flow           {:>10} insertAll requests, {} partition pauses at the in-flight limits",
+        "flow           {:>10} write requests, {} partition pauses at the in-flight limits",
         fmt_n(report.requests),
         fmt_n(report.pauses)
     );
     if let Some(h) = harness {
         println!(
             "               {:>10.2} s per million records more in the bench process meanwhile \
-             (insertAll sink, mock broker)",
+             (local sink, mock broker)",
             h.cpu_per_million()
         );
     }
@@ -351,6 +421,14 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<i32> {
     if report.exit_code != 0 {
         problems.push(format!("the pipeline exited with {}", report.exit_code));
     }
+    let summary = Summary {
+        path,
+        rate,
+        latency: latency_text,
+        rss_mib: report.peak_rss_kib as f64 / 1024.0,
+        cpu_per_million: cpu * 1e6 / n.max(1) as f64,
+        ok: problems.is_empty(),
+    };
     if problems.is_empty() {
         let _ = std::fs::remove_dir_all(&dir);
         println!(
@@ -360,12 +438,11 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<i32> {
             fmt_n(c.duplicates),
             fmt_n(c.malformed)
         );
-        Ok(0)
     } else {
         for p in &problems {
             println!("check          MISMATCH: {p}");
         }
         println!("worker log     {}", dir.join("worker.log").display());
-        Ok(1)
     }
+    Ok(summary)
 }

@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 
-use super::{FETCH_WAIT_MS, GROUP, TABLE};
+use super::{WritePath, FETCH_WAIT_MS, GROUP, TABLE};
 use crate::kafka::TOPIC;
 use crate::measure::fmt_n;
+use crate::sink::Sink;
 
 /// What the worker prints on its last line.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -47,7 +48,13 @@ pub struct WorkerReport {
 /// The worker's configuration: the defaults, plus where Kafka and the sink are, tolerance `all` so
 /// the malformed records are reported without stopping the pipeline, and a shorter fetch wait for
 /// the mock broker.
-fn worker_config(bootstrap: &str, endpoint: &str) -> String {
+fn worker_config(bootstrap: &str, sink: &Sink, path: WritePath) -> String {
+    let (endpoint, grpc) = (sink.url(), sink.grpc_url());
+    let write = match path {
+        // The defaults: the Storage Write API, exactly once.
+        WritePath::Storage => String::new(),
+        WritePath::InsertAll => "write_api = \"insert_all\"\ndelivery = \"at_least_once\"\n".into(),
+    };
     format!(
         r#"
 [kafka]
@@ -56,7 +63,8 @@ group_id = "{GROUP}"
 topics = ["{TOPIC}"]
 [bigquery]
 endpoint = "{endpoint}"
-project = "bench"
+storage_endpoint = "{grpc}"
+{write}project = "bench"
 dataset = "bench"
 [bigquery.tables]
 "{TOPIC}" = "{TABLE}"
@@ -96,11 +104,12 @@ impl Worker {
     pub(super) fn start(
         dir: &Path,
         bootstrap: &str,
-        endpoint: &str,
+        sink: &Sink,
+        path: WritePath,
         extra: Option<&Path>,
     ) -> anyhow::Result<Worker> {
         let config = dir.join("bench.toml");
-        std::fs::write(&config, worker_config(bootstrap, endpoint))
+        std::fs::write(&config, worker_config(bootstrap, sink, path))
             .with_context(|| format!("writing {}", config.display()))?;
         // `--worker-config` becomes the environment layer, under the bench's own file.
         let extra_layer = dir.join("extra.toml");

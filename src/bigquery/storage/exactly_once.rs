@@ -465,6 +465,62 @@ impl Inner {
     }
 }
 
+/// Flushes what a commit named (the commit succeeded before this runs), records the outcomes, then
+/// finalizes the streams no commit names any more.
+async fn flush_and_finalize(
+    inner: Arc<Inner>,
+    flushes: Vec<(Tp, TableRef, String, i64)>,
+    tps: Vec<Tp>,
+) {
+    let results = futures::future::join_all(
+        flushes
+            .iter()
+            .map(|(_, table, id, f)| inner.flush(table, id, *f)),
+    )
+    .await;
+    let mut finished = Vec::new();
+    {
+        let mut parts = lock(&inner.exactly_once.partitions);
+        for ((tp, table, id, f), result) in flushes.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    if let Some(e) = parts.get_mut(tp) {
+                        e.book.flushed(table, id, *f);
+                    }
+                }
+                Err(e) if status::is_stream_gone(&e) => {
+                    let lost = parts.get_mut(tp).and_then(|p| p.book.lose(table, id));
+                    report_lost(table, tp, id, lost, &e);
+                }
+                Err(
+                    e @ BqError::Grpc {
+                        code: GrpcCode::OutOfRange,
+                        ..
+                    },
+                ) => {
+                    tracing::error!(%tp, table = %table, stream = %id, flush_to = f, error = %e,
+                        "FlushRows beyond the stream's end: exactly-once bookkeeping disagrees with BigQuery (see README, Exactly once)");
+                }
+                Err(e) => {
+                    tracing::warn!(%tp, table = %table, stream = %id, flush_to = f, error = %e, kind = "sink_failure",
+                        "FlushRows failed; it is tried again with the next commit");
+                }
+            }
+        }
+        for tp in &tps {
+            if let Some(e) = parts.get_mut(tp) {
+                finished.extend(e.book.take_finished());
+                if e.released && e.book.is_empty() {
+                    parts.remove(tp);
+                }
+            }
+        }
+    }
+    for (table, id) in finished {
+        inner.finalize(&table, &id).await;
+    }
+}
+
 /// The error report of a lost stream.
 fn report_lost(table: &TableRef, tp: &Tp, id: &str, lost: Option<(i64, i64)>, error: &BqError) {
     match lost {
@@ -518,7 +574,7 @@ impl CommitHook for Commits {
         Ok((offset, metadata))
     }
 
-    fn committed(&self, tps: &[Tp]) {
+    fn committed(&self, tps: &[Tp], wait: bool) {
         let mut flushes: Vec<(Tp, TableRef, String, i64)> = Vec::new();
         {
             let mut parts = self.parts();
@@ -536,55 +592,13 @@ impl CommitHook for Commits {
             }
         }
         let inner = Arc::clone(&self.inner);
-        let results: Vec<Result<(), BqError>> =
-            futures::executor::block_on(futures::future::join_all(
-                flushes
-                    .iter()
-                    .map(|(_, table, id, f)| inner.flush(table, id, *f)),
-            ));
-        let mut finished = Vec::new();
-        {
-            let mut parts = self.parts();
-            for ((tp, table, id, f), result) in flushes.iter().zip(results) {
-                match result {
-                    Ok(()) => {
-                        if let Some(e) = parts.get_mut(tp) {
-                            e.book.flushed(table, id, *f);
-                        }
-                    }
-                    Err(e) if status::is_stream_gone(&e) => {
-                        let lost = parts.get_mut(tp).and_then(|p| p.book.lose(table, id));
-                        report_lost(table, tp, id, lost, &e);
-                    }
-                    Err(
-                        e @ BqError::Grpc {
-                            code: GrpcCode::OutOfRange,
-                            ..
-                        },
-                    ) => {
-                        tracing::error!(%tp, table = %table, stream = %id, flush_to = f, error = %e,
-                            "FlushRows beyond the stream's end: exactly-once bookkeeping disagrees with BigQuery (see README, Exactly once)");
-                    }
-                    Err(e) => {
-                        tracing::warn!(%tp, table = %table, stream = %id, flush_to = f, error = %e, kind = "sink_failure",
-                            "FlushRows failed; it is tried again with the next commit");
-                    }
-                }
-            }
-            for tp in tps {
-                if let Some(e) = parts.get_mut(tp) {
-                    finished.extend(e.book.take_finished());
-                    if e.released && e.book.is_empty() {
-                        parts.remove(tp);
-                    }
-                }
-            }
-        }
-        for (table, id) in finished {
-            let inner = Arc::clone(&self.inner);
-            self.inner
-                .handle()
-                .spawn(async move { inner.finalize(&table, &id).await });
+        let tps = tps.to_vec();
+        let task = async move { flush_and_finalize(inner, flushes, tps).await };
+        if wait {
+            // The Kafka poller's thread: block on the client's runtime (token fetches need one).
+            self.inner.handle().block_on(task);
+        } else {
+            self.inner.handle().spawn(task);
         }
     }
 

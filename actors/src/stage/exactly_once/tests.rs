@@ -181,3 +181,26 @@ fn committed_rows_of_a_lost_stream_are_reported() {
     assert_eq!(b.lose(&a, "s1"), Some((0, 9)), "committed, never flushed");
     assert!(!b.needs_commit(), "no flush is retried on a lost stream");
 }
+
+#[test]
+fn a_partition_given_up_abandons_its_uncommitted_rows_so_taking_it_back_publishes_nothing_twice() {
+    let a = t("a");
+    let mut b = book_with(&a, "s1");
+    b.current(&a).unwrap().acked(100, 0, 99);
+    let plan = b.prepare(100);
+    b.committed(&plan);
+    b.flushed(&a, "s1", 99);
+    // Records 100..=199 appended, then the partition is revoked and the final commit fails.
+    b.current(&a).unwrap().acked(100, 100, 199);
+    b.retire_all();
+    // It comes back to this instance: records 100.. are read again into a new stream.
+    b.inherit(vec![]);
+    b.streams(&a).push(Stream::new("s2".into()));
+    b.current(&a).unwrap().acked(100, 100, 199);
+    let plan = b.prepare(200);
+    assert_eq!(
+        plan.streams,
+        vec![(a, "s2".into(), 99)],
+        "s1's rows 100..=199 hold the same records: never flushed"
+    );
+}
