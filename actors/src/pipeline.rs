@@ -77,6 +77,8 @@ pub fn start_with_destinations(
             max_bytes: config.batch.max_bytes,
             linger: Duration::from_millis(config.batch.linger_ms),
             max_concurrent: config.bigquery.max_concurrent_requests,
+            per_partition: config.bigquery.write_api == crate::config::WriteApi::Storage
+                && config.bigquery.delivery == crate::config::Delivery::ExactlyOnce,
             policy: RetryPolicy {
                 timeout: Duration::from_millis(config.errors.retry_timeout_ms),
                 max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),

@@ -60,6 +60,8 @@ pub struct WriterSettings {
     pub policy: RetryPolicy,
     /// `errors.tolerance = "none"`: rows after a partition's failed record are not written.
     pub halt_after_failure: bool,
+    /// One batch per table and partition (exactly-once delivery: a stream per partition).
+    pub per_partition: bool,
 }
 
 impl WriterActor {
@@ -72,7 +74,8 @@ impl WriterActor {
     ) -> Self {
         Self {
             bq,
-            batcher: Batcher::new(settings.max_rows, settings.max_bytes),
+            batcher: Batcher::new(settings.max_rows, settings.max_bytes)
+                .per_lane(settings.per_partition),
             settings,
             inflight: 0,
             ready: VecDeque::new(),

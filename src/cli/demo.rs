@@ -37,12 +37,14 @@ fn config_text(bootstrap: &str, endpoint: &str, storage_endpoint: &str) -> Strin
 brokers = "{bootstrap}"
 group_id = "bqsink-demo"
 topics = ["{TOPIC}"]
-commit_interval_ms = 1000
+commit_interval_ms = 250
 [kafka.properties]
 "session.timeout.ms" = "6000"
 "max.poll.interval.ms" = "10000"
 [bigquery]
 endpoint = "{endpoint}"
+write_api = "storage"
+delivery = "exactly_once"
 storage_endpoint = "{storage_endpoint}"
 project = "demo"
 dataset = "members"

@@ -56,8 +56,7 @@ impl Config {
         {
             return bad(
                 "bigquery.delivery",
-                "\"exactly_once\" (the default) needs bigquery.write_api = \"storage\"; with \
-                 \"insert_all\" set bigquery.delivery = \"at_least_once\" (insertAll's insertId \
+                "\"exactly_once\" needs bigquery.write_api = \"storage\" (insertAll's insertId \
                  dedup is best effort)",
             );
         }

@@ -12,6 +12,11 @@ pub trait BatchItem {
     fn table(&self) -> &Arc<TableRef>;
     /// The encoded `rows[]` entry.
     fn entry(&self) -> &[u8];
+    /// Which lane of its table the row belongs to, when batches are per lane (its partition, for
+    /// exactly-once delivery: one stream per table and partition). Default: one lane.
+    fn lane(&self) -> usize {
+        0
+    }
 }
 
 impl BatchItem for Row {
@@ -20,6 +25,10 @@ impl BatchItem for Row {
     }
     fn entry(&self) -> &[u8] {
         &self.entry
+    }
+    fn lane(&self) -> usize {
+        // The partition's origin: one per assigned partition (and incarnation).
+        Arc::as_ptr(&self.origin) as usize
     }
 }
 
@@ -31,6 +40,8 @@ pub struct Batch<T> {
     /// Size of the request body these rows make.
     pub bytes: usize,
     opened: Instant,
+    /// The lane of its rows ([`BatchItem::lane`]) when batches are per lane, else 0.
+    lane: usize,
 }
 
 /// The envelope around the rows: `{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":[` … `]}`.
@@ -80,6 +91,8 @@ pub fn encode_body_with<'a>(
 pub struct Batcher<T> {
     max_rows: usize,
     max_bytes: usize,
+    /// One batch per (table, lane) instead of per table.
+    per_lane: bool,
     /// Open batches, one per table: a handful, searched by pointer first (rows of a table share
     /// its `Arc`), without hashing table names per row.
     open: Vec<Batch<T>>,
@@ -90,8 +103,16 @@ impl<T: BatchItem> Batcher<T> {
         Self {
             max_rows,
             max_bytes,
+            per_lane: false,
             open: Vec::new(),
         }
+    }
+
+    /// Batches per (table, lane): exactly-once delivery appends each partition's rows to its own
+    /// stream, one request at a time, so a batch mixing partitions would become many small appends.
+    pub fn per_lane(mut self, on: bool) -> Self {
+        self.per_lane = on;
+        self
     }
 
     /// Adds a row. Returns the batches that became ready: the table's open batch when this row does
@@ -99,14 +120,16 @@ impl<T: BatchItem> Batcher<T> {
     pub fn push(&mut self, row: T, now: Instant) -> Vec<Batch<T>> {
         let mut ready = Vec::new();
         let size = row.entry().len();
+        let lane = if self.per_lane { row.lane() } else { 0 };
         let fresh = || Batch {
             table: row.table().clone(),
             // Rows are moved in one by one: room for a full batch (within reason) up front.
             rows: Vec::with_capacity(self.max_rows.min(1024)),
             bytes: BODY_HEAD.len() + BODY_TAIL.len(),
             opened: now,
+            lane,
         };
-        let i = match self.position(row.table()) {
+        let i = match self.position(row.table(), lane) {
             Some(i) => {
                 let b = &mut self.open[i];
                 // The row and its separating comma do not fit: send what is there, start anew.
@@ -129,12 +152,16 @@ impl<T: BatchItem> Batcher<T> {
         ready
     }
 
-    /// The open batch of `table`.
-    fn position(&self, table: &Arc<TableRef>) -> Option<usize> {
+    /// The open batch of `table` (and `lane`).
+    fn position(&self, table: &Arc<TableRef>, lane: usize) -> Option<usize> {
         self.open
             .iter()
-            .position(|b| Arc::ptr_eq(&b.table, table))
-            .or_else(|| self.open.iter().position(|b| *b.table == **table))
+            .position(|b| b.lane == lane && Arc::ptr_eq(&b.table, table))
+            .or_else(|| {
+                self.open
+                    .iter()
+                    .position(|b| b.lane == lane && *b.table == **table)
+            })
     }
 
     /// Takes the batches open for at least `linger`.
@@ -183,6 +210,41 @@ mod tests {
             t.clone(),
             format!("{{\"json\":{{\"n\":{n}}}}}").into_bytes(),
         )
+    }
+
+    struct L(Arc<TableRef>, usize);
+    impl BatchItem for L {
+        fn table(&self) -> &Arc<TableRef> {
+            &self.0
+        }
+        fn entry(&self) -> &[u8] {
+            b"{}"
+        }
+        fn lane(&self) -> usize {
+            self.1
+        }
+    }
+
+    #[test]
+    fn per_lane_batches_keep_each_lanes_rows_apart() {
+        let t = table("a");
+        let now = Instant::now();
+        let mut b = Batcher::new(2, 1_000_000).per_lane(true);
+        assert!(b.push(L(t.clone(), 1), now).is_empty());
+        assert!(
+            b.push(L(t.clone(), 2), now).is_empty(),
+            "another lane: another batch"
+        );
+        let full = b.push(L(t.clone(), 1), now);
+        assert_eq!(full.len(), 1);
+        assert!(full[0].rows.iter().all(|r| r.1 == 1));
+        let mut one = Batcher::new(2, 1_000_000);
+        one.push(L(t.clone(), 1), now);
+        assert_eq!(
+            one.push(L(t, 2), now).len(),
+            1,
+            "without lanes, one batch per table"
+        );
     }
 
     #[test]

@@ -9,9 +9,9 @@
 //!   next offset, creating the stream when there is none (throttled: `CreateWriteStream` has a
 //!   per-project hourly quota). An append whose outcome is unknown retires the stream; the rows go to
 //!   a new one when the writer sends them again.
-//! - around each offset commit ([`Commits`], the pipeline's [`CommitHook`], called by the Kafka
-//!   poller): the offset and metadata to commit, then, once the commit succeeded, `FlushRows` to
-//!   what it names and `FinalizeWriteStream` of streams no commit names any more.
+//! - around each offset commit ([`super::commits::Commits`], the pipeline's `CommitHook`, called by
+//!   the Kafka poller): the offset and metadata to commit, then, once the commit succeeded,
+//!   `FlushRows` to what it names and `FinalizeWriteStream` of streams no commit names any more.
 //!
 //! Google's documented behaviour relied on: `FlushRows(F)` is inclusive and cumulative, and a
 //! repeated flush of an open stream succeeds (`ALREADY_EXISTS` counts as flushed, as in Beam);
@@ -23,11 +23,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bqsink_actors::bigquery::{BqError, CommitHook, GrpcCode, InsertAllResponse};
+use bqsink_actors::bigquery::{BqError, GrpcCode, InsertAllResponse};
 use bqsink_actors::messages::Tp;
-use bqsink_actors::stage::exactly_once::{
-    decode_metadata, encode_metadata, CommitPlan, PartitionBook, Stream,
-};
+use bqsink_actors::stage::exactly_once::{CommitPlan, PartitionBook, Stream};
 use bqsink_actors::stage::transform::TableRef;
 use bytes::Bytes;
 use googleapis_tonic_google_cloud_bigquery_storage_v1::google::cloud::bigquery::storage::v1::{
@@ -53,16 +51,16 @@ type LaneRow = (usize, Bytes, i64);
 /// One partition's streams, and the commit last prepared for it.
 #[derive(Default)]
 pub(super) struct Entry {
-    book: PartitionBook,
+    pub(super) book: PartitionBook,
     /// Revoked: nothing more is appended.
-    released: bool,
-    plan: Option<CommitPlan>,
+    pub(super) released: bool,
+    pub(super) plan: Option<CommitPlan>,
 }
 
 /// Exactly-once state of the client.
 #[derive(Default)]
 pub(super) struct ExactlyOnce {
-    partitions: Mutex<HashMap<Tp, Entry>>,
+    pub(super) partitions: Mutex<HashMap<Tp, Entry>>,
     /// Serialises the appends of each (table, partition).
     lanes: Mutex<HashMap<(TableRef, Tp), Lane>>,
     /// The `AppendRows` connection of each stream (by full name).
@@ -70,7 +68,7 @@ pub(super) struct ExactlyOnce {
     next_create: tokio::sync::Mutex<Option<Instant>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -424,7 +422,7 @@ impl Inner {
     }
 
     /// `FlushRows(stream, f)`: rows `0..=f` of the stream become visible.
-    async fn flush(&self, table: &TableRef, id: &str, f: i64) -> Result<(), BqError> {
+    pub(super) async fn flush(&self, table: &TableRef, id: &str, f: i64) -> Result<(), BqError> {
         let name = self.stream_name(table, id);
         let request = FlushRowsRequest {
             write_stream: name.clone(),
@@ -444,7 +442,7 @@ impl Inner {
     }
 
     /// `FinalizeWriteStream`; a failure only leaves the stream to expire.
-    async fn finalize(&self, table: &TableRef, id: &str) {
+    pub(super) async fn finalize(&self, table: &TableRef, id: &str) {
         let name = self.stream_name(table, id);
         lock(&self.eo().connections).remove(&name);
         let request = FinalizeWriteStreamRequest { name: name.clone() };
@@ -465,64 +463,14 @@ impl Inner {
     }
 }
 
-/// Flushes what a commit named (the commit succeeded before this runs), records the outcomes, then
-/// finalizes the streams no commit names any more.
-async fn flush_and_finalize(
-    inner: Arc<Inner>,
-    flushes: Vec<(Tp, TableRef, String, i64)>,
-    tps: Vec<Tp>,
-) {
-    let results = futures::future::join_all(
-        flushes
-            .iter()
-            .map(|(_, table, id, f)| inner.flush(table, id, *f)),
-    )
-    .await;
-    let mut finished = Vec::new();
-    {
-        let mut parts = lock(&inner.exactly_once.partitions);
-        for ((tp, table, id, f), result) in flushes.iter().zip(results) {
-            match result {
-                Ok(()) => {
-                    if let Some(e) = parts.get_mut(tp) {
-                        e.book.flushed(table, id, *f);
-                    }
-                }
-                Err(e) if status::is_stream_gone(&e) => {
-                    let lost = parts.get_mut(tp).and_then(|p| p.book.lose(table, id));
-                    report_lost(table, tp, id, lost, &e);
-                }
-                Err(
-                    e @ BqError::Grpc {
-                        code: GrpcCode::OutOfRange,
-                        ..
-                    },
-                ) => {
-                    tracing::error!(%tp, table = %table, stream = %id, flush_to = f, error = %e,
-                        "FlushRows beyond the stream's end: exactly-once bookkeeping disagrees with BigQuery (see README, Exactly once)");
-                }
-                Err(e) => {
-                    tracing::warn!(%tp, table = %table, stream = %id, flush_to = f, error = %e, kind = "sink_failure",
-                        "FlushRows failed; it is tried again with the next commit");
-                }
-            }
-        }
-        for tp in &tps {
-            if let Some(e) = parts.get_mut(tp) {
-                finished.extend(e.book.take_finished());
-                if e.released && e.book.is_empty() {
-                    parts.remove(tp);
-                }
-            }
-        }
-    }
-    for (table, id) in finished {
-        inner.finalize(&table, &id).await;
-    }
-}
-
 /// The error report of a lost stream.
-fn report_lost(table: &TableRef, tp: &Tp, id: &str, lost: Option<(i64, i64)>, error: &BqError) {
+pub(super) fn report_lost(
+    table: &TableRef,
+    tp: &Tp,
+    id: &str,
+    lost: Option<(i64, i64)>,
+    error: &BqError,
+) {
     match lost {
         Some((first, last)) => {
             tracing::error!(%tp, table = %table, stream = %id, first_row = first, last_row = last, error = %error, kind = "sink_failure",
@@ -531,92 +479,6 @@ fn report_lost(table: &TableRef, tp: &Tp, id: &str, lost: Option<(i64, i64)>, er
         None => {
             tracing::error!(%tp, table = %table, stream = %id, error = %error, kind = "sink_failure",
             "a write stream was finalized or deleted by someone else: the partition's commit stays below the rows it held; restart bqsink to write them again")
-        }
-    }
-}
-
-/// The client's part in the offset commit (see the module docs).
-pub struct Commits {
-    pub(super) inner: Arc<Inner>,
-}
-
-impl Commits {
-    fn parts(&self) -> MutexGuard<'_, HashMap<Tp, Entry>> {
-        lock(&self.inner.exactly_once.partitions)
-    }
-}
-
-impl CommitHook for Commits {
-    fn assigned(&self, tp: &Tp, metadata: Option<&str>) {
-        let named = match metadata.map(decode_metadata).transpose() {
-            Ok(named) => named.unwrap_or_default(),
-            Err(e) => {
-                tracing::error!(%tp, error = %e, "cannot read the committed offset's metadata; the streams it names are not flushed");
-                Vec::new()
-            }
-        };
-        if !named.is_empty() {
-            tracing::info!(%tp, streams = named.len(), "taking over the streams the last commit names: flushing them, then finalizing");
-        }
-        let mut parts = self.parts();
-        let entry = parts.entry(tp.clone()).or_default();
-        entry.released = false;
-        entry.book.inherit(named);
-    }
-
-    fn prepare(&self, tp: &Tp, offset: i64) -> Result<(i64, String), String> {
-        let mut parts = self.parts();
-        let entry = parts.entry(tp.clone()).or_default();
-        let plan = entry.book.prepare(offset);
-        let metadata = encode_metadata(&plan.streams).map_err(|e| e.to_string())?;
-        let offset = plan.offset;
-        entry.plan = Some(plan);
-        Ok((offset, metadata))
-    }
-
-    fn committed(&self, tps: &[Tp], wait: bool) {
-        let mut flushes: Vec<(Tp, TableRef, String, i64)> = Vec::new();
-        {
-            let mut parts = self.parts();
-            for tp in tps {
-                let Some(entry) = parts.get_mut(tp) else {
-                    continue;
-                };
-                let Some(plan) = entry.plan.take() else {
-                    continue;
-                };
-                entry.book.committed(&plan);
-                for (table, id, f) in plan.streams {
-                    flushes.push((tp.clone(), table, id, f));
-                }
-            }
-        }
-        let inner = Arc::clone(&self.inner);
-        let tps = tps.to_vec();
-        let task = async move { flush_and_finalize(inner, flushes, tps).await };
-        if wait {
-            // The Kafka poller's thread: block on the client's runtime (token fetches need one).
-            self.inner.handle().block_on(task);
-        } else {
-            self.inner.handle().spawn(task);
-        }
-    }
-
-    fn pending(&self) -> Vec<Tp> {
-        self.parts()
-            .iter()
-            .filter(|(_, e)| e.book.needs_commit())
-            .map(|(tp, _)| tp.clone())
-            .collect()
-    }
-
-    fn released(&self, tps: &[Tp]) {
-        let mut parts = self.parts();
-        for tp in tps {
-            if let Some(e) = parts.get_mut(tp) {
-                e.released = true;
-                e.book.retire_all();
-            }
         }
     }
 }

@@ -13,6 +13,9 @@
 //! |---|---|
 //! | the row format (descriptor, JSON → protobuf) | `bqsink_actors::stage::proto` |
 //! | one pipelined `AppendRows` call | [`connection`] |
+//! | at least once: the table's `_default` stream | [`default_stream`] |
+//! | exactly once: BUFFERED streams per (table, partition), appends | [`exactly_once`] |
+//! | exactly once: the offset commit's metadata, flushes, finalizes | [`commits`] |
 //! | statuses as [`BqError`]s | [`status`] |
 //!
 //! Table calls (`tables.get`, `tables.insert`, `tables.patch`) go to the REST client, so table
@@ -21,7 +24,9 @@
 //! updated schema or a schema mismatch, and a new format opens a new connection (an old connection
 //! refuses appends with new fields).
 
+mod commits;
 mod connection;
+mod default_stream;
 mod exactly_once;
 mod status;
 
@@ -41,18 +46,13 @@ use bqsink_actors::stage::transform::TableRef;
 use bqsink_actors::tables::TableDefinition;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use googleapis_tonic_google_cloud_bigquery_storage_v1::google::cloud::bigquery::storage::v1::{
-    append_rows_request::{ProtoData, Rows},
-    append_rows_response::Response,
-    big_query_write_client::BigQueryWriteClient,
-    AppendRowsRequest, ProtoRows, ProtoSchema,
-};
+use googleapis_tonic_google_cloud_bigquery_storage_v1::google::cloud::bigquery::storage::v1::big_query_write_client::BigQueryWriteClient;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::auth::TokenSource;
 use super::rest::{ClientError, RestClient};
+pub use commits::Commits;
 use connection::Connection;
-pub use exactly_once::Commits;
 
 /// The most bytes of rows in one `AppendRows` request: Google's limit is 10 MB for the whole
 /// request, descriptor and envelope included.
@@ -224,13 +224,6 @@ impl Inner {
         }
     }
 
-    fn default_stream(&self, table: &TableRef) -> String {
-        format!(
-            "projects/{}/datasets/{}/tables/{}/streams/_default",
-            self.project, table.dataset, table.table
-        )
-    }
-
     /// The call metadata: the bearer token and Google's routing header (`key=value`, the value
     /// URL-encoded as the API requires).
     async fn routing_metadata(
@@ -259,36 +252,6 @@ impl Inner {
         self.routing_metadata("write_stream", stream).await
     }
 
-    /// The open connection to `table`'s default stream for `format`, or a new one, and the token
-    /// it was opened with.
-    async fn connection(
-        &self,
-        table: &TableRef,
-        format: &Format,
-        stream: &str,
-    ) -> Result<(Arc<Connection>, Option<String>), BqError> {
-        if let Some(c) = self.state().connections.get(table) {
-            if c.is_open() && c.format_version == format.version {
-                return Ok((Arc::clone(c), None));
-            }
-        }
-        let metadata = self.metadata(stream).await?;
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_owned);
-        let mut state = self.state();
-        let c = Arc::new(Connection::open(
-            &self.handle(),
-            self.write.clone(),
-            metadata,
-            format.version,
-        ));
-        state.connections.insert(table.clone(), Arc::clone(&c));
-        Ok((c, token))
-    }
-
     /// Sends encoded rows: exactly once with their sources, else to the default stream.
     async fn send(
         &self,
@@ -308,127 +271,6 @@ impl Inner {
                 result
             }
             None => self.append(table, format, encoded).await,
-        }
-    }
-
-    /// Appends the encoded rows to the table's default stream, at most [`MAX_REQUEST_ROW_BYTES`]
-    /// a request, and reports per row as insertAll does.
-    async fn append(
-        &self,
-        table: &TableRef,
-        format: Arc<Format>,
-        encoded: Encoded,
-    ) -> Result<InsertAllResponse, BqError> {
-        let mut response = InsertAllResponse {
-            insert_errors: encoded.failed,
-        };
-        if encoded.rows.is_empty() {
-            return Ok(response);
-        }
-        let stream = self.default_stream(table);
-        let (conn, token) = self.connection(table, &format, &stream).await?;
-        // Requests of at most MAX_REQUEST_ROW_BYTES each, pipelined on the connection.
-        let mut chunks: Vec<(std::ops::Range<usize>, _)> = Vec::new();
-        let mut start = 0;
-        while start < encoded.rows.len() {
-            let mut end = start;
-            let mut bytes = 0;
-            while end < encoded.rows.len()
-                && (end == start || bytes + encoded.rows[end].len() + 8 <= MAX_REQUEST_ROW_BYTES)
-            {
-                bytes += encoded.rows[end].len() + 8;
-                end += 1;
-            }
-            let request = AppendRowsRequest {
-                write_stream: stream.clone(),
-                rows: Some(Rows::ProtoRows(ProtoData {
-                    writer_schema: None,
-                    rows: Some(ProtoRows {
-                        serialized_rows: encoded.rows[start..end].to_vec(),
-                    }),
-                })),
-                ..Default::default()
-            };
-            let rx = conn.send(request, |r| {
-                if let Some(Rows::ProtoRows(data)) = &mut r.rows {
-                    data.writer_schema = Some(ProtoSchema {
-                        proto_descriptor: Some(format.rows.descriptor().clone()),
-                    });
-                }
-            });
-            chunks.push((start..end, rx));
-            start = end;
-        }
-        let mut written_any = false;
-        let mut first_error: Option<BqError> = None;
-        let stopped = |range: std::ops::Range<usize>, response: &mut InsertAllResponse| {
-            for i in range {
-                response
-                    .insert_errors
-                    .push(row_error(encoded.index[i], "stopped", ""));
-            }
-        };
-        for (range, rx) in chunks {
-            let answer = match tokio::time::timeout(self.timeout, rx).await {
-                Ok(Ok(answer)) => answer.map_err(|s| status::from_status(&s)),
-                Ok(Err(_)) => Err(BqError::Transport("the AppendRows connection ended".into())),
-                Err(_) => {
-                    // Its answer may still come: the connection cannot be trusted with the next.
-                    conn.close(&tonic::Status::deadline_exceeded("AppendRows timed out"));
-                    Err(BqError::Timeout)
-                }
-            };
-            match answer {
-                Ok(r) => {
-                    if r.updated_schema.is_some() {
-                        // Taken up with the next batch (from tables.get, like the first).
-                        self.state().formats.remove(table);
-                    }
-                    match r.response {
-                        Some(Response::Error(e)) if !r.row_errors.is_empty() => {
-                            // The request failed for these rows; the others can be sent again.
-                            let bad: HashMap<usize, String> = r
-                                .row_errors
-                                .iter()
-                                .map(|e| (range.start + e.index.max(0) as usize, e.message.clone()))
-                                .collect();
-                            tracing::debug!(table = %table, rows = bad.len(), status = %e.message, "row errors");
-                            for i in range.clone() {
-                                match bad.get(&i) {
-                                    Some(m) => response.insert_errors.push(row_error(
-                                        encoded.index[i],
-                                        "invalid",
-                                        m,
-                                    )),
-                                    None => response.insert_errors.push(row_error(
-                                        encoded.index[i],
-                                        "stopped",
-                                        "",
-                                    )),
-                                }
-                            }
-                        }
-                        Some(Response::Error(e)) => {
-                            first_error.get_or_insert(status::from_rpc(&e));
-                            stopped(range, &mut response);
-                        }
-                        _ => written_any = true,
-                    }
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                    stopped(range, &mut response);
-                }
-            }
-        }
-        match first_error {
-            // Nothing went in: the whole call failed (a sink failure).
-            Some(e) if !written_any => {
-                self.after_error(table, &e, token.as_deref()).await;
-                Err(e)
-            }
-            // Some requests went in; the others' rows are "stopped" and sent again at once.
-            _ => Ok(response),
         }
     }
 
