@@ -15,8 +15,10 @@ use bqsink_actors::messages::{RawRecord, SettledAs, Tp};
 use bqsink_actors::stage::batch::encode_body;
 use bqsink_actors::stage::convert::{parse_object, JsonObject};
 use bqsink_actors::stage::dedup::{Claims, Deduplicator, Position, Released};
+use bqsink_actors::stage::proto::RowFormat;
+use bqsink_actors::stage::schema::FieldSchema;
 use bqsink_actors::stage::transform::Transformer;
-use bqsink_devtools::generator::{Generator, Mix};
+use bqsink_devtools::generator::{member_events_fields, Generator, Mix};
 use criterion::{criterion_group, Criterion, Throughput};
 
 /// The allocator `bqsink` ships with (`src/main.rs`).
@@ -69,6 +71,13 @@ struct Stages {
     next_key: u64,
     seen: u64,
     entries: Vec<Vec<u8>>,
+    /// The member events table's protobuf row format.
+    proto: RowFormat,
+}
+
+fn proto_format() -> RowFormat {
+    let schema: Vec<FieldSchema> = serde_json::from_value(member_events_fields()).expect("schema");
+    RowFormat::new(&schema).expect("a row format")
 }
 
 /// A key hash (dedup keys are xxh3 hashes: spread them).
@@ -116,6 +125,7 @@ impl Stages {
             next_key: 1_000_000,
             seen: 0,
             entries,
+            proto: proto_format(),
         }
     }
 
@@ -168,6 +178,15 @@ impl Stages {
         black_box(out);
     }
 
+    /// The Storage Write API's encoding: each row's insertAll entry into a protobuf message of the
+    /// member events table (what the storage client does per row, JSON read again included).
+    fn encode_proto(&mut self) {
+        let mut out = Vec::with_capacity(256);
+        for e in &self.entries {
+            black_box(self.proto.encode_entry(black_box(e), &mut out).ok());
+        }
+    }
+
     fn encode(&mut self) {
         let size: usize = self.entries.iter().map(|e| e.len() + 1).sum::<usize>() + 80;
         black_box(encode_body(self.entries.iter().map(Vec::as_slice), size));
@@ -183,6 +202,7 @@ const ROUTINES: &[(&str, &str, Routine)] = &[
     ("dedup", "lookup", Stages::dedup_lookup),
     ("dedup", "claim_settle", Stages::dedup_claim_settle),
     ("encode", "insert_all_body", Stages::encode),
+    ("encode", "proto_rows", Stages::encode_proto),
 ];
 
 fn stages(c: &mut Criterion) {
