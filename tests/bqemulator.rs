@@ -97,6 +97,22 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
     panic!("{url}: {last}");
 }
 
+/// Creates the dataset `members` and its table `member_events` (member events' schema).
+async fn create_members_table(http: &reqwest::Client, api: &str) {
+    post(
+        http,
+        format!("{api}/datasets"),
+        json!({"datasetReference": {"projectId": "local", "datasetId": "members"}}),
+    )
+    .await;
+    post(
+        http,
+        format!("{api}/datasets/members/tables"),
+        json!({"tableReference": {"projectId": "local", "datasetId": "members", "tableId": "member_events"}, "schema": schema()}),
+    )
+    .await;
+}
+
 fn schema() -> Value {
     json!({"fields": member_events_fields()})
 }
@@ -127,15 +143,7 @@ fn rows_land_once(write_api: WriteApi) {
         .unwrap();
     let api_url = format!("{}/bigquery/v2/projects/local", emulator.url);
     let api = &api_url;
-    rt.block_on(async {
-        post(&http, format!("{api}/datasets"), json!({"datasetReference": {"projectId": "local", "datasetId": "members"}})).await;
-        post(
-            &http,
-            format!("{api}/datasets/members/tables"),
-            json!({"tableReference": {"projectId": "local", "datasetId": "members", "tableId": "member_events"}, "schema": schema()}),
-        )
-        .await;
-    });
+    rt.block_on(create_members_table(&http, api));
 
     let (_cluster, bootstrap) = cluster(TOPIC, 4);
     let mut counts = Counts::default();
@@ -365,15 +373,7 @@ fn exactly_once_in_the_emulator_through_kill_9_restarts_and_three_instances() {
         .unwrap();
     let http = client();
     let api = format!("{}/bigquery/v2/projects/local", emulator.url);
-    rt.block_on(async {
-        post(&http, format!("{api}/datasets"), json!({"datasetReference": {"projectId": "local", "datasetId": "members"}})).await;
-        post(
-            &http,
-            format!("{api}/datasets/members/tables"),
-            json!({"tableReference": {"projectId": "local", "datasetId": "members", "tableId": "member_events"}, "schema": schema()}),
-        )
-        .await;
-    });
+    rt.block_on(create_members_table(&http, &api));
     // 4 partitions: the emulator serves at most 6 AppendRows connections at once.
     let partitions = 4;
     let (_cluster, bootstrap) = cluster(TOPIC, partitions);

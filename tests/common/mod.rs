@@ -59,8 +59,13 @@ fn admin_consumer(bootstrap: &str, group: &str) -> BaseConsumer {
         .unwrap()
 }
 
-/// Committed offset per partition (None when nothing is committed).
-pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+/// The group's committed offset and its metadata, per partition.
+fn committed_with_metadata(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> Vec<(Option<i64>, String)> {
     let c = admin_consumer(bootstrap, group);
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
@@ -68,10 +73,21 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     }
     let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
     (0..partitions)
-        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
-            Some(Offset::Offset(o)) => Some(o),
-            _ => None,
+        .map(|p| match got.find_partition(topic, p) {
+            Some(e) => match e.offset() {
+                Offset::Offset(o) => (Some(o), e.metadata().to_owned()),
+                _ => (None, e.metadata().to_owned()),
+            },
+            None => (None, String::new()),
         })
+        .collect()
+}
+
+/// Committed offset per partition (None when nothing is committed).
+pub fn committed(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    committed_with_metadata(bootstrap, group, topic, partitions)
+        .into_iter()
+        .map(|(o, _)| o)
         .collect()
 }
 
@@ -82,18 +98,9 @@ pub fn committed_metadata(
     topic: &str,
     partitions: i32,
 ) -> Vec<String> {
-    let c = admin_consumer(bootstrap, group);
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    (0..partitions)
-        .map(|p| {
-            got.find_partition(topic, p)
-                .map(|e| e.metadata().to_owned())
-                .unwrap_or_default()
-        })
+    committed_with_metadata(bootstrap, group, topic, partitions)
+        .into_iter()
+        .map(|(_, m)| m)
         .collect()
 }
 

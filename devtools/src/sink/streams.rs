@@ -52,6 +52,21 @@ pub(super) fn create(shared: &Shared, parent: &str) -> Result<String, Status> {
     Ok(name)
 }
 
+/// The stream named `name`, or BigQuery's `NOT_FOUND`.
+fn open_stream<'a>(
+    streams: &'a mut std::collections::HashMap<String, BufferedStream>,
+    name: &str,
+) -> Result<&'a mut BufferedStream, Status> {
+    streams
+        .get_mut(name)
+        .ok_or_else(|| Status::not_found(format!("Stream not found: {name}")))
+}
+
+/// Google's words for an append or flush to a finalized stream.
+fn finalized(name: &str) -> String {
+    format!("Stream has been finalized and cannot be appended: {name}")
+}
+
 /// Appends `rows` at `offset`: `Ok` when taken, or the in-band code and message.
 pub(super) fn append(
     shared: &Shared,
@@ -60,15 +75,9 @@ pub(super) fn append(
     rows: Vec<Value>,
 ) -> Result<Result<(), (Code, String)>, Status> {
     let mut inner = shared.lock();
-    let s = inner
-        .streams
-        .get_mut(name)
-        .ok_or_else(|| Status::not_found(format!("Stream not found: {name}")))?;
+    let s = open_stream(&mut inner.streams, name)?;
     if s.finalized {
-        return Ok(Err((
-            Code::InvalidArgument,
-            format!("Stream has been finalized and cannot be appended: {name}"),
-        )));
+        return Ok(Err((Code::InvalidArgument, finalized(name))));
     }
     let end = s.rows.len() as i64;
     match offset {
@@ -91,14 +100,9 @@ pub(super) fn append(
 pub(super) fn flush(shared: &Shared, name: &str, offset: i64) -> Result<i64, Status> {
     let (table, rows) = {
         let mut inner = shared.lock();
-        let s = inner
-            .streams
-            .get_mut(name)
-            .ok_or_else(|| Status::not_found(format!("Stream not found: {name}")))?;
+        let s = open_stream(&mut inner.streams, name)?;
         if s.finalized {
-            return Err(Status::invalid_argument(format!(
-                "Stream has been finalized and cannot be appended: {name}"
-            )));
+            return Err(Status::invalid_argument(finalized(name)));
         }
         let end = usize::try_from(offset + 1).unwrap_or(0);
         if offset < 0 || end > s.rows.len() {
@@ -121,10 +125,7 @@ pub(super) fn flush(shared: &Shared, name: &str, offset: i64) -> Result<i64, Sta
 /// `FinalizeWriteStream`: the row count.
 pub(super) fn finalize(shared: &Shared, name: &str) -> Result<i64, Status> {
     let mut inner = shared.lock();
-    let s = inner
-        .streams
-        .get_mut(name)
-        .ok_or_else(|| Status::not_found(format!("Stream not found: {name}")))?;
+    let s = open_stream(&mut inner.streams, name)?;
     s.finalized = true;
     Ok(s.rows.len() as i64)
 }

@@ -10,13 +10,17 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use bqsink_actors::bigquery::BqError;
 use googleapis_tonic_google_cloud_bigquery_storage_v1::google::cloud::bigquery::storage::v1::{
-    big_query_write_client::BigQueryWriteClient, AppendRowsRequest, AppendRowsResponse,
+    append_rows_request::Rows, big_query_write_client::BigQueryWriteClient, AppendRowsRequest,
+    AppendRowsResponse, ProtoSchema,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::Status;
+
+use super::status;
 
 type Waiter = oneshot::Sender<Result<AppendRowsResponse, Status>>;
 
@@ -146,5 +150,33 @@ impl Connection {
     /// taken for the next request's).
     pub(super) fn close(&self, status: &Status) {
         self.shared.close(status);
+    }
+}
+
+impl Connection {
+    /// Sends `request` (with `descriptor` as the writer schema when it is the connection's first)
+    /// and waits at most `timeout` for its answer. A timeout closes the connection: the answer may
+    /// still come, and must not be taken for the next request's.
+    pub(super) async fn call(
+        &self,
+        request: AppendRowsRequest,
+        descriptor: &prost_types::DescriptorProto,
+        timeout: std::time::Duration,
+    ) -> Result<AppendRowsResponse, BqError> {
+        let rx = self.send(request, |r| {
+            if let Some(Rows::ProtoRows(data)) = &mut r.rows {
+                data.writer_schema = Some(ProtoSchema {
+                    proto_descriptor: Some(descriptor.clone()),
+                });
+            }
+        });
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(answer)) => answer.map_err(|s| status::from_status(&s)),
+            Ok(Err(_)) => Err(BqError::Transport("the AppendRows connection ended".into())),
+            Err(_) => {
+                self.close(&Status::deadline_exceeded("AppendRows timed out"));
+                Err(BqError::Timeout)
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use bqsink_actors::stage::transform::TableRef;
 use googleapis_tonic_google_cloud_bigquery_storage_v1::google::cloud::bigquery::storage::v1::{
     append_rows_request::{ProtoData, Rows},
     append_rows_response::Response,
-    AppendRowsRequest, ProtoRows, ProtoSchema,
+    AppendRowsRequest, ProtoRows,
 };
 
 use super::connection::Connection;
@@ -72,7 +72,7 @@ impl Inner {
         }
         let stream = self.default_stream(table);
         let (conn, token) = self.connection(table, &format, &stream).await?;
-        // Requests of at most MAX_REQUEST_ROW_BYTES each, pipelined on the connection.
+        // Requests of at most MAX_REQUEST_ROW_BYTES each.
         let mut chunks: Vec<(std::ops::Range<usize>, _)> = Vec::new();
         let mut start = 0;
         while start < encoded.rows.len() {
@@ -94,14 +94,7 @@ impl Inner {
                 })),
                 ..Default::default()
             };
-            let rx = conn.send(request, |r| {
-                if let Some(Rows::ProtoRows(data)) = &mut r.rows {
-                    data.writer_schema = Some(ProtoSchema {
-                        proto_descriptor: Some(format.rows.descriptor().clone()),
-                    });
-                }
-            });
-            chunks.push((start..end, rx));
+            chunks.push((start..end, request));
             start = end;
         }
         let mut written_any = false;
@@ -113,16 +106,11 @@ impl Inner {
                     .push(row_error(encoded.index[i], "stopped", ""));
             }
         };
-        for (range, rx) in chunks {
-            let answer = match tokio::time::timeout(self.timeout, rx).await {
-                Ok(Ok(answer)) => answer.map_err(|s| status::from_status(&s)),
-                Ok(Err(_)) => Err(BqError::Transport("the AppendRows connection ended".into())),
-                Err(_) => {
-                    // Its answer may still come: the connection cannot be trusted with the next.
-                    conn.close(&tonic::Status::deadline_exceeded("AppendRows timed out"));
-                    Err(BqError::Timeout)
-                }
-            };
+        // One request after the other (a batch is split only past 9 MB).
+        for (range, request) in chunks {
+            let answer = conn
+                .call(request, format.rows.descriptor(), self.timeout)
+                .await;
             match answer {
                 Ok(r) => {
                     if r.updated_schema.is_some() {

@@ -32,7 +32,7 @@ use googleapis_tonic_google_cloud_bigquery_storage_v1::google::cloud::bigquery::
     append_rows_request::{ProtoData, Rows},
     append_rows_response::Response,
     write_stream, AppendRowsRequest, CreateWriteStreamRequest, FinalizeWriteStreamRequest,
-    FlushRowsRequest, ProtoRows, ProtoSchema, WriteStream,
+    FlushRowsRequest, ProtoRows, WriteStream,
 };
 
 use super::connection::Connection;
@@ -254,21 +254,9 @@ impl Inner {
             })),
             ..Default::default()
         };
-        let rx = conn.send(request, |r| {
-            if let Some(Rows::ProtoRows(data)) = &mut r.rows {
-                data.writer_schema = Some(ProtoSchema {
-                    proto_descriptor: Some(format.rows.descriptor().clone()),
-                });
-            }
-        });
-        let answer = match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(answer)) => answer.map_err(|s| status::from_status(&s)),
-            Ok(Err(_)) => Err(BqError::Transport("the AppendRows connection ended".into())),
-            Err(_) => {
-                conn.close(&tonic::Status::deadline_exceeded("AppendRows timed out"));
-                Err(BqError::Timeout)
-            }
-        };
+        let answer = conn
+            .call(request, format.rows.descriptor(), self.timeout)
+            .await;
         match answer {
             Ok(r) => match r.response {
                 Some(Response::AppendResult(_)) => {
