@@ -112,7 +112,12 @@ impl RowFormat {
     pub fn encode(&self, json: &[u8], out: &mut Vec<u8>) -> Result<(), FieldError> {
         out.clear();
         let mut error = None;
-        let mut de = serde_json::Deserializer::from_slice(json);
+        // UTF-8 checked once here, not again for every value read.
+        let text = std::str::from_utf8(json).map_err(|e| FieldError {
+            path: String::new(),
+            message: format!("the row is not UTF-8: {e}"),
+        })?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let seed = MessageSeed {
             message: &self.root,
             out,
@@ -132,6 +137,9 @@ impl RowFormat {
 
     /// Encodes the `json` member of an insertAll entry (`{"insertId":…,"json":{…}}`).
     pub fn encode_entry(&self, entry: &[u8], out: &mut Vec<u8>) -> Result<(), FieldError> {
+        if let Some(row) = row_of_entry(entry) {
+            return self.encode(row, out);
+        }
         let members = crate::stage::json::object_members(entry).map_err(|_| FieldError {
             path: String::new(),
             message: "the row entry is not a JSON object".into(),
@@ -145,6 +153,20 @@ impl RowFormat {
             })?;
         self.encode(json.value.of(entry), out)
     }
+}
+
+/// The `json` object of an entry as the transform stage writes it (`{"json":…}` or
+/// `{"insertId":"…","json":…}`), without reading the row; `None` for any other shape.
+fn row_of_entry(entry: &[u8]) -> Option<&[u8]> {
+    let inner = entry.strip_suffix(b"}")?;
+    if let Some(row) = inner.strip_prefix(b"{\"json\":") {
+        return Some(row);
+    }
+    let rest = inner.strip_prefix(b"{\"insertId\":")?;
+    let mut values =
+        serde_json::Deserializer::from_slice(rest).into_iter::<&serde_json::value::RawValue>();
+    values.next()?.ok()?;
+    rest[values.byte_offset()..].strip_prefix(b",\"json\":")
 }
 
 /// Builds one message level: its columns and its descriptor, RECORDs nested inside it.
@@ -252,12 +274,18 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_, '_, '_> {
         // Which columns were given a value, for REQUIRED ones (tables rarely have more than 64
         // columns; past that, REQUIRED is checked by BigQuery).
         let mut seen: u64 = 0;
+        // Rows mostly list their members in the table's order: try the column after the last one.
+        let mut next = 0;
         while let Some(crate::stage::json::Key(key)) = map.next_key()? {
-            let found = m
-                .by_name
-                .get(key.as_ref())
-                .or_else(|| m.by_name.get(&key.to_ascii_lowercase()));
-            let Some(&index) = found else {
+            let found = match m.columns.get(next) {
+                Some(c) if c.name == key.as_ref() => Some(next),
+                _ => m
+                    .by_name
+                    .get(key.as_ref())
+                    .or_else(|| m.by_name.get(&key.to_ascii_lowercase()))
+                    .copied(),
+            };
+            let Some(index) = found else {
                 // BigQuery's own words, so that table management adds the field.
                 *self.error = Some(FieldError {
                     path: Path::Field(self.path, &key).to_string(),
@@ -265,6 +293,7 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_, '_, '_> {
                 });
                 return Err(A::Error::custom("no such field"));
             };
+            next = index + 1;
             let column = &m.columns[index];
             let path = Path::Field(self.path, &column.name);
             let present = map.next_value_seed(value::ValueSeed {

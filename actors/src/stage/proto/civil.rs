@@ -49,8 +49,62 @@ pub(super) fn datetime_text(text: &str) -> Result<String, String> {
     }
 }
 
+/// `YYYY-MM-DDTHH:MM:SS[.f…]Z`, the form bqsink writes (`_kafka_timestamp`) and most producers
+/// use, read without the format parser; `None` for any other form.
+fn rfc3339_utc_micros(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let digits = |from: usize, n: usize| -> Option<i64> {
+        b.get(from..from + n)?.iter().try_fold(0i64, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (rest, zulu) = (&b[19..b.len() - 1], b[b.len() - 1]);
+    if zulu != b'Z' {
+        return None;
+    }
+    let micros = match rest {
+        [] => 0,
+        [b'.', frac @ ..] if (1..=6).contains(&frac.len()) => {
+            let v = digits(20, frac.len())?;
+            v * 10i64.pow(6 - frac.len() as u32)
+        }
+        _ => return None,
+    };
+    let month = time::Month::try_from(u8::try_from(digits(5, 2)?).ok()?).ok()?;
+    let date = Date::from_calendar_date(
+        i32::try_from(digits(0, 4)?).ok()?,
+        month,
+        u8::try_from(digits(8, 2)?).ok()?,
+    )
+    .ok()?;
+    let time = Time::from_hms(
+        u8::try_from(digits(11, 2)?).ok()?,
+        u8::try_from(digits(14, 2)?).ok()?,
+        u8::try_from(digits(17, 2)?).ok()?,
+    )
+    .ok()?;
+    let days = i64::from(date.to_julian_day()) - EPOCH_JULIAN_DAY;
+    let secs = days * 86_400
+        + i64::from(time.hour()) * 3600
+        + i64::from(time.minute()) * 60
+        + i64::from(time.second());
+    Some(secs * 1_000_000 + micros)
+}
+
 /// Microseconds since the epoch of a TIMESTAMP text.
 pub(super) fn timestamp_micros(text: &str) -> Result<i64, String> {
+    if let Some(micros) = rfc3339_utc_micros(text) {
+        return Ok(micros);
+    }
     let bad = |e: &dyn std::fmt::Display| format!("not a timestamp ({e})");
     let (date, rest) = split(text);
     let date = Date::parse(date, DATE).map_err(|e| bad(&e))?;

@@ -149,6 +149,16 @@ fn timestamps_in_bigquerys_other_forms() {
     assert_eq!(micros(r#""1970-01-01 01:00:00-01:00""#), 7_200_000_000);
     assert_eq!(micros("1.5"), 1_500_000, "seconds since the epoch");
     assert_eq!(micros(r#""1969-12-31T23:59:59Z""#), -1_000_000);
+    // The fast form and the general parser agree.
+    assert_eq!(
+        micros(r#""2026-11-27T10:11:12.345Z""#),
+        micros(r#""2026-11-27 10:11:12.345 UTC""#)
+    );
+    assert_eq!(
+        micros(r#""2026-11-27T10:11:12.3Z""#),
+        micros(r#""2026-11-27T10:11:12.300000+00:00""#)
+    );
+    assert_eq!(micros(r#""2026-11-27T10:11:12Z""#) % 1_000_000, 0);
 }
 
 #[test]
@@ -204,10 +214,20 @@ fn a_member_the_table_lacks_is_bigquerys_no_such_field() {
 fn an_insert_all_entry_is_encoded_from_its_json_member() {
     let format = RowFormat::new(&schema()).unwrap();
     let mut out = Vec::new();
-    format
-        .encode_entry(br#"{"insertId":"k1","json":{"id":"e1","i":7}}"#, &mut out)
-        .unwrap();
-    assert_eq!(decode(&out), vec![(16, text("e1")), (3, V::Int(7))]);
+    for entry in [
+        &br#"{"insertId":"k1","json":{"id":"e1","i":7}}"#[..],
+        br#"{"insertId":"k\",\"json\":{}","json":{"id":"e1","i":7}}"#,
+        br#"{"json":{"id":"e1","i":7}}"#,
+        br#"{ "json" : {"id":"e1","i":7}, "insertId": "k" }"#,
+    ] {
+        format.encode_entry(entry, &mut out).unwrap();
+        assert_eq!(
+            decode(&out),
+            vec![(16, text("e1")), (3, V::Int(7))],
+            "{}",
+            String::from_utf8_lossy(entry)
+        );
+    }
 }
 
 #[test]
