@@ -16,7 +16,7 @@
 //! Under `errors.tolerance = "none"` rows after a partition's failed record are not written (they
 //! would be written again after every restart, since the commit stays at the failed record).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use crate::messages::{
 };
 use crate::stage::batch::{Batch, Batcher};
 use crate::stage::dedup::Position;
+use crate::stage::transform::TableRef;
 use crate::stats::Stats;
 use crate::telemetry;
 
@@ -39,6 +40,10 @@ pub struct WriterActor {
     settings: WriterSettings,
     inflight: usize,
     ready: VecDeque<Batch<Row>>,
+    /// Per-lane batches: the (table, lane) of each batch in flight. A lane's batches go one at a
+    /// time, in order; the slots go to the other lanes meanwhile (the ready queue holds runs of one
+    /// partition's batches, which would otherwise fill every slot and wait on each other).
+    busy_lanes: HashSet<(Arc<TableRef>, usize)>,
     errors: Addr<ErrorReportActor>,
     stats: Arc<Stats>,
     /// The supervisor, told to stop after a sink failure under `errors.sink_failure = "stop"`.
@@ -79,6 +84,7 @@ impl WriterActor {
             settings,
             inflight: 0,
             ready: VecDeque::new(),
+            busy_lanes: HashSet::new(),
             errors,
             stats,
             fatal,
@@ -96,10 +102,17 @@ impl WriterActor {
             return;
         }
         while self.inflight < self.settings.max_concurrent {
-            let Some(batch) = self.ready.pop_front() else {
+            let Some(batch) = self.next_ready() else {
                 break;
             };
             self.inflight += 1;
+            let lane = self
+                .settings
+                .per_partition
+                .then(|| (Arc::clone(&batch.table), batch.lane()));
+            if let Some(lane) = &lane {
+                self.busy_lanes.insert(lane.clone());
+            }
             let bq = Arc::clone(&self.bq);
             let policy = self.settings.policy;
             let halt = self.settings.halt_after_failure;
@@ -115,12 +128,31 @@ impl WriterActor {
                 .await;
                 (batch, outcome)
             };
-            ctx.spawn(send.into_actor(self).map(|(batch, outcome), act, ctx| {
-                act.inflight -= 1;
-                act.finish(batch, outcome);
-                act.pump(ctx);
-            }));
+            ctx.spawn(
+                send.into_actor(self)
+                    .map(move |(batch, outcome), act, ctx| {
+                        act.inflight -= 1;
+                        if let Some(lane) = &lane {
+                            act.busy_lanes.remove(lane);
+                        }
+                        act.finish(batch, outcome);
+                        act.pump(ctx);
+                    }),
+            );
         }
+    }
+
+    /// The oldest ready batch whose lane has no batch in flight (with per-lane batches), else the
+    /// oldest ready batch.
+    fn next_ready(&mut self) -> Option<Batch<Row>> {
+        if !self.settings.per_partition {
+            return self.ready.pop_front();
+        }
+        let i = self
+            .ready
+            .iter()
+            .position(|b| !self.busy_lanes.contains(&(Arc::clone(&b.table), b.lane())))?;
+        self.ready.remove(i)
     }
 
     /// Rows that will not be written by this pipeline (stopped after a sink failure): stuck, so

@@ -44,6 +44,13 @@ pub struct Batch<T> {
     lane: usize,
 }
 
+impl<T> Batch<T> {
+    /// The lane of its rows ([`BatchItem::lane`]) when batches are per lane, else 0.
+    pub fn lane(&self) -> usize {
+        self.lane
+    }
+}
+
 /// The envelope around the rows: `{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":[` … `]}`.
 const BODY_HEAD: &[u8] = br#"{"skipInvalidRows":false,"ignoreUnknownValues":false,"rows":["#;
 const BODY_TAIL: &[u8] = b"]}";

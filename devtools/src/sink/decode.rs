@@ -168,14 +168,12 @@ pub(super) fn store_fast(shared: &Shared, table: &str, body: &[u8]) -> Response 
     for id in ids {
         *inner.ids.entry(id).or_default() += 1;
     }
-    let lat = &mut inner.latency;
-    for ms in latencies {
-        lat.histogram.saturating_record(ms);
-    }
-    if !rows.is_empty() {
-        lat.first_row.get_or_insert(at);
-        lat.last_row = Some(at);
-    }
+    super::facts::record_latencies(
+        &mut inner.latency,
+        latencies.into_iter(),
+        !rows.is_empty(),
+        at,
+    );
     inner.tables.entry(table.to_owned()).or_default().count += rows.len() as u64;
     Json(json!({"kind": "bigquery#tableDataInsertAllResponse"})).into_response()
 }

@@ -192,7 +192,11 @@ impl Sink {
                         let _ = stopped.await;
                         let _ = grpc_stop.send(());
                     });
+                    // Receive windows as large as a gRPC server's after its BDP probing (the
+                    // HTTP/2 default of 64 KiB stalls every append bigger than that).
                     let grpc = tonic::transport::Server::builder()
+                        .initial_stream_window_size(8 << 20)
+                        .initial_connection_window_size(32 << 20)
                         .add_service(write)
                         .serve_with_incoming_shutdown(
                             tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
@@ -375,6 +379,7 @@ impl Drop for Sink {
 }
 
 mod decode;
+mod facts;
 mod grpc;
 mod latency;
 mod proto_rows;
@@ -483,14 +488,12 @@ fn store(shared: &Shared, table: &str, mut rows: Vec<Value>) {
         .collect();
     let mut inner = shared.lock();
     let inner = &mut *inner;
-    let lat = &mut inner.latency;
-    for ms in latencies {
-        lat.histogram.saturating_record(ms);
-    }
-    if !rows.is_empty() {
-        lat.first_row.get_or_insert(at);
-        lat.last_row = Some(at);
-    }
+    facts::record_latencies(
+        &mut inner.latency,
+        latencies.into_iter(),
+        !rows.is_empty(),
+        at,
+    );
     if shared.options.honor_insert_id {
         let before = rows.len();
         rows.retain(|r| match r.get("insertId").and_then(Value::as_str) {

@@ -7,14 +7,76 @@
 use serde_json::Value;
 use tonic::{Code, Status};
 
+use super::facts::{store_facts, Facts};
 use super::{store, Shared};
+
+/// A stream's rows: whole (`{"json": …}`, when the sink keeps rows) or only what is counted.
+pub(super) enum StreamRows {
+    Whole(Vec<Value>),
+    Facts(Vec<Facts>),
+}
+
+impl StreamRows {
+    /// No rows, of the kind the sink keeps: whole when it keeps rows or honours insertIds.
+    pub(super) fn empty(options: &super::SinkOptions) -> Self {
+        if options.keep_rows || options.honor_insert_id {
+            Self::Whole(Vec::new())
+        } else {
+            Self::Facts(Vec::new())
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        match self {
+            Self::Whole(rows) => rows.len(),
+            Self::Facts(rows) => rows.len(),
+        }
+    }
+
+    /// Appends `more` (of the same kind: the sink's options decide it).
+    fn extend(&mut self, more: StreamRows) {
+        match (self, more) {
+            (Self::Whole(rows), Self::Whole(more)) => rows.extend(more),
+            (Self::Facts(rows), Self::Facts(more)) => rows.extend(more),
+            (this, more) if this.len() == 0 => *this = more,
+            (this, more) => {
+                tracing::error!(
+                    "sink: rows of another kind appended to a stream; counting them only"
+                );
+                let facts = |r: StreamRows| match r {
+                    Self::Whole(rows) => rows.iter().map(|r| Facts::of_row(r, None)).collect(),
+                    Self::Facts(rows) => rows,
+                };
+                let mut all: Vec<Facts> = facts(std::mem::replace(this, Self::Facts(Vec::new())));
+                all.extend(facts(more));
+                *this = Self::Facts(all);
+            }
+        }
+    }
+
+    /// A copy of rows `from..to`.
+    fn slice(&self, from: usize, to: usize) -> Self {
+        match self {
+            Self::Whole(rows) => Self::Whole(rows[from..to].to_vec()),
+            Self::Facts(rows) => Self::Facts(rows[from..to].to_vec()),
+        }
+    }
+
+    /// Stores the rows in `table` (made visible).
+    pub(super) fn store(self, shared: &Shared, table: &str) {
+        match self {
+            Self::Whole(rows) => store(shared, table, rows),
+            Self::Facts(rows) => store_facts(shared, table, &rows),
+        }
+    }
+}
 
 /// One created stream.
 pub(super) struct BufferedStream {
     pub(super) table: String,
     pub(super) seq: u64,
-    /// Appended rows (`{"json": …}`), visible up to `flushed`.
-    pub(super) rows: Vec<Value>,
+    /// Appended rows, visible up to `flushed`.
+    pub(super) rows: StreamRows,
     pub(super) flushed: usize,
     pub(super) finalized: bool,
 }
@@ -44,7 +106,7 @@ pub(super) fn create(shared: &Shared, parent: &str) -> Result<String, Status> {
         BufferedStream {
             table,
             seq,
-            rows: Vec::new(),
+            rows: StreamRows::empty(&shared.options),
             flushed: 0,
             finalized: false,
         },
@@ -72,7 +134,7 @@ pub(super) fn append(
     shared: &Shared,
     name: &str,
     offset: Option<i64>,
-    rows: Vec<Value>,
+    rows: StreamRows,
 ) -> Result<Result<(), (Code, String)>, Status> {
     let mut inner = shared.lock();
     let s = open_stream(&mut inner.streams, name)?;
@@ -114,11 +176,11 @@ pub(super) fn flush(shared: &Shared, name: &str, offset: i64) -> Result<i64, Sta
         if end <= s.flushed {
             return Ok(offset);
         }
-        let rows = s.rows[s.flushed..end].to_vec();
+        let rows = s.rows.slice(s.flushed, end);
         s.flushed = end;
         (s.table.clone(), rows)
     };
-    store(shared, &table, rows);
+    rows.store(shared, &table);
     Ok(offset)
 }
 
