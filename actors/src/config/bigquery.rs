@@ -14,13 +14,12 @@ pub struct BigQueryConfig {
     pub endpoint: String,
     /// GCP project of the tables. Default none (must be set).
     pub project: String,
-    /// How rows are written: `insert_all` (default for now: `tabledata.insertAll`, the legacy
-    /// streaming API, at least once with best-effort insertId dedup) or `storage` (the Storage Write
-    /// API over gRPC, rows as protobuf built from the table's schema; half the price per GB, higher
-    /// quotas, and exactly-once delivery). The default becomes `storage` once its throughput matches
-    /// insertAll's (README, "Writing to BigQuery").
+    /// How rows are written: `storage` (default: the Storage Write API over gRPC, rows as protobuf
+    /// built from the table's schema; half the price per GB, higher quotas, and exactly-once
+    /// delivery) or `insert_all` (`tabledata.insertAll`, the legacy streaming API, at least once
+    /// with best-effort insertId dedup). README, "Writing to BigQuery".
     pub write_api: WriteApi,
-    /// `at_least_once` (default) or, with `write_api = "storage"`, `exactly_once`: a BUFFERED stream
+    /// `exactly_once` (default; needs `write_api = "storage"`) or `at_least_once`: a BUFFERED stream
     /// per table and partition, rows made visible by `FlushRows` only after the Kafka offset commit
     /// that covers them; no duplicate row across crashes, restarts and rebalances (README, "Exactly
     /// once"). `at_least_once` with `storage` uses each table's `_default` stream.
@@ -77,8 +76,8 @@ impl Default for BigQueryConfig {
         Self {
             endpoint: "https://bigquery.googleapis.com".into(),
             project: String::new(),
-            write_api: WriteApi::InsertAll,
-            delivery: Delivery::AtLeastOnce,
+            write_api: WriteApi::Storage,
+            delivery: Delivery::ExactlyOnce,
             storage_endpoint: "https://bigquerystorage.googleapis.com".into(),
             dataset: String::new(),
             tables: Tables::default(),

@@ -51,14 +51,16 @@ pub struct WorkerReport {
 fn worker_config(bootstrap: &str, sink: &Sink, path: WritePath) -> String {
     let (endpoint, grpc) = (sink.url(), sink.grpc_url());
     let (write, commit_ms) = match path {
-        // Exactly once: rows are visible only with the commit that covers them, so commits come
-        // every 250 ms (the README's recommendation) instead of the default 5 s.
+        // The defaults, spelled out.
         WritePath::Storage => (
             "write_api = \"storage\"\ndelivery = \"exactly_once\"\n",
             "commit_interval_ms = 250\n",
         ),
-        // The defaults.
-        WritePath::InsertAll => ("", ""),
+        // insertAll: the defaults' commit interval.
+        WritePath::InsertAll => (
+            "write_api = \"insert_all\"\ndelivery = \"at_least_once\"\n",
+            "",
+        ),
     };
     format!(
         r#"
