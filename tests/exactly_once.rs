@@ -179,6 +179,49 @@ fn unavailable_bursts_offset_errors_and_failing_flushes_lose_and_duplicate_nothi
     assert_exactly_once(&sink, 6_000, "after the faults");
 }
 
+/// Flushes that keep failing leave committed rows invisible: not lost (every commit flushes again),
+/// but never silent — past `errors.retry_timeout_ms` the table's FlushRows shows as a failing sink
+/// (`/status`, `/readyz`, metrics, Slack) and recovers once a flush goes through.
+#[test]
+fn flushes_failing_past_the_retry_timeout_show_as_a_sink_failure_and_recover() {
+    let _serial = one_at_a_time();
+    let topic = "eo_flush_down";
+    let (_cluster, bootstrap) = cluster(topic, 4);
+    let sink = sink(topic);
+    let down = Arc::new(AtomicBool::new(true));
+    let d = Arc::clone(&down);
+    sink.set_flush_hook(move |_, _| {
+        if d.load(Ordering::SeqCst) {
+            Reply::Fail {
+                status: 503,
+                reason: "backendError".into(),
+            }
+        } else {
+            Reply::Accept
+        }
+    });
+    let group = "g-eo-flush-down";
+    let mut config = eo_config(&bootstrap, group, topic, &sink);
+    config.errors.retry_timeout_ms = 1_000;
+    let pipeline = start(&config);
+    let health = &pipeline.stats.health;
+    produce(&bootstrap, topic, &unique_events(2_000, "a", 5));
+    wait_fully_committed(&bootstrap, group, topic, 4, WAIT);
+    let name = format!("bigquery ds.{topic} (FlushRows)");
+    wait_until(WAIT, "the failing flushes reported", || {
+        health.failing_now().iter().any(|s| s.sink == name)
+    });
+    assert_eq!(sink.total_rows(), 0, "nothing visible while flushes fail");
+    down.store(false, Ordering::SeqCst);
+    wait_until(WAIT, "every row flushed", || sink.total_rows() >= 2_000);
+    wait_until(WAIT, "the flushes recovered", || {
+        health.snapshot().is_empty()
+    });
+    assert_eq!(health.incidents(), 1, "one incident");
+    assert_eq!(pipeline.shutdown().unwrap(), 0);
+    assert_exactly_once(&sink, 2_000, "after the flushes recovered");
+}
+
 /// A stream finalized by someone else while it holds acknowledged rows that no commit covers yet:
 /// they can never be flushed, so the partition's commit stays below them; a restart writes them
 /// again to a new stream.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bqsink_actors::config::{Config, SinkFailure, Tolerance};
+use bqsink_actors::config::{Config, Delivery, SinkFailure, Tolerance};
 use bqsink_actors::health::{SinkCondition, SinkState};
 use bqsink_actors::stats::Stats;
 use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
@@ -165,8 +165,9 @@ struct Scenario {
     g: Group,
     sink: Sink,
     outage: Outage,
-    /// Written through the Storage Write API (the sink's gRPC side) instead of insertAll.
-    storage: bool,
+    /// Written through the Storage Write API (the sink's gRPC side) with this delivery, instead of
+    /// insertAll.
+    storage: Option<Delivery>,
 }
 
 impl Scenario {
@@ -186,7 +187,7 @@ impl Scenario {
             g,
             sink,
             outage,
-            storage: false,
+            storage: None,
         }
     }
 
@@ -197,11 +198,15 @@ impl Scenario {
         status: u16,
         reason: &'static str,
         bearer: Option<&'static str>,
+        delivery: Delivery,
     ) -> Self {
         let s = Self::new(topic, status, reason, bearer);
         s.sink.manage_tables();
         s.sink.create_table(&s.g.table(), member_events_fields());
-        Scenario { storage: true, ..s }
+        Scenario {
+            storage: Some(delivery),
+            ..s
+        }
     }
 
     /// Tolerance "all" with a dead-letter topic (where a sink failure must never go), retries.
@@ -212,8 +217,9 @@ impl Scenario {
         c.errors.deadletterqueue.topic_name = g.dlq.clone();
         c.errors.sink_failure = SinkFailure::Retry;
         c.errors.retry_timeout_ms = RETRY_TIMEOUT_MS;
-        if self.storage {
+        if let Some(delivery) = self.storage {
             use_storage_write(&mut c, &self.sink);
+            c.bigquery.delivery = delivery;
         }
         c
     }
@@ -224,6 +230,7 @@ impl Scenario {
         let g = &self.g;
         produce(&g.bootstrap, g.topic, &unique_events(half(), "a", 1));
         g.wait_fully_committed();
+        self.wait_visible(half());
         assert_eq!(
             self.sink.id_stats(),
             (half() as u64, 0),
@@ -233,6 +240,15 @@ impl Scenario {
         self.outage.begin();
         produce(&g.bootstrap, g.topic, &unique_events(half(), "b", 2));
         limits
+    }
+
+    /// Waits until `n` distinct events are visible: exactly once flushes the rows a commit covers
+    /// after that commit, so they show a moment after the offsets do.
+    fn wait_visible(&self, n: usize) {
+        let start = Instant::now();
+        while self.sink.id_stats().0 < n as u64 && start.elapsed() < WAIT {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// While down: nothing stored, nothing committed past `limits`.
@@ -276,6 +292,7 @@ impl Scenario {
     fn assert_complete(&self, stats: &Stats) {
         let g = &self.g;
         self.g.wait_fully_committed();
+        self.wait_visible(2 * half());
         assert_eq!(
             self.sink.id_stats(),
             (2 * half() as u64, 0),
@@ -519,7 +536,21 @@ fn bigquery_401_with_a_static_token_is_retried_until_accepted_and_loses_nothing(
 #[test]
 fn storage_write_unavailable_past_the_retry_timeout_loses_nothing() {
     let _serial = one_at_a_time();
-    let s = Scenario::storage("swdown", 503, "backendError", None);
+    let s = Scenario::storage("swdown", 503, "backendError", None, Delivery::ExactlyOnce);
+    let config = s.config();
+    survive_outage(&s, &config, "UNAVAILABLE");
+}
+
+#[test]
+fn storage_write_default_stream_unavailable_past_the_retry_timeout_loses_nothing() {
+    let _serial = one_at_a_time();
+    let s = Scenario::storage(
+        "swdefdown",
+        503,
+        "backendError",
+        None,
+        Delivery::AtLeastOnce,
+    );
     let config = s.config();
     survive_outage(&s, &config, "UNAVAILABLE");
 }
@@ -527,7 +558,7 @@ fn storage_write_unavailable_past_the_retry_timeout_loses_nothing() {
 #[test]
 fn storage_write_not_found_is_retried_until_the_table_takes_rows_and_loses_nothing() {
     let _serial = one_at_a_time();
-    let s = Scenario::storage("swmissing", 404, "notFound", None);
+    let s = Scenario::storage("swmissing", 404, "notFound", None, Delivery::ExactlyOnce);
     let config = s.config();
     survive_outage(&s, &config, "NOT_FOUND");
 }
@@ -535,7 +566,13 @@ fn storage_write_not_found_is_retried_until_the_table_takes_rows_and_loses_nothi
 #[test]
 fn storage_write_unauthenticated_is_retried_until_accepted_and_loses_nothing() {
     let _serial = one_at_a_time();
-    let s = Scenario::storage("swunauth", 401, "unauthorized", Some("Bearer fixed"));
+    let s = Scenario::storage(
+        "swunauth",
+        401,
+        "unauthorized",
+        Some("Bearer fixed"),
+        Delivery::ExactlyOnce,
+    );
     let mut config = s.config();
     config.bigquery.token = Some("fixed".into());
     survive_outage(&s, &config, "UNAUTHENTICATED");

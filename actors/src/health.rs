@@ -241,6 +241,32 @@ impl SinkHealth {
         }
     }
 
+    /// Reports sinks that a background task retries on its own (exactly once's `FlushRows`, tried
+    /// again with every offset commit), called periodically with those failing `now` — each
+    /// `(sink, partitions, error, failing since)` — and the names returned by the previous call:
+    /// each is retrying, or failing once it has failed for `retry_timeout`; a sink of `before` not
+    /// in `now` succeeded. Returns the names reported.
+    pub fn report_background<'a>(
+        &self,
+        now: impl IntoIterator<Item = (String, &'a [Tp], &'a str, Instant)>,
+        retry_timeout: Duration,
+        before: &[String],
+    ) -> Vec<String> {
+        let mut reported = Vec::new();
+        for (sink, partitions, error, since) in now {
+            if since.elapsed() >= retry_timeout {
+                self.failing(&sink, partitions, error);
+            } else {
+                self.retrying(&sink, partitions, error);
+            }
+            reported.push(sink);
+        }
+        for sink in before.iter().filter(|s| !reported.contains(s)) {
+            self.succeeded(sink);
+        }
+        reported
+    }
+
     /// Forgets partitions that are no longer assigned (their records wait for nothing here).
     pub fn release(&self, partitions: &[Tp]) {
         for entry in self.sinks().values_mut() {

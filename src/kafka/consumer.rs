@@ -50,6 +50,8 @@ pub struct SinkContext {
     supervisor: Addr<SupervisorActor>,
     routes: Routes,
     revoke_timeout: Duration,
+    /// `errors.retry_timeout_ms`: when a failing flush is reported as failing.
+    retry_timeout: Duration,
     warmup: Option<Warmup>,
     limits: InflightLimits,
     stats: Arc<Stats>,
@@ -326,6 +328,7 @@ pub fn spawn_consumer(
         supervisor,
         routes: Mutex::new(HashMap::new()),
         revoke_timeout: Duration::from_millis(config.kafka.revoke_timeout_ms),
+        retry_timeout: Duration::from_millis(config.errors.retry_timeout_ms),
         warmup: Warmup::new(config)?,
         limits: InflightLimits {
             records: config.pipeline.max_inflight_records,
@@ -382,12 +385,23 @@ fn poll_loop(
     // Exactly once: streams awaiting a flush or a finalize after a rebalance are committed again
     // at their offset, even when no offset moves.
     let mut next_upkeep = Instant::now();
+    // Tables whose flushes failed at the last upkeep (reported as sink failures).
+    let mut flush_failing = Vec::new();
     loop {
-        if consumer.context().hook.is_some() && Instant::now() >= next_upkeep {
+        if let (Some(hook), true) = (&consumer.context().hook, Instant::now() >= next_upkeep) {
             next_upkeep = Instant::now() + UPKEEP_INTERVAL;
             if let Err(e) = consumer.context().commit(&consumer, &[], true) {
                 tracing::warn!(error = %e, "commit for the exactly-once streams' upkeep failed; tried again");
             }
+            let failures = hook.flush_failures();
+            flush_failing = consumer.context().stats.health.report_background(
+                failures.iter().map(|f| {
+                    let sink = format!("bigquery {} (FlushRows)", f.table);
+                    (sink, &f.partitions[..], f.error.as_str(), f.since)
+                }),
+                consumer.context().retry_timeout,
+                &flush_failing,
+            );
         }
         loop {
             let cmd = match commands.try_recv() {

@@ -103,6 +103,24 @@ pub trait CommitHook: Send + Sync + 'static {
     fn pending(&self) -> Vec<Tp>;
     /// `tps` were revoked: nothing more is appended for them.
     fn released(&self, tps: &[Tp]);
+    /// Tables whose `FlushRows` keeps failing: rows committed in Kafka that are not visible yet.
+    /// They are flushed again with every commit; the poller reports them as sink failures.
+    fn flush_failures(&self) -> Vec<FlushFailure> {
+        Vec::new()
+    }
+}
+
+/// A table whose flushes fail (see [`CommitHook::flush_failures`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlushFailure {
+    /// `dataset.table`.
+    pub table: String,
+    /// The partitions whose rows wait for the flush.
+    pub partitions: Vec<Tp>,
+    /// The last error.
+    pub error: String,
+    /// When the first flush of this run of failures failed.
+    pub since: std::time::Instant,
 }
 
 /// The 200 response of insertAll: rows not listed were inserted.

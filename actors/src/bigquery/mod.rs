@@ -9,7 +9,7 @@ pub mod client;
 pub mod retry;
 
 pub use client::{
-    BigQuery, BqError, CommitHook, ErrorProto, GrpcCode, InsertAllResponse, RowErrors,
+    BigQuery, BqError, CommitHook, ErrorProto, FlushFailure, GrpcCode, InsertAllResponse, RowErrors,
 };
 pub use retry::{
     is_unknown_field, retry_delay, send_with_retry, Outcome, RetryHooks, RetryPolicy, RowFailure,

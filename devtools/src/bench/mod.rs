@@ -137,6 +137,23 @@ fn produce_events(
     Ok(out)
 }
 
+/// Waits until the sink holds `unique` rows. Handled is not yet visible with exactly-once delivery:
+/// rows show with the commit after their append, and the rate runs to the last row visible.
+fn wait_visible(sink: &Sink, unique: u64) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while sink.total_rows() < unique {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the sink holds {} of {} rows 60 s after they were handled",
+                fmt_n(sink.total_rows()),
+                fmt_n(unique)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
 /// Throughput mode: rounds of backlog, each read raw and then by the pipeline.
 fn throughput(
     opts: &BenchOptions,
@@ -189,6 +206,7 @@ fn throughput(
         }
         let w = worker.as_mut().context("worker")?;
         w.wait_handled(total)?;
+        wait_visible(sink, produced.counts.unique)?;
         let first = w.heard().first_read;
         let last = sink.latency().last_row;
         let secs = match (first, last) {
@@ -228,6 +246,7 @@ fn latency(
     let p = producer(bootstrap)?;
     let mut produced = produce_events(&p, generator, warmup, |_| {})?;
     worker.wait_handled(warmup)?;
+    wait_visible(sink, produced.counts.unique)?;
     sink.reset_latency();
     let started = Instant::now();
     let rest = produce_events(&p, generator, opts.records - warmup, |i| {
@@ -240,6 +259,7 @@ fn latency(
     })?;
     produced.add(rest);
     worker.wait_handled(opts.records)?;
+    wait_visible(sink, produced.counts.unique)?;
     let secs = sink
         .latency()
         .last_row

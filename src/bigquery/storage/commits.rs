@@ -6,8 +6,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
+use std::time::Instant;
 
-use bqsink_actors::bigquery::{BqError, CommitHook, GrpcCode};
+use bqsink_actors::bigquery::{BqError, CommitHook, FlushFailure, GrpcCode};
 use bqsink_actors::messages::Tp;
 use bqsink_actors::stage::exactly_once::{decode_metadata, encode_metadata};
 use bqsink_actors::stage::transform::TableRef;
@@ -29,6 +30,7 @@ async fn flush_and_finalize(
     )
     .await;
     let mut finished = Vec::new();
+    note_flush_outcomes(&inner, &flushes, &results);
     {
         let mut parts = lock(&inner.exactly_once.partitions);
         for ((tp, table, id, f), result) in flushes.iter().zip(results) {
@@ -68,6 +70,42 @@ async fn flush_and_finalize(
     }
     for (table, id) in finished {
         inner.finalize(&table, &id).await;
+    }
+}
+
+/// Keeps the tables whose flushes fail, for [`CommitHook::flush_failures`]: a failed flush adds
+/// its partition (the first failure sets `since`), a successful one removes it.
+fn note_flush_outcomes(
+    inner: &Inner,
+    flushes: &[(Tp, TableRef, String, i64)],
+    results: &[Result<(), BqError>],
+) {
+    let mut failures = lock(&inner.exactly_once.flush_failures);
+    for ((tp, table, _, _), result) in flushes.iter().zip(results) {
+        match result {
+            Ok(()) => {
+                if let Some(f) = failures.get_mut(table) {
+                    f.partitions.retain(|p| p != tp);
+                    if f.partitions.is_empty() {
+                        failures.remove(table);
+                    }
+                }
+            }
+            Err(e) => {
+                let f = failures
+                    .entry(table.clone())
+                    .or_insert_with(|| FlushFailure {
+                        table: table.to_string(),
+                        partitions: Vec::new(),
+                        error: String::new(),
+                        since: Instant::now(),
+                    });
+                f.error = format!("FlushRows: {e}");
+                if !f.partitions.contains(tp) {
+                    f.partitions.push(tp.clone());
+                }
+            }
+        }
     }
 }
 
@@ -154,5 +192,19 @@ impl CommitHook for Commits {
                 e.book.retire_all();
             }
         }
+        drop(parts);
+        // The next owner flushes what the last commit names.
+        let mut failures = lock(&self.inner.exactly_once.flush_failures);
+        failures.retain(|_, f| {
+            f.partitions.retain(|p| !tps.contains(p));
+            !f.partitions.is_empty()
+        });
+    }
+
+    fn flush_failures(&self) -> Vec<FlushFailure> {
+        lock(&self.inner.exactly_once.flush_failures)
+            .values()
+            .cloned()
+            .collect()
     }
 }

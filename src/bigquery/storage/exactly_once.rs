@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bqsink_actors::bigquery::{BqError, GrpcCode, InsertAllResponse};
+use bqsink_actors::bigquery::{BqError, FlushFailure, GrpcCode, InsertAllResponse};
 use bqsink_actors::messages::Tp;
 use bqsink_actors::stage::exactly_once::{CommitPlan, PartitionBook, Stream};
 use bqsink_actors::stage::transform::TableRef;
@@ -68,6 +68,8 @@ pub(super) struct ExactlyOnce {
     /// The `AppendRows` connection of each stream (by full name).
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     creates: governor::DefaultDirectRateLimiter,
+    /// Tables whose flushes fail now, by table (see `commits.rs`).
+    pub(super) flush_failures: Mutex<HashMap<TableRef, FlushFailure>>,
 }
 
 impl Default for ExactlyOnce {
@@ -78,6 +80,7 @@ impl Default for ExactlyOnce {
             lanes: Default::default(),
             connections: Default::default(),
             creates: governor::RateLimiter::direct(quota),
+            flush_failures: Default::default(),
         }
     }
 }
