@@ -271,10 +271,12 @@ fn produce_errors_on_the_dead_letter_topic_lose_nothing_and_never_let_the_commit
     let recs = with_malformed_at_50();
     produce_recs(&bootstrap, TOPIC, &recs);
     // From now on the broker refuses Produce requests for a while: the dead-letter producer retries
-    // inside librdkafka until the message times out, then bqsink produces it again.
+    // inside librdkafka until the message times out, then bqsink produces it again. 100 refusals
+    // at 20 ms of backoff at least outlast the 1 s message timeout however fast the retries come
+    // (20 did not always, on a loaded machine).
     cluster.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 20],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100],
     );
     let sink = sink();
     let mut config = dlq_config(&bootstrap, "g-dlqfault", sink.url());
