@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pipeline's CPU stages on generated member events (~250 bytes):
-//! convert, transform, dedup lookup, insert and claim/settle, and insertAll body encoding — each per record
+//! convert, transform (to an insertAll entry, or to the Storage Write API's protobuf row), dedup
+//! lookup, insert and claim/settle, and insertAll body encoding — each per record
 //! (`Throughput::Elements`) and per byte of payload (`Throughput::Bytes`).
 //!
 //! ```sh
@@ -8,6 +9,7 @@
 //! ```
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bqsink_actors::config::Config;
@@ -15,7 +17,7 @@ use bqsink_actors::messages::{RawRecord, SettledAs, Tp};
 use bqsink_actors::stage::batch::encode_body;
 use bqsink_actors::stage::convert::{parse_object, JsonObject};
 use bqsink_actors::stage::dedup::{Claims, Deduplicator, Position, Released};
-use bqsink_actors::stage::proto::RowFormat;
+use bqsink_actors::stage::proto::{RowFormat, RowFormats};
 use bqsink_actors::stage::schema::FieldSchema;
 use bqsink_actors::stage::transform::Transformer;
 use bqsink_devtools::generator::{member_events_fields, Generator, Mix};
@@ -64,6 +66,8 @@ struct Stages {
     bytes: u64,
     tp: Tp,
     transformer: Transformer,
+    /// A transformer that writes protobuf rows, as on the Storage Write API path.
+    proto_transformer: Transformer,
     converted: Vec<JsonObject>,
     dedup: Deduplicator,
     claims: Claims<u64>,
@@ -102,9 +106,14 @@ impl Stages {
                 transformer
                     .apply_object(&tp, r, v)
                     .expect("valid event")
-                    .entry
+                    .body
+                    .into_json()
             })
             .collect();
+        let formats = RowFormats::default();
+        let table = transformer.table_for(&tp.topic);
+        formats.set(&table, Some(Arc::new(proto_format())));
+        let proto_transformer = Transformer::new(&config()).with_formats(Some(formats));
         let full = || {
             let dedup = Deduplicator::new(1_000_000, Duration::from_secs(3600));
             for k in 0..1_000_000u64 {
@@ -118,6 +127,7 @@ impl Stages {
             bytes,
             tp,
             transformer,
+            proto_transformer,
             converted,
             dedup,
             claims,
@@ -138,6 +148,14 @@ impl Stages {
     fn transform(&mut self) {
         for (r, v) in self.recs.iter().zip(&self.converted) {
             black_box(self.transformer.apply_object(&self.tp, r, v).ok());
+        }
+    }
+
+    /// The transform stage on the Storage Write API path: each record's protobuf row, written
+    /// from the members the converter found (what replaces `encode/proto_rows` on the writer).
+    fn transform_proto(&mut self) {
+        for (r, v) in self.recs.iter().zip(&self.converted) {
+            black_box(self.proto_transformer.apply_object(&self.tp, r, v).ok());
         }
     }
 
@@ -198,6 +216,7 @@ type Routine = fn(&mut Stages);
 const ROUTINES: &[(&str, &str, Routine)] = &[
     ("convert", "json_object", Stages::convert),
     ("transform", "row", Stages::transform),
+    ("transform", "proto_row", Stages::transform_proto),
     ("dedup", "insert", Stages::dedup_insert),
     ("dedup", "lookup", Stages::dedup_lookup),
     ("dedup", "claim_settle", Stages::dedup_claim_settle),

@@ -186,7 +186,7 @@ mod tests {
                 table: "t".into(),
             }),
             dedup_hash: Some(key),
-            entry: b"{}".to_vec(),
+            body: crate::stage::proto::RowBody::Json(b"{}".to_vec()),
             trace: tracing::Span::none(),
         }
     }

@@ -127,8 +127,8 @@ pub struct Row {
     pub table: Arc<TableRef>,
     /// Dedup identity (hash of the dedup key), if dedup is on.
     pub dedup_hash: Option<u64>,
-    /// `{"insertId":…,"json":{…}}`, as sent in the request's `rows` array.
-    pub entry: Vec<u8>,
+    /// The insertAll entry `{"insertId":…,"json":{…}}`, or the Storage Write API's protobuf row.
+    pub body: crate::stage::proto::RowBody,
     /// The record's own span (see [`ConvertedRecord::trace`]); it ends when the row is dropped.
     pub trace: tracing::Span,
 }

@@ -52,6 +52,8 @@ pub fn start_with_destinations(
     let workers = config.workers();
     // Table auto-creation, new fields and insert options from `[bigquery]` (see tables.rs).
     let bq: Arc<dyn BigQuery> = Arc::new(crate::tables::Managed::new(bq, &config));
+    // On the Storage Write API path rows are encoded as protobuf by the transform workers.
+    let formats = bq.row_formats();
     SupervisorActor::create(move |ctx| {
         let errors = ErrorReportActor {
             tolerance: config.errors.tolerance,
@@ -111,7 +113,7 @@ pub fn start_with_destinations(
 
         let (t_config, t_errors, t_dedup) = (config.clone(), errors.clone(), dedup.clone());
         let transformer = SyncArbiter::start(workers, move || TransformActor {
-            transformer: Transformer::new(&t_config),
+            transformer: Transformer::new(&t_config).with_formats(formats.clone()),
             dedup: t_dedup.clone(),
             errors: t_errors.clone(),
         });

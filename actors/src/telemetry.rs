@@ -27,6 +27,7 @@ use crate::bigquery::client::{BigQuery, BqError, InsertAllResponse};
 use crate::messages::{Failure, Origin, RawRecord, Row, Tp};
 use crate::model::TableRef;
 use crate::stage::batch::InsertOptions;
+use crate::stage::proto::RowData;
 
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -158,7 +159,7 @@ pub fn batch_span(table: &TableRef, rows: &[Row], bytes: usize) -> Span {
 pub async fn write_rows(
     bq: &dyn BigQuery,
     table: &TableRef,
-    rows: &[&[u8]],
+    rows: &[RowData<'_>],
     sources: &[(Tp, i64)],
     options: InsertOptions,
 ) -> Result<InsertAllResponse, BqError> {

@@ -47,7 +47,7 @@ impl Handler<Transform> for TransformActor {
                     source,
                     table: t.table,
                     dedup_hash: t.dedup_hash,
-                    entry: t.entry,
+                    body: t.body,
                     trace,
                 }),
                 Err((class, error)) => failures.push(Failure::new(

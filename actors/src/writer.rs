@@ -119,7 +119,7 @@ impl WriterActor {
             let stats = Arc::clone(&self.stats);
             let send = async move {
                 let span = telemetry::batch_span(&batch.table, &batch.rows, batch.bytes);
-                let entries: Vec<&[u8]> = batch.rows.iter().map(|r| r.entry.as_slice()).collect();
+                let entries: Vec<_> = batch.rows.iter().map(|r| r.body.data()).collect();
                 let hooks = BatchHooks::new(&batch, halt, &stats);
                 let outcome = tracing::Instrument::instrument(
                     send_with_retry(&*bq, &batch.table, &entries, policy, &hooks),

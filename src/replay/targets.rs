@@ -98,8 +98,8 @@ impl BatchItem for ReplayRow {
     fn table(&self) -> &Arc<TableRef> {
         &self.table
     }
-    fn entry(&self) -> &[u8] {
-        &self.entry
+    fn size(&self) -> usize {
+        self.entry.len()
     }
 }
 
@@ -166,7 +166,7 @@ impl BqTarget {
                 ReplayRow {
                     item: i,
                     table: row.table,
-                    entry: row.entry,
+                    entry: row.body.into_json(),
                 },
                 now,
             ));

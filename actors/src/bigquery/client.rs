@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::model::{TableRef, Tp};
 use crate::stage::batch::{encode_body_with, InsertOptions};
+use crate::stage::proto::{RowData, RowFormats};
 use crate::stage::schema::FieldSchema;
 use crate::tables::definition::{TableDefinition, TableManager};
 
@@ -29,13 +30,20 @@ pub trait BigQuery: Send + Sync + 'static {
     fn write_rows(
         &self,
         table: &TableRef,
-        rows: &[&[u8]],
+        rows: &[RowData<'_>],
         _sources: &[(Tp, i64)],
         options: InsertOptions,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
-        let size = rows.iter().map(|r| r.len() + 1).sum::<usize>() + 80;
-        let body = encode_body_with(options, rows.iter().copied(), size);
+        let entries: Vec<_> = rows.iter().map(RowData::json).collect();
+        let size = entries.iter().map(|r| r.len() + 1).sum::<usize>() + 80;
+        let body = encode_body_with(options, entries.iter().map(|e| &**e), size);
         self.insert_all(table, body)
+    }
+
+    /// The row formats rows may be encoded with before they reach [`BigQuery::write_rows`]
+    /// (the Storage Write API client's); `None`: rows come as insertAll entries.
+    fn row_formats(&self) -> Option<RowFormats> {
+        None
     }
 
     /// POSTs an encoded insertAll body for `table`.

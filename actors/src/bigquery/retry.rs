@@ -13,6 +13,7 @@ use super::client::{
 };
 use crate::model::{TableRef, Tp};
 use crate::stage::batch::InsertOptions;
+use crate::stage::proto::RowData;
 
 /// How failing requests are retried.
 #[derive(Debug, Clone, Copy)]
@@ -123,13 +124,14 @@ impl Drop for RetryingGuard<'_> {
 /// missing table is created (then 404s are retried, since a new table takes a moment to accept
 /// rows), and rows rejected only for fields the table lacks get those fields added, then are sent
 /// again.
-pub async fn send_with_retry(
+pub async fn send_with_retry<'a, R: Copy + Into<RowData<'a>>>(
     bq: &dyn BigQuery,
     table: &TableRef,
-    entries: &[&[u8]],
+    entries: &[R],
     policy: RetryPolicy,
     hooks: &dyn RetryHooks,
 ) -> Outcome {
+    let entries: Vec<RowData<'a>> = entries.iter().map(|&e| e.into()).collect();
     let mut retrying = RetryingGuard { hooks, on: false };
     let tables = bq.tables();
     let options = tables.map_or(InsertOptions::default(), |t| t.options);
@@ -160,7 +162,7 @@ pub async fn send_with_retry(
         if todo.is_empty() {
             return outcome;
         }
-        let rows: Vec<&[u8]> = todo.iter().map(|&i| entries[i]).collect();
+        let rows: Vec<RowData<'_>> = todo.iter().map(|&i| entries[i]).collect();
         let sources: Vec<(Tp, i64)> = todo.iter().filter_map(|&i| hooks.source(i)).collect();
         let sources = if sources.len() == rows.len() {
             sources
@@ -183,8 +185,12 @@ pub async fn send_with_retry(
                     "every row was stopped without an invalid row",
                 );
                 if let (Some(t), false) = (add_fields, rows.unknown_field.is_empty()) {
-                    let sample: Vec<&[u8]> =
-                        rows.unknown_field.iter().map(|&i| entries[i]).collect();
+                    let sample: Vec<_> = rows
+                        .unknown_field
+                        .iter()
+                        .map(|&i| entries[i].json())
+                        .collect();
+                    let sample: Vec<&[u8]> = sample.iter().map(|e| &**e).collect();
                     match t.add_fields(bq, table, &sample).await {
                         Ok(added) => {
                             patched = !added.is_empty();
@@ -231,7 +237,8 @@ pub async fn send_with_retry(
             }
             Err(e) if e.is_not_found() && create.is_some() && !tried_create => {
                 tried_create = true;
-                let sample: Vec<&[u8]> = todo.iter().map(|&i| entries[i]).collect();
+                let sample: Vec<_> = todo.iter().map(|&i| entries[i].json()).collect();
+                let sample: Vec<&[u8]> = sample.iter().map(|e| &**e).collect();
                 let t = create.expect("checked in the guard");
                 match t.ensure_table(bq, table, &sample).await {
                     Ok(()) => continue,

@@ -30,18 +30,22 @@
 //! error BigQuery gives (`no such field`), which table management may fix by adding the field.
 
 mod civil;
+mod decode;
+mod number;
+mod row;
 mod value;
 
 use std::collections::HashMap;
 use std::fmt;
 
-use prost::encoding::{encode_key, encode_varint, WireType};
+use prost::encoding::{encode_varint, WireType};
 use prost_types::field_descriptor_proto::{Label, Type};
 use prost_types::{DescriptorProto, FieldDescriptorProto};
 use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
 use serde::Deserializer;
 
 use crate::stage::schema::FieldSchema;
+pub use row::{ProtoRow, RowBody, RowData, RowFormats, RowWriter};
 use value::{Column, Kind};
 
 /// Why a row cannot be encoded for its table: the field path, what the column takes and what the
@@ -85,6 +89,49 @@ struct Message {
     columns: Vec<Column>,
     /// Lower-cased column name → index in `columns`.
     by_name: HashMap<String, usize>,
+    /// Bit `i` set: column `i` (of the first 64) is REQUIRED.
+    required: u64,
+}
+
+impl Message {
+    /// The index of the column `key` names (exactly, else case-insensitively), trying `next` first:
+    /// rows mostly list their members in the table's order.
+    fn find(&self, key: &str, next: usize) -> Option<usize> {
+        match self.columns.get(next) {
+            Some(c) if c.name == key => Some(next),
+            _ => self
+                .by_name
+                .get(key)
+                .or_else(|| self.by_name.get(&key.to_ascii_lowercase()))
+                .copied(),
+        }
+    }
+
+    /// A member the message has no column for, in BigQuery's own words (`no such field: x.`), so
+    /// that table management adds the field.
+    fn unknown(path: &Path<'_>, key: &str) -> FieldError {
+        FieldError {
+            path: Path::Field(path, key).to_string(),
+            message: format!("no such field: {key}."),
+        }
+    }
+
+    /// Every REQUIRED column among the first 64 was given (bit `i` of `seen`: column `i`); past
+    /// 64 columns REQUIRED is checked by BigQuery.
+    fn check_required(&self, seen: u64, path: &Path<'_>) -> Result<(), FieldError> {
+        if seen & self.required == self.required {
+            return Ok(());
+        }
+        for (i, column) in self.columns.iter().enumerate().take(64) {
+            if column.mode == value::Mode::Required && seen & (1 << i) == 0 {
+                return Err(FieldError {
+                    path: Path::Field(path, &column.name).to_string(),
+                    message: "missing required field".into(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A table's schema as a protobuf row format: the descriptor BigQuery is sent once per connection
@@ -225,7 +272,20 @@ fn message(
             mode,
         });
     }
-    Ok((Message { columns, by_name }, descriptor))
+    let required = columns
+        .iter()
+        .take(64)
+        .enumerate()
+        .filter(|(_, c)| c.mode == value::Mode::Required)
+        .fold(0u64, |mask, (i, _)| mask | 1 << i);
+    Ok((
+        Message {
+            columns,
+            by_name,
+            required,
+        },
+        descriptor,
+    ))
 }
 
 /// Where a value sits in the row, for error messages; built only when an error is reported.
@@ -277,21 +337,12 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_, '_, '_> {
         // Rows mostly list their members in the table's order: try the column after the last one.
         let mut next = 0;
         while let Some(crate::stage::json::Key(key)) = map.next_key()? {
-            let found = match m.columns.get(next) {
-                Some(c) if c.name == key.as_ref() => Some(next),
-                _ => m
-                    .by_name
-                    .get(key.as_ref())
-                    .or_else(|| m.by_name.get(&key.to_ascii_lowercase()))
-                    .copied(),
-            };
-            let Some(index) = found else {
-                // BigQuery's own words, so that table management adds the field.
-                *self.error = Some(FieldError {
-                    path: Path::Field(self.path, &key).to_string(),
-                    message: format!("no such field: {key}."),
-                });
-                return Err(A::Error::custom("no such field"));
+            let index = match m.find(&key, next) {
+                Some(index) => index,
+                None => {
+                    *self.error = Some(Message::unknown(self.path, &key));
+                    return Err(A::Error::custom("no such field"));
+                }
             };
             next = index + 1;
             let column = &m.columns[index];
@@ -306,14 +357,9 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_, '_, '_> {
                 seen |= 1 << index;
             }
         }
-        for (i, column) in m.columns.iter().enumerate().take(64) {
-            if column.mode == value::Mode::Required && seen & (1 << i) == 0 {
-                *self.error = Some(FieldError {
-                    path: Path::Field(self.path, &column.name).to_string(),
-                    message: "missing required field".into(),
-                });
-                return Err(A::Error::custom("missing required field"));
-            }
+        if let Err(e) = m.check_required(seen, self.path) {
+            *self.error = Some(e);
+            return Err(A::Error::custom("missing required field"));
         }
         Ok(())
     }
@@ -321,9 +367,26 @@ impl<'de> Visitor<'de> for MessageSeed<'_, '_, '_, '_> {
 
 /// Appends a length-delimited field (a string, bytes or a nested message's bytes).
 fn put_bytes(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
-    encode_key(number, WireType::LengthDelimited, out);
-    encode_varint(bytes.len() as u64, out);
+    put_key(out, number, WireType::LengthDelimited);
+    put_varint(out, bytes.len() as u64);
     out.extend_from_slice(bytes);
+}
+
+/// Appends a field's key (tag): `number` and `wire` type.
+#[inline]
+fn put_key(out: &mut Vec<u8>, number: u32, wire: WireType) {
+    put_varint(out, u64::from(number << 3 | wire as u32));
+}
+
+/// Appends a varint. Keys and lengths are mostly one byte: that case is a push (prost's encoder
+/// loops through `BufMut` for every byte, a tenth of the row encoding's instructions).
+#[inline]
+fn put_varint(out: &mut Vec<u8>, v: u64) {
+    if v < 0x80 {
+        out.push(v as u8);
+    } else {
+        encode_varint(v, out);
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Transform: the declarative changes from `[transform]`, table routing, the dedup key, and the
-//! encoding of the row as one insertAll `rows[]` entry.
+//! encoding of the row: one insertAll `rows[]` entry, or, on the Storage Write API path once the
+//! table's format is known, its protobuf message (see [`crate::stage::proto::RowWriter`]).
 //!
 //! The [`Transformer`] here runs the steps in order; the steps it calls live in its children:
 //! `route` (the table named by a record field), `key` (the dedup key and `insertId`) and `encode`
@@ -18,14 +19,17 @@ use crate::model::Tp;
 pub use crate::model::{sanitize_table_name, TableRef};
 use crate::stage::convert::JsonObject;
 use crate::stage::json::{object_members, Member};
+use crate::stage::proto::{RowBody, RowFormats};
 use crate::stage::schema::{sanitize_field_names, NameCollision};
 
 mod encode;
 mod key;
+mod protobuf;
 mod route;
 
 use encode::{write_json, write_timestamp};
 use key::{dedup_key, insert_id_text, scoped_key_hash, split_pointer};
+use protobuf::KnownFormats;
 use route::{table_from_field, FieldRoute};
 
 /// Why a record could not be made into a row.
@@ -54,7 +58,7 @@ impl TransformError {
 pub struct Transformed {
     pub table: Arc<TableRef>,
     pub dedup_hash: Option<u64>,
-    pub entry: Vec<u8>,
+    pub body: RowBody,
 }
 
 /// What a member of the record is called in the row, if it is in the row.
@@ -116,6 +120,9 @@ pub struct Transformer {
     second: Option<(u64, String)>,
     /// Reused for hashing dedup keys.
     scratch: Vec<u8>,
+    /// The Storage Write API client's row formats: rows of a table with a known format are encoded
+    /// as protobuf here (see [`Transformer::with_formats`]).
+    formats: Option<KnownFormats>,
 }
 
 impl Transformer {
@@ -179,7 +186,16 @@ impl Transformer {
             names: Vec::new(),
             second: None,
             scratch: Vec::new(),
+            formats: None,
         }
+    }
+
+    /// Encodes rows as protobuf for tables whose format `formats` holds (the Storage Write API
+    /// client's); other rows stay insertAll entries. The writer sends the bytes as they are while
+    /// the format is current, so the row is read once, here, on the transform workers.
+    pub fn with_formats(mut self, formats: Option<RowFormats>) -> Self {
+        self.formats = formats.map(KnownFormats::new);
+        self
     }
 
     /// The table a topic's rows go to.
@@ -340,7 +356,7 @@ impl Transformer {
         if self.sanitize_field_names {
             return self.encode_sanitized(tp, source, text, members, table, dedup_hash, key);
         }
-        self.write_entry(tp, source, text, members, table, dedup_hash, key)
+        self.write_row(tp, source, text, members, table, dedup_hash, key)
     }
 
     /// With `bigquery.sanitize_field_names`, names are rewritten in nested objects too: the row's
@@ -376,7 +392,7 @@ impl Transformer {
         self.names.clear();
         self.names.resize(members.len(), Name::Own);
         self.mark_metadata_clashes(&sanitized, &members);
-        self.write_entry(tp, source, &sanitized, &members, table, dedup_hash, key)
+        self.write_row(tp, source, &sanitized, &members, table, dedup_hash, key)
     }
 
     /// Writes one member under its name in the row.
@@ -396,7 +412,7 @@ impl Transformer {
 
     /// Writes `{"insertId":…,"json":{members…, metadata columns}}`.
     #[allow(clippy::too_many_arguments)]
-    fn write_entry(
+    pub(super) fn write_entry(
         &mut self,
         tp: &Tp,
         source: &RawRecord,
@@ -469,7 +485,7 @@ impl Transformer {
         Ok(Transformed {
             table,
             dedup_hash,
-            entry,
+            body: RowBody::Json(entry),
         })
     }
 }

@@ -343,7 +343,7 @@ impl BigQuery for Lanes {
     fn write_rows(
         &self,
         _: &TableRef,
-        _: &[&[u8]],
+        _: &[crate::stage::proto::RowData<'_>],
         sources: &[(Tp, i64)],
         _: crate::stage::batch::InsertOptions,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {

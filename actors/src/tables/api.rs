@@ -14,6 +14,7 @@ use crate::bigquery::client::{BigQuery, BqError, CommitHook, InsertAllResponse};
 use crate::config::Config;
 use crate::model::{TableRef, Tp};
 use crate::stage::batch::InsertOptions;
+use crate::stage::proto::{RowData, RowFormats};
 use crate::stage::schema::{self, FieldSchema};
 
 impl TableManager {
@@ -127,7 +128,7 @@ impl BigQuery for Managed {
     fn write_rows(
         &self,
         table: &TableRef,
-        rows: &[&[u8]],
+        rows: &[RowData<'_>],
         sources: &[(Tp, i64)],
         options: InsertOptions,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
@@ -136,6 +137,10 @@ impl BigQuery for Managed {
 
     fn commit_hook(&self) -> Option<Arc<dyn CommitHook>> {
         self.inner.commit_hook()
+    }
+
+    fn row_formats(&self) -> Option<RowFormats> {
+        self.inner.row_formats()
     }
 
     fn get_table(

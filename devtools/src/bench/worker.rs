@@ -93,6 +93,8 @@ pub(super) struct Heard {
     pub(super) handled: u64,
     /// When `consumed` first passed `watch_from`.
     pub(super) first_read: Option<Instant>,
+    /// When `handled` last grew (the worker reports every 10 ms).
+    pub(super) last_handled: Option<Instant>,
     pub(super) watch_from: u64,
     pub(super) acks: u64,
     pub(super) report: Option<WorkerReport>,
@@ -154,7 +156,11 @@ impl Worker {
                     let mut h = heard.lock().unwrap_or_else(|e| e.into_inner());
                     if let Some(rest) = line.strip_prefix("progress ") {
                         let mut n = rest.split(' ').map(|v| v.parse().unwrap_or(0));
+                        let handled = h.handled;
                         (h.consumed, h.handled) = (n.next().unwrap_or(0), n.next().unwrap_or(0));
+                        if h.handled > handled {
+                            h.last_handled = Some(Instant::now());
+                        }
                         if h.first_read.is_none() && h.consumed > h.watch_from {
                             h.first_read = Some(Instant::now());
                         }

@@ -40,7 +40,7 @@ use bqsink_actors::bigquery::{
 use bqsink_actors::config::{BigQueryConfig, Delivery};
 use bqsink_actors::messages::Tp;
 use bqsink_actors::stage::batch::InsertOptions;
-use bqsink_actors::stage::proto::RowFormat;
+use bqsink_actors::stage::proto::{RowBody, RowData, RowFormat, RowFormats};
 use bqsink_actors::stage::schema::FieldSchema;
 use bqsink_actors::stage::transform::TableRef;
 use bqsink_actors::tables::TableDefinition;
@@ -75,6 +75,8 @@ struct Inner {
     state: Mutex<State>,
     delivery: Delivery,
     exactly_once: exactly_once::ExactlyOnce,
+    /// The formats in `state`, shared with the transform stage, which encodes rows with them.
+    shared: RowFormats,
 }
 
 #[derive(Default)]
@@ -86,7 +88,8 @@ struct State {
 
 /// A table's row format, numbered so that a connection knows which descriptor it was opened with.
 struct Format {
-    rows: RowFormat,
+    /// Shared with the transform stage: rows it encoded with this very `Arc` are sent as they are.
+    rows: Arc<RowFormat>,
     version: u64,
 }
 
@@ -151,6 +154,7 @@ impl StorageWriteClient {
                 state: Mutex::new(State::default()),
                 delivery: config.delivery,
                 exactly_once: Default::default(),
+                shared: RowFormats::default(),
             }),
         })
     }
@@ -199,10 +203,11 @@ impl Inner {
         }
         state.versions += 1;
         let format = Arc::new(Format {
-            rows,
+            rows: Arc::new(rows),
             version: state.versions,
         });
         state.formats.insert(table.clone(), Arc::clone(&format));
+        self.shared.set(table, Some(Arc::clone(&format.rows)));
         Ok(format)
     }
 
@@ -211,6 +216,7 @@ impl Inner {
         let mut state = self.state();
         state.formats.remove(table);
         state.connections.remove(table);
+        self.shared.set(table, None);
     }
 
     /// The table's row format, from `tables.get` when not cached; a missing table is `NOT_FOUND`
@@ -318,7 +324,9 @@ fn row_error(index: usize, reason: &str, message: &str) -> RowErrors {
 }
 
 /// Encodes each row for `format`; rows that do not fit are row errors (`invalid`, with the field).
-fn encode(format: &Format, rows: &[&[u8]]) -> Encoded {
+/// Rows the transform stage encoded with this format are taken as they are; rows encoded with a
+/// format since replaced are encoded again from their JSON.
+fn encode(format: &Format, rows: &[RowData<'_>]) -> Encoded {
     let mut encoded = Encoded {
         rows: Vec::with_capacity(rows.len()),
         index: Vec::with_capacity(rows.len()),
@@ -326,7 +334,16 @@ fn encode(format: &Format, rows: &[&[u8]]) -> Encoded {
     };
     let mut buf = Vec::with_capacity(256);
     for (i, row) in rows.iter().enumerate() {
-        match format.rows.encode_entry(row, &mut buf) {
+        let result = match row {
+            RowData::Proto(p) if Arc::ptr_eq(&p.format, &format.rows) => {
+                encoded.rows.push(p.bytes.clone());
+                encoded.index.push(i);
+                continue;
+            }
+            RowData::Json(entry) => format.rows.encode_entry(entry, &mut buf),
+            RowData::Proto(_) => format.rows.encode_entry(&row.json(), &mut buf),
+        };
+        match result {
             Ok(()) => {
                 encoded.rows.push(Bytes::copy_from_slice(&buf));
                 encoded.index.push(i);
@@ -359,7 +376,7 @@ impl BigQuery for StorageWriteClient {
     fn write_rows(
         &self,
         table: &TableRef,
-        rows: &[&[u8]],
+        rows: &[RowData<'_>],
         sources: &[(Tp, i64)],
         _options: InsertOptions,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
@@ -374,13 +391,23 @@ impl BigQuery for StorageWriteClient {
             let encoded = encode(&format, rows);
             return Box::pin(async move { inner.send(&table, format, encoded, sources).await });
         }
-        let owned: Vec<Vec<u8>> = rows.iter().map(|r| r.to_vec()).collect();
+        let owned: Vec<RowBody> = rows
+            .iter()
+            .map(|r| match r {
+                RowData::Json(entry) => RowBody::Json(entry.to_vec()),
+                RowData::Proto(p) => RowBody::Proto((*p).clone()),
+            })
+            .collect();
         Box::pin(async move {
             let format = inner.format(&table).await?;
-            let rows: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+            let rows: Vec<RowData<'_>> = owned.iter().map(RowBody::data).collect();
             let encoded = encode(&format, &rows);
             inner.send(&table, format, encoded, sources).await
         })
+    }
+
+    fn row_formats(&self) -> Option<RowFormats> {
+        Some(self.inner.shared.clone())
     }
 
     fn commit_hook(&self) -> Option<Arc<dyn CommitHook>> {
@@ -433,3 +460,6 @@ impl BigQuery for StorageWriteClient {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

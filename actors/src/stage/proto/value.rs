@@ -4,13 +4,14 @@
 use std::fmt;
 
 use base64::Engine as _;
-use prost::encoding::{encode_key, encode_varint, WireType};
+use prost::encoding::WireType;
 use prost_types::field_descriptor_proto::Type;
 use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::{put_bytes, FieldError, Message, MessageSeed, Path};
+use super::number::{integral_float, is_decimal};
+use super::{put_bytes, put_key, put_varint, FieldError, Message, MessageSeed, Path};
 
 /// A column's mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,48 +246,68 @@ impl<'de> DeserializeSeed<'de> for Element<'_, '_, '_, '_> {
         // Every scalar is read as its raw text: numbers keep their exact digits (NUMERIC), strings
         // are unescaped only when they have escapes.
         let raw: &RawValue = Deserialize::deserialize(d)?;
-        let text = raw.get();
-        if text == "null" {
-            return self.null_check(false);
-        }
-        match write_scalar(&c.kind, c.number, text, self.out) {
-            Ok(()) => Ok(true),
-            Err(why) => {
-                *self.error = Some(FieldError {
-                    path: self.path.to_string(),
-                    message: format!(
-                        "{why}: column type {}, value {}",
-                        c.kind.name(),
-                        excerpt(text)
-                    ),
-                });
-                Err(D::Error::custom("value does not fit its column"))
-            }
-        }
+        scalar(c, raw.get(), self.out, self.path, self.repeated).map_err(|e| {
+            *self.error = Some(e);
+            D::Error::custom("value does not fit its column")
+        })
     }
 }
 
 impl Element<'_, '_, '_, '_> {
     /// A `null` (or missing record) is fine for a NULLABLE column only.
     fn null_check<E: serde::de::Error>(self, present: bool) -> Result<bool, E> {
-        if present {
-            return Ok(true);
-        }
-        if self.repeated {
-            *self.error = Some(FieldError {
-                path: self.path.to_string(),
-                message: "null in an array (BigQuery arrays cannot hold NULL)".into(),
-            });
-            return Err(E::custom("null element"));
-        }
-        if self.column.mode == Mode::Required {
-            *self.error = Some(FieldError {
-                path: self.path.to_string(),
-                message: "null for a REQUIRED column".into(),
-            });
-            return Err(E::custom("null for a required column"));
-        }
-        Ok(false)
+        null_check(self.column, self.path, self.repeated, present).map_err(|e| {
+            *self.error = Some(e);
+            E::custom("null where a value is required")
+        })
+    }
+}
+
+/// A `null` (or missing record) is fine for a NULLABLE column only; yields `present`.
+pub(super) fn null_check(
+    column: &Column,
+    path: &Path<'_>,
+    repeated: bool,
+    present: bool,
+) -> Result<bool, FieldError> {
+    if present {
+        return Ok(true);
+    }
+    let message = if repeated {
+        "null in an array (BigQuery arrays cannot hold NULL)"
+    } else if column.mode == Mode::Required {
+        "null for a REQUIRED column"
+    } else {
+        return Ok(false);
+    };
+    Err(FieldError {
+        path: path.to_string(),
+        message: message.into(),
+    })
+}
+
+/// Writes the scalar JSON text `text` (`null` included) as a value of `column` (not a RECORD);
+/// yields whether a value was written.
+pub(super) fn scalar(
+    column: &Column,
+    text: &str,
+    out: &mut Vec<u8>,
+    path: &Path<'_>,
+    repeated: bool,
+) -> Result<bool, FieldError> {
+    if text == "null" {
+        return null_check(column, path, repeated, false);
+    }
+    match write_scalar(&column.kind, column.number, text, out) {
+        Ok(()) => Ok(true),
+        Err(why) => Err(FieldError {
+            path: path.to_string(),
+            message: format!(
+                "{why}: column type {}, value {}",
+                column.kind.name(),
+                excerpt(text)
+            ),
+        }),
     }
 }
 
@@ -419,8 +440,8 @@ fn write_scalar(kind: &Kind, number: u32, raw: &str, out: &mut Vec<u8>) -> Resul
         Kind::Int64 => {
             let text = string.as_deref().unwrap_or(raw);
             let v: i64 = text.trim().parse().or_else(|_| integral_float(text))?;
-            encode_key(number, WireType::Varint, out);
-            encode_varint(v as u64, out);
+            put_key(out, number, WireType::Varint);
+            put_varint(out, v as u64);
         }
         Kind::Float64 => {
             let text = string.as_deref().unwrap_or(raw);
@@ -430,7 +451,7 @@ fn write_scalar(kind: &Kind, number: u32, raw: &str, out: &mut Vec<u8>) -> Resul
                 "NaN" | "nan" => f64::NAN,
                 t => t.parse().map_err(|_| "expected a number".to_owned())?,
             };
-            encode_key(number, WireType::SixtyFourBit, out);
+            put_key(out, number, WireType::SixtyFourBit);
             out.extend_from_slice(&v.to_le_bytes());
         }
         Kind::Decimal => {
@@ -446,8 +467,8 @@ fn write_scalar(kind: &Kind, number: u32, raw: &str, out: &mut Vec<u8>) -> Resul
                 "false" | "FALSE" | "False" | "0" => false,
                 _ => return Err("expected true or false".into()),
             };
-            encode_key(number, WireType::Varint, out);
-            encode_varint(v as u64, out);
+            put_key(out, number, WireType::Varint);
+            put_varint(out, v as u64);
         }
         Kind::Timestamp => {
             let micros = match &string {
@@ -462,15 +483,15 @@ fn write_scalar(kind: &Kind, number: u32, raw: &str, out: &mut Vec<u8>) -> Resul
                 }
                 None => return Err("expected a timestamp string or seconds".into()),
             };
-            encode_key(number, WireType::Varint, out);
-            encode_varint(micros as u64, out);
+            put_key(out, number, WireType::Varint);
+            put_varint(out, micros as u64);
         }
         Kind::Date => {
             let s = string.ok_or("expected a date string YYYY-MM-DD")?;
             let days = super::civil::date_days(&s)?;
-            encode_key(number, WireType::Varint, out);
+            put_key(out, number, WireType::Varint);
             // int32 negatives are sign-extended to ten bytes, as protobuf does.
-            encode_varint(i64::from(days) as u64, out);
+            put_varint(out, i64::from(days) as u64);
         }
         Kind::Time => {
             let s = string.ok_or("expected a time string HH:MM:SS")?;
@@ -485,51 +506,4 @@ fn write_scalar(kind: &Kind, number: u32, raw: &str, out: &mut Vec<u8>) -> Resul
         Kind::Record(_) => unreachable!("records are read as objects"),
     }
     Ok(())
-}
-
-/// An integer written as a float with no fraction (`3.0`, `1e3`), as BigQuery takes it.
-fn integral_float(text: &str) -> Result<i64, String> {
-    let f: f64 = text
-        .trim()
-        .parse()
-        .map_err(|_| "expected an integer".to_owned())?;
-    if f.fract() == 0.0 && f.abs() < 9.2e18 {
-        Ok(f as i64)
-    } else {
-        Err("expected an integer".into())
-    }
-}
-
-/// `[+-]digits[.digits][e[+-]digits]`, with at least one digit.
-fn is_decimal(text: &str) -> bool {
-    let b = text.as_bytes();
-    let mut i = 0;
-    if matches!(b.first(), Some(b'+' | b'-')) {
-        i += 1;
-    }
-    let digits = |i: &mut usize| {
-        let start = *i;
-        while *i < b.len() && b[*i].is_ascii_digit() {
-            *i += 1;
-        }
-        *i - start
-    };
-    let mut n = digits(&mut i);
-    if i < b.len() && b[i] == b'.' {
-        i += 1;
-        n += digits(&mut i);
-    }
-    if n == 0 {
-        return false;
-    }
-    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
-        i += 1;
-        if matches!(b.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        if digits(&mut i) == 0 {
-            return false;
-        }
-    }
-    i == b.len()
 }

@@ -29,7 +29,7 @@ fn run(
 ) -> Result<(Transformed, Value), TransformError> {
     let tp = Tp::new(topic, 2);
     let out = t.apply(&tp, rec, convert(rec.payload.as_deref()).unwrap())?;
-    let entry: Value = serde_json::from_slice(&out.entry).unwrap();
+    let entry: Value = serde_json::from_slice(&out.body.json()).unwrap();
     Ok((out, entry))
 }
 
@@ -271,4 +271,64 @@ fn oversize_rows_are_rejected() {
     let err = run(&mut t, "t", &record(1, &big)).unwrap_err();
     assert_eq!(err.class(), "oversize");
     assert!(err.to_string().contains("1024"), "{err}");
+}
+
+/// With its table's format known, a row is the protobuf message the writer would have encoded from
+/// its insertAll entry; a row that does not fit, or a table whose format was dropped, stays JSON.
+#[test]
+fn rows_of_a_table_with_a_known_format_are_protobuf_as_their_entry_would_encode() {
+    use crate::stage::convert::parse_object;
+    use crate::stage::proto::RowFormat;
+    use crate::stage::schema::FieldSchema;
+
+    let mut c = config();
+    c.transform.metadata.key = true;
+    let tp = Tp::new("member.events", 2);
+    for timestamp_type in ["TIMESTAMP", "STRING"] {
+        let schema = [
+            ("event_id", "STRING", "REQUIRED"),
+            ("v", "INTEGER", "NULLABLE"),
+            ("tags", "STRING", "REPEATED"),
+            ("_kafka_topic", "STRING", "NULLABLE"),
+            ("_kafka_partition", "INTEGER", "NULLABLE"),
+            ("_kafka_offset", "INTEGER", "NULLABLE"),
+            ("_kafka_timestamp", timestamp_type, "NULLABLE"),
+            ("_kafka_key", "STRING", "NULLABLE"),
+        ]
+        .map(|(name, t, mode)| FieldSchema::new(name, t, mode));
+        let format = Arc::new(RowFormat::new(&schema).unwrap());
+        let mut plain = Transformer::new(&c);
+        let table = plain.table_for(&tp.topic);
+        let formats = RowFormats::default();
+        formats.set(&table, Some(Arc::clone(&format)));
+        let mut proto = Transformer::new(&c).with_formats(Some(formats.clone()));
+        let mut row = |t: &mut Transformer, offset: i64, payload: &str| {
+            let rec = record(offset, payload);
+            let object = parse_object(rec.payload.as_deref()).unwrap();
+            t.apply_object(&tp, &rec, &object).unwrap().body
+        };
+        for (offset, payload) in [
+            (1, r#"{"event_id":"e1","v":1,"tags":["a","b"]}"#),
+            (2, r#"{"v":"7","event_id":"e\u0032","tags":null}"#),
+        ] {
+            let entry = row(&mut plain, offset, payload).into_json();
+            let RowBody::Proto(p) = row(&mut proto, offset, payload) else {
+                panic!("{payload}: not protobuf");
+            };
+            assert!(Arc::ptr_eq(&p.format, &format));
+            let mut expected = Vec::new();
+            format.encode_entry(&entry, &mut expected).unwrap();
+            assert_eq!(&p.bytes[..], &expected[..], "{payload} ({timestamp_type})");
+        }
+        let new_field = r#"{"event_id":"e3","new_field":1}"#;
+        assert!(
+            matches!(row(&mut proto, 3, new_field), RowBody::Json(_)),
+            "a member the table lacks: an entry, for the writer and table management"
+        );
+        formats.set(&table, None);
+        assert!(
+            matches!(row(&mut proto, 4, r#"{"event_id":"e4"}"#), RowBody::Json(_)),
+            "the format dropped (the table changed): entries again"
+        );
+    }
 }
