@@ -222,6 +222,51 @@ fn flushes_failing_past_the_retry_timeout_show_as_a_sink_failure_and_recover() {
     assert_exactly_once(&sink, 2_000, "after the flushes recovered");
 }
 
+/// Under `errors.sink_failure = "stop"` flushes failing past the retry timeout stop the pipeline
+/// (non-zero); a restart flushes the committed streams first, and every row shows once.
+#[test]
+fn under_sink_failure_stop_failing_flushes_stop_the_pipeline_and_a_restart_flushes_them() {
+    let _serial = one_at_a_time();
+    let topic = "eo_flush_stop";
+    let (_cluster, bootstrap) = cluster(topic, 4);
+    let sink = sink(topic);
+    let down = Arc::new(AtomicBool::new(true));
+    let d = Arc::clone(&down);
+    sink.set_flush_hook(move |_, _| {
+        if d.load(Ordering::SeqCst) {
+            Reply::Fail {
+                status: 503,
+                reason: "backendError".into(),
+            }
+        } else {
+            Reply::Accept
+        }
+    });
+    let group = "g-eo-flush-stop";
+    let mut config = eo_config(&bootstrap, group, topic, &sink);
+    config.errors.retry_timeout_ms = 1_000;
+    config.errors.sink_failure = bqsink_actors::config::SinkFailure::Stop;
+    config.pipeline.shutdown_timeout_ms = 5_000;
+    let pipeline = start(&config);
+    produce(&bootstrap, topic, &unique_events(2_000, "a", 5));
+    wait_fully_committed(&bootstrap, group, topic, 4, WAIT);
+    wait_until(WAIT, "the pipeline stopped", || pipeline.is_finished());
+    assert_ne!(
+        pipeline.wait().unwrap(),
+        0,
+        "a sink failure under \"stop\" exits non-zero"
+    );
+    assert_eq!(sink.total_rows(), 0, "nothing visible while flushes fail");
+
+    down.store(false, Ordering::SeqCst);
+    let again = start(&config);
+    wait_until(WAIT, "every row flushed by the restart", || {
+        sink.total_rows() >= 2_000
+    });
+    assert_eq!(again.shutdown().unwrap(), 0);
+    assert_exactly_once(&sink, 2_000, "after the restart");
+}
+
 /// A stream finalized by someone else while it holds acknowledged rows that no commit covers yet:
 /// they can never be flushed, so the partition's commit stays below them; a restart writes them
 /// again to a new stream.

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use actix::{Addr, Recipient};
 use bqsink_actors::bigquery::CommitHook;
-use bqsink_actors::config::Config;
+use bqsink_actors::config::{Config, SinkFailure};
 use bqsink_actors::kafka::CommitError;
-use bqsink_actors::messages::{Assigned, RawChunk, RawRecord, Revoked, Revoking, Tp};
+use bqsink_actors::messages::{Assigned, Fatal, RawChunk, RawRecord, Revoked, Revoking, Tp};
 use bqsink_actors::stage::flow::{Flow, Inflight, InflightLimits, Intake, TotalFlow};
 use bqsink_actors::stats::Stats;
 use bqsink_actors::supervisor::SupervisorActor;
@@ -52,6 +52,8 @@ pub struct SinkContext {
     revoke_timeout: Duration,
     /// `errors.retry_timeout_ms`: when a failing flush is reported as failing.
     retry_timeout: Duration,
+    /// `errors.sink_failure = "stop"`: a flush failing past `retry_timeout` stops the pipeline.
+    stop_on_sink_failure: bool,
     warmup: Option<Warmup>,
     limits: InflightLimits,
     stats: Arc<Stats>,
@@ -329,6 +331,7 @@ pub fn spawn_consumer(
         routes: Mutex::new(HashMap::new()),
         revoke_timeout: Duration::from_millis(config.kafka.revoke_timeout_ms),
         retry_timeout: Duration::from_millis(config.errors.retry_timeout_ms),
+        stop_on_sink_failure: config.errors.sink_failure == SinkFailure::Stop,
         warmup: Warmup::new(config)?,
         limits: InflightLimits {
             records: config.pipeline.max_inflight_records,
@@ -387,6 +390,8 @@ fn poll_loop(
     let mut next_upkeep = Instant::now();
     // Tables whose flushes failed at the last upkeep (reported as sink failures).
     let mut flush_failing = Vec::new();
+    // Under `errors.sink_failure = "stop"`: the supervisor was told to stop for a failing flush.
+    let mut stopping = false;
     loop {
         if let (Some(hook), true) = (&consumer.context().hook, Instant::now() >= next_upkeep) {
             next_upkeep = Instant::now() + UPKEEP_INTERVAL;
@@ -402,6 +407,25 @@ fn poll_loop(
                 consumer.context().retry_timeout,
                 &flush_failing,
             );
+            let ctx = consumer.context();
+            let past = failures
+                .iter()
+                .find(|f| f.since.elapsed() >= ctx.retry_timeout);
+            if let (true, false, Some(f)) = (ctx.stop_on_sink_failure, stopping, past) {
+                // The rows are committed in Kafka and not visible: stopping leaves them to the next
+                // owner, which flushes the committed stream before it writes anything.
+                stopping = true;
+                ctx.supervisor.do_send(Fatal {
+                    reason: format!(
+                        "sink failure: bigquery {} (FlushRows) failed for {:.1?}: {}; \
+                         errors.sink_failure = \"stop\": stopping; the committed rows are \
+                         flushed by the partition's next owner",
+                        f.table,
+                        f.since.elapsed(),
+                        f.error
+                    ),
+                });
+            }
         }
         loop {
             let cmd = match commands.try_recv() {

@@ -302,7 +302,7 @@ fn rows_of_a_table_with_a_known_format_are_protobuf_as_their_entry_would_encode(
         let formats = RowFormats::default();
         formats.set(&table, Some(Arc::clone(&format)));
         let mut proto = Transformer::new(&c).with_formats(Some(formats.clone()));
-        let mut row = |t: &mut Transformer, offset: i64, payload: &str| {
+        let row = |t: &mut Transformer, offset: i64, payload: &str| {
             let rec = record(offset, payload);
             let object = parse_object(rec.payload.as_deref()).unwrap();
             t.apply_object(&tp, &rec, &object).unwrap().body
