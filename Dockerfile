@@ -1,12 +1,14 @@
 # bqsink container image: build in the Rust image, run in a distroless one (glibc, CA certificates,
-# no shell). librdkafka, OpenSSL (Kafka over TLS/SASL) and zlib are built from source and linked
+# no shell). librdkafka, OpenSSL (Kafka over TLS/SASL), zlib and zstd are built from source and linked
 # statically; TLS to BigQuery is rustls, so the runtime image needs no shared OpenSSL.
 #
 # The binary is built with --no-default-features: the development tooling (crate bqsink-devtools:
 # the demo, the benchmark, the local BigQuery server) is left out; `bqsink demo` says so.
 #
 #   docker build -t bqsink .
-#   docker run --rm -p 8083:8083 -e BQSINK__KAFKA__BROKERS=kafka:9092 ... bqsink
+#   docker run --rm -p 8083:8083 -e BQSINK__KAFKA__BROKERS=kafka:9092 -e BQSINK__ADMIN__TOKEN=... bqsink
+#
+# The admin API listens on 0.0.0.0 here, so bqsink refuses to start without admin.token.
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -31,6 +33,7 @@ COPY config /etc/bqsink/config
 ENV BQSINK_CONFIG_DIR=/etc/bqsink/config \
     BQSINK__ADMIN__LISTEN=0.0.0.0:8083
 EXPOSE 8083
-USER nonroot
+# distroless's nonroot user by number: with runAsNonRoot the kubelet must see a numeric user.
+USER 65532:65532
 ENTRYPOINT ["/usr/local/bin/bqsink"]
 CMD ["run", "--env", "production"]

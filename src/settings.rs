@@ -13,10 +13,23 @@ use figment::Figment;
 pub enum SettingsError {
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
-    #[error("invalid configuration: {0}")]
-    Parse(#[from] Box<figment::Error>),
+    /// Every problem figment found, each once (not also as a source: `{:#}` would repeat it).
+    #[error("invalid configuration: {}", all_problems(.0))]
+    Parse(Box<figment::Error>),
     #[error(transparent)]
     Invalid(#[from] bqsink_actors::config::InvalidConfig),
+}
+
+impl From<Box<figment::Error>> for SettingsError {
+    fn from(e: Box<figment::Error>) -> Self {
+        SettingsError::Parse(e)
+    }
+}
+
+/// The problems of a figment error (it chains those found together), one per line's worth.
+fn all_problems(e: &figment::Error) -> String {
+    let problems: Vec<String> = e.clone().into_iter().map(|p| p.to_string()).collect();
+    problems.join("; ")
 }
 
 /// Where the layers come from.
@@ -54,8 +67,16 @@ pub fn figment(sources: &Sources) -> Result<Figment, SettingsError> {
         !PROPERTY_SECTIONS
             .iter()
             .any(|(_, path)| is_under(key, path))
+            && !SECRET_KEYS
+                .iter()
+                .any(|(_, path)| key.as_str().eq_ignore_ascii_case(path))
     });
     f = f.merge(env);
+    // Secrets are taken as the strings they are: typed, `12345` would be a number that fails to
+    // load, with the value in the error.
+    for (path, value) in secret_env(std::env::vars()) {
+        f = f.merge(Serialized::default(path, value));
+    }
     for (prefix, path) in PROPERTY_SECTIONS {
         let properties = librdkafka_properties(prefix, std::env::vars());
         if !properties.is_empty() {
@@ -75,6 +96,27 @@ const PROPERTY_SECTIONS: [(&str, &str); 2] = [
         "errors.deadletterqueue.properties",
     ),
 ];
+
+/// Keys that hold secrets, and their environment variables: always strings.
+const SECRET_KEYS: [(&str, &str); 3] = [
+    ("BQSINK__ADMIN__TOKEN", "admin.token"),
+    ("BQSINK__BIGQUERY__TOKEN", "bigquery.token"),
+    (
+        "BQSINK__ERRORS__SLACK__WEBHOOK_URL",
+        "errors.slack.webhook_url",
+    ),
+];
+
+/// The secrets set by environment variables, as strings, by key path.
+fn secret_env(vars: impl Iterator<Item = (String, String)>) -> Vec<(&'static str, String)> {
+    vars.filter_map(|(name, value)| {
+        SECRET_KEYS
+            .iter()
+            .find(|(var, _)| name.eq_ignore_ascii_case(var))
+            .map(|(_, path)| (*path, value))
+    })
+    .collect()
+}
 
 /// `key` (an environment key after `BQSINK__`, split at `__`) lies in the section at `path`.
 fn is_under(key: &figment::value::UncasedStr, path: &str) -> bool {
@@ -129,11 +171,56 @@ pub fn to_toml_redacted(config: &Config) -> String {
         .iter_mut()
         .chain(c.errors.deadletterqueue.properties.iter_mut());
     for (k, v) in properties {
-        if k.contains("password") || k.contains("secret") || k.contains("jaas") {
+        if is_secret_property(k) {
             *v = "<redacted>".into();
+        } else {
+            *v = without_userinfo(v);
         }
     }
+    for url in [
+        &mut c.bigquery.endpoint,
+        &mut c.bigquery.storage_endpoint,
+        &mut c.telemetry.otlp_endpoint,
+    ] {
+        *url = without_userinfo(url);
+    }
     toml::to_string_pretty(&c).unwrap_or_else(|e| format!("# cannot render configuration: {e}"))
+}
+
+/// librdkafka properties that hold key material or credentials (`ssl.key.pem`,
+/// `sasl.oauthbearer.config`, passwords, secrets, JAAS settings, tokens).
+fn is_secret_property(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "key.pem",
+        "oauthbearer.config",
+        "token",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+/// `text` with the user information of any URL in it (`https://user:pass@host`) masked.
+fn without_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', '?', '#', ' ', ',']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) => {
+                out.push_str("<redacted>");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The default config directory: `$BQSINK_CONFIG_DIR`, else `./config`.
@@ -220,6 +307,71 @@ mod tests {
             .to_string();
         assert!(err.contains("JSON pointer"), "{err}");
         from_toml(base).unwrap();
+    }
+
+    #[test]
+    fn validate_redacts_key_material_and_credentials_in_urls() {
+        let mut c = Config::default();
+        for (k, v) in [
+            ("ssl.key.pem", "-----BEGIN PRIVATE KEY-----MIIEkey"),
+            ("sasl.oauthbearer.config", "clientSecret=oauthsecret"),
+            ("sasl.password", "saslpass"),
+            (
+                "sasl.oauthbearer.token.endpoint.url",
+                "https://tokenuser:tokenpass@idp/token",
+            ),
+        ] {
+            c.kafka.properties.insert(k.into(), v.into());
+        }
+        c.bigquery.endpoint = "https://bquser:bqpass@bigquery.example/".into();
+        c.telemetry.otlp_endpoint = "http://otel:otelpass@collector:4318".into();
+        let printed = to_toml_redacted(&c);
+        for secret in [
+            "MIIEkey",
+            "oauthsecret",
+            "saslpass",
+            "tokenpass",
+            "tokenuser",
+            "bqpass",
+            "otelpass",
+        ] {
+            assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+        }
+        assert!(
+            printed.contains("https://<redacted>@bigquery.example/"),
+            "{printed}"
+        );
+        assert_eq!(without_userinfo("http://host:1/a@b"), "http://host:1/a@b");
+    }
+
+    #[test]
+    fn a_configuration_error_is_printed_once() {
+        let err = from_toml("[[bigquery.tables]]\ntable = \"t\"\ntopics = [\"a\"]\ncolour = 1\n")
+            .unwrap_err();
+        // As `bqsink` prints it: the error and its causes.
+        let printed = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(printed.matches("unknown field").count(), 1, "{printed}");
+    }
+
+    #[test]
+    fn an_admin_api_beyond_loopback_needs_a_token() {
+        let base = "[kafka]\ntopics=[\"t\"]\n[bigquery]\nproject=\"p\"\ndataset=\"d\"\n";
+        let err = from_toml(&format!("{base}[admin]\nlisten = \"0.0.0.0:8083\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("admin.token") && err.contains("admin.listen"),
+            "{err}"
+        );
+        from_toml(&format!(
+            "{base}[admin]\nlisten = \"0.0.0.0:8083\"\ntoken = \"s3cret\"\n"
+        ))
+        .unwrap();
+        from_toml(&format!("{base}[admin]\nlisten = \"[::1]:8083\"\n")).unwrap();
+        from_toml(&format!(
+            "{base}[admin]\nenabled = false\nlisten = \"0.0.0.0:8083\"\n"
+        ))
+        .unwrap();
     }
 
     #[test]

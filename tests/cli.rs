@@ -150,6 +150,8 @@ fn validate_prints_the_merged_config_and_names_unknown_keys() {
         .arg("--config")
         .arg(&good)
         .env("BQSINK__BATCH__MAX_ROWS", "321")
+        // A secret that looks like a number is still a string, and never printed.
+        .env("BQSINK__ADMIN__TOKEN", "918273645")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -171,6 +173,7 @@ fn validate_prints_the_merged_config_and_names_unknown_keys() {
         "--config layer applied:\n{stdout}"
     );
     assert!(!stdout.contains("s3cret"), "token is redacted");
+    assert!(!stdout.contains("918273645"), "admin token is redacted");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[kafka]\ntopics = [\"a\"]\ncommit_intervl_ms = 5\n").unwrap();

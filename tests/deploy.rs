@@ -63,3 +63,65 @@ fn probes_and_keda_match_the_service_and_its_configuration() {
     assert_eq!(topics.len(), 1, "one KEDA trigger per topic");
     assert_eq!(yaml_value(keda, "topic"), topics[0].as_str().unwrap());
 }
+
+/// The kubelet refuses `runAsNonRoot` with a user name it cannot check: the image's user is a
+/// number, the one the Deployment runs as.
+#[test]
+fn the_image_runs_as_the_numeric_user_the_deployment_names() {
+    let dockerfile = read("Dockerfile");
+    let user = dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER line")
+        .trim();
+    let (uid, gid) = user.split_once(':').unwrap_or((user, user));
+    assert!(uid.parse::<u32>().is_ok(), "USER {user} is not numeric");
+    let deployment = read("deploy/deployment.yaml");
+    assert_eq!(yaml_value(&deployment, "runAsUser"), uid);
+    assert_eq!(yaml_value(&deployment, "runAsGroup"), gid);
+    assert_eq!(yaml_value(&deployment, "runAsNonRoot"), "true");
+    assert_eq!(
+        yaml_value(&deployment, "automountServiceAccountToken"),
+        "false"
+    );
+}
+
+/// The admin API listens beyond loopback in the image, so its token is required (bqsink refuses
+/// to start without it), and the image tag is this tree's release.
+#[test]
+fn the_admin_token_is_required_and_the_image_tag_is_the_release() {
+    let deployment = read("deploy/deployment.yaml");
+    let token = deployment
+        .lines()
+        .skip_while(|l| !l.contains("BQSINK__ADMIN__TOKEN"))
+        .find(|l| l.contains("secretKeyRef"))
+        .expect("the admin token from a secret");
+    assert!(!token.contains("optional"), "{token}");
+    let kustomization = read("deploy/kustomization.yaml");
+    let cargo: toml::Table = toml::from_str(&read("Cargo.toml")).unwrap();
+    let version = cargo["workspace"]["package"]["version"]
+        .as_str()
+        .or_else(|| cargo["package"]["version"].as_str())
+        .unwrap();
+    assert_eq!(yaml_value(&kustomization, "newTag"), version);
+    for file in ["poddisruptionbudget.yaml", "networkpolicy.yaml"] {
+        assert!(kustomization.contains(&format!("  - {file}")), "{file}");
+        read(&format!("deploy/{file}"));
+    }
+}
+
+/// KEDA reads the brokers the pods read (never a hard-coded address) and authenticates as they do.
+#[test]
+fn keda_reads_the_pods_brokers_and_authenticates() {
+    let keda = read("deploy/keda-scaledobject.yaml");
+    assert!(!keda.contains("bootstrapServers:"), "no hard-coded brokers");
+    let env = yaml_value(&keda, "bootstrapServersFromEnv");
+    assert!(read("deploy/deployment.yaml").contains(&format!("name: {env}")));
+    let (_, auth_ref) = keda
+        .split_once("authenticationRef:")
+        .expect("an authenticationRef");
+    let name = yaml_value(auth_ref, "name");
+    let (_, trigger_auth) = keda.split_once("kind: TriggerAuthentication").unwrap();
+    assert_eq!(yaml_value(trigger_auth, "name"), name);
+}

@@ -6,13 +6,18 @@ mod common;
 #[path = "support/admin.rs"]
 mod support;
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
 use support::*;
 
+/// The tests share the process-wide recorder: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[test]
 fn metrics_count_what_was_produced_and_the_lag_gauge_follows_the_backlog() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const TOPIC: &str = "metered";
     let (_cluster, bootstrap) = cluster(TOPIC, 2);
     let sink = sink();
@@ -91,4 +96,36 @@ fn metrics_count_what_was_produced_and_the_lag_gauge_follows_the_backlog() {
     );
     assert_eq!(svc.shutdown().unwrap(), 0);
     assert_eq!(sink.total_rows(), 600);
+}
+
+/// Partitions and lag show as soon as the partitions are assigned, not a refresh interval later.
+#[test]
+fn partitions_and_lag_show_right_after_the_assignment() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const TOPIC: &str = "metered-early";
+    let (_cluster, bootstrap) = cluster(TOPIC, 3);
+    produce(&bootstrap, TOPIC, &unique_events(90, "e", 5));
+    let sink = sink();
+    let mut config = service_config(&bootstrap, "g-metrics-early", TOPIC, &sink);
+    config.metrics.refresh_interval_ms = 600_000;
+    let svc = spawn(&config);
+    let admin = Admin::new(&svc, None);
+    wait_until(
+        Duration::from_secs(30),
+        "3 partitions and their lag in /metrics",
+        || {
+            let text = admin.metrics();
+            metric(&text, "bqsink_partitions_assigned", &[]) == Some(3.0)
+                && (0..3).all(|p| {
+                    let p = p.to_string();
+                    metric(
+                        &text,
+                        "bqsink_consumer_lag",
+                        &[("topic", TOPIC), ("partition", &p)],
+                    )
+                    .is_some()
+                })
+        },
+    );
+    assert_eq!(svc.shutdown().unwrap(), 0);
 }

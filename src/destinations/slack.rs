@@ -272,7 +272,8 @@ async fn post_once(client: &reqwest::Client, url: &str, text: &str) -> Result<()
         .body(body)
         .send()
         .await
-        .map_err(|e| PostError::Transport(e.to_string()))?;
+        // The webhook URL is a secret, and reqwest's error text ends with the request's URL.
+        .map_err(|e| PostError::Transport(e.without_url().to_string()))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
@@ -513,6 +514,20 @@ mod tests {
             class,
             error: "value is not valid JSON".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn transport_errors_never_carry_the_webhook_url() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener); // nothing listens there now: the request fails to connect
+        let url = format!("http://127.0.0.1:{port}/services/T000/B000/s3cr3tw3bh00k");
+        let err = post_once(&reqwest::Client::new(), &url, "hi")
+            .await
+            .unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(matches!(err, PostError::Transport(_)), "{text}");
+        assert!(!text.contains("s3cr3t"), "the webhook URL leaked: {text}");
     }
 
     #[test]

@@ -428,13 +428,24 @@ async fn restart(State(app): State<AppState>) -> Response {
     accepted(&app.service, "restart", app.service.restart())
 }
 
-/// Every `metrics.refresh_interval_ms`: watermarks and committed offsets of the assigned
-/// partitions (consumer lag), the partition gauges, a BigQuery reachability probe, process metrics.
+/// How often the refresher looks for a rebalance, and how long it lets one settle.
+const REBALANCE_POLL: Duration = Duration::from_millis(200);
+const REBALANCE_SETTLE: Duration = Duration::from_millis(300);
+
+/// Every `metrics.refresh_interval_ms`, at start and soon after every rebalance: watermarks and
+/// committed offsets of the assigned partitions (consumer lag), the partition gauges, a BigQuery
+/// reachability probe, process metrics.
 async fn refresher(app: AppState) {
     let service = app.service;
     let config = service.config.clone();
-    let mut tick = tokio::time::interval(Duration::from_millis(config.metrics.refresh_interval_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interval = Duration::from_millis(config.metrics.refresh_interval_ms);
+    let mut due = tokio::time::Instant::now();
+    let rebalances = || {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &service.stats;
+        (stats.assigned.load(Relaxed), stats.revoked.load(Relaxed))
+    };
+    let mut seen = rebalances();
     let client: Option<Arc<BaseConsumer>> = match crate::kafka::consumer_config(&config).create() {
         Ok(c) => Some(Arc::new(c)),
         Err(e) => {
@@ -449,7 +460,21 @@ async fn refresher(app: AppState) {
     let collector = metrics_process::Collector::default();
     let record = app.metrics.is_some();
     loop {
-        tick.tick().await;
+        // The interval, or a rebalance: a scrape right after start or a scale-out must not show
+        // no partitions and no lag for a whole interval.
+        loop {
+            if tokio::time::Instant::now() >= due {
+                break;
+            }
+            if rebalances() != seen {
+                // Let the partition consumers start, so that the report holds them.
+                tokio::time::sleep(REBALANCE_SETTLE).await;
+                break;
+            }
+            tokio::time::sleep(REBALANCE_POLL.min(due - tokio::time::Instant::now())).await;
+        }
+        seen = rebalances();
+        due = tokio::time::Instant::now() + interval;
         let report = service.report().await;
         if let (Some(report), Some(client)) = (&report, &client) {
             let tps: Vec<Tp> = report.partitions.iter().map(|p| p.tp.clone()).collect();

@@ -169,14 +169,27 @@ impl Config {
         if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
             return bad("telemetry.sampling_ratio", "must be in 0.0..=1.0");
         }
-        if self.admin.enabled && self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
-            return bad(
-                "admin.listen",
-                format!(
-                    "{:?} is not an address such as 127.0.0.1:8083",
-                    self.admin.listen
-                ),
-            );
+        if self.admin.enabled {
+            let Ok(listen) = self.admin.listen.parse::<std::net::SocketAddr>() else {
+                return bad(
+                    "admin.listen",
+                    format!(
+                        "{:?} is not an address such as 127.0.0.1:8083",
+                        self.admin.listen
+                    ),
+                );
+            };
+            // Pause, resume and restart must not be open to whatever reaches the address.
+            let token = self.admin.token.as_deref().unwrap_or("");
+            if !listen.ip().is_loopback() && token.trim().is_empty() {
+                return bad(
+                    "admin.token",
+                    format!(
+                        "is required when admin.listen ({listen}) is not a loopback address: set \
+                         admin.token (BQSINK__ADMIN__TOKEN), or listen on 127.0.0.1"
+                    ),
+                );
+            }
         }
         if self.metrics.refresh_interval_ms == 0 {
             return bad("metrics.refresh_interval_ms", "must be > 0");

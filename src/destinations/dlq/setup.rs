@@ -13,28 +13,11 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer as _};
 use rdkafka::types::{RDKafkaErrorCode, RDKafkaRespErr};
-use rdkafka::util::AsyncRuntime;
 
 use super::CONTEXT_HEADROOM;
 
-/// rdkafka's future producer needs a runtime type; only `send_result` is used, which spawns
-/// nothing, but the type must exist. This one is tokio's (the actors run on tokio).
-pub struct TokioRuntime;
-
-impl AsyncRuntime for TokioRuntime {
-    type Delay = tokio::time::Sleep;
-
-    fn spawn<T>(task: T)
-    where
-        T: std::future::Future<Output = ()> + Send + 'static,
-    {
-        tokio::spawn(task);
-    }
-
-    fn delay_for(duration: Duration) -> Self::Delay {
-        tokio::time::sleep(duration)
-    }
-}
+/// rdkafka's own tokio runtime (feature `tokio`) for its future producer: the actors run on tokio.
+pub use rdkafka::util::TokioRuntime;
 
 /// The producer type used for the dead-letter topic and by `bqsink replay`.
 pub type Producer = FutureProducer<rdkafka::client::DefaultClientContext, TokioRuntime>;
