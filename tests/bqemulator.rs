@@ -438,7 +438,15 @@ level = "info,bqsink::bigquery::storage=debug,bqsink_actors::supervisor=debug"
     std::thread::sleep(Duration::from_secs(2));
     c.kill9();
     produce_unique(1_000, 36);
-    wait_fully_committed(&bootstrap, group, TOPIC, partitions, wait);
+    let committed = std::panic::catch_unwind(|| {
+        wait_fully_committed(&bootstrap, group, TOPIC, partitions, wait)
+    });
+    if let Err(e) = committed {
+        // What the surviving instance was doing, for the failure's message.
+        eprintln!("instance a, last lines:\n{}", a.tail());
+        eprintln!("instance c (killed), last lines:\n{}", c.tail());
+        std::panic::resume_unwind(e);
+    }
     wait_until(wait, "every event visible", || visible().0 >= produced);
     assert_eq!(a.terminate(wait), 0, "{}", a.tail());
     let (n, distinct) = visible();

@@ -182,6 +182,14 @@ impl PartitionBook {
         }
     }
 
+    /// Every stream of the partition, by table and id.
+    pub fn stream_ids(&self) -> Vec<(TableRef, String)> {
+        self.tables
+            .iter()
+            .flat_map(|(t, streams)| streams.iter().map(move |s| (t.clone(), s.id.clone())))
+            .collect()
+    }
+
     /// The partition is given up: every stream retires, and rows no commit covers are abandoned —
     /// whoever owns the partition next (this instance again, maybe) reads their records again from
     /// the committed offset and writes them to a new stream, so these must never be flushed.

@@ -186,13 +186,16 @@ impl CommitHook for Commits {
 
     fn released(&self, tps: &[Tp]) {
         let mut parts = self.parts();
+        let mut streams = Vec::new();
         for tp in tps {
             if let Some(e) = parts.get_mut(tp) {
                 e.released = true;
                 e.book.retire_all();
+                streams.extend(e.book.stream_ids());
             }
         }
         drop(parts);
+        self.inner.close_streams(&streams);
         // The next owner flushes what the last commit names.
         let mut failures = lock(&self.inner.exactly_once.flush_failures);
         failures.retain(|_, f| {

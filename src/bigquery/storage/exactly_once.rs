@@ -440,6 +440,16 @@ impl Inner {
         }
     }
 
+    /// Closes the `AppendRows` connections of `streams`, which take no more appends (their
+    /// partition was released). A server serves few at once (bqemulator: 6), so they are not left
+    /// open until a finalize, which a failed revoke-time commit postpones.
+    pub(super) fn close_streams(&self, streams: &[(TableRef, String)]) {
+        let mut connections = lock(&self.eo().connections);
+        for (table, id) in streams {
+            connections.remove(&self.stream_name(table, id));
+        }
+    }
+
     /// `FinalizeWriteStream`; a failure only leaves the stream to expire.
     pub(super) async fn finalize(&self, table: &TableRef, id: &str) {
         let name = self.stream_name(table, id);
