@@ -52,7 +52,9 @@ fn instances_joining_leaving_and_crashing_lose_nothing_and_duplicate_nothing() {
         honor_insert_id: true,
     })
     .unwrap();
-    sink.set_hook(|_| Reply::Delay(Duration::from_millis(40), Box::new(Reply::Accept)));
+    // Slow enough that a backlog is left when c joins 10 s in (at 40 ms a fast run had written
+    // everything by then, and "c took part" failed in a CI dry run).
+    sink.set_hook(|_| Reply::Delay(Duration::from_millis(80), Box::new(Reply::Accept)));
     let mut config = config(&bootstrap, "g-scale", TOPIC, sink.url());
     config.batch.max_rows = 100;
     config.bigquery.max_concurrent_requests = 2;
