@@ -22,6 +22,10 @@ RUN mkdir -p src actors/src devtools/src \
     && cargo build --release --locked --no-default-features \
     && rm -rf src actors/src devtools/src
 COPY . .
+# The commit bqsink reports (bqsink --version, bqsink_build_info): the context has no .git, so pass it:
+#   docker build --build-arg GIT_SHA=$(git rev-parse --short=12 HEAD) -t bqsink .
+ARG GIT_SHA=unknown
+ENV BQSINK_GIT_SHA=$GIT_SHA
 # Make cargo see the real sources as newer than the placeholder build.
 RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
     && cargo build --release --locked --no-default-features --bin bqsink \

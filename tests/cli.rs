@@ -188,3 +188,22 @@ fn validate_prints_the_merged_config_and_names_unknown_keys() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr.contains("commit_intervl_ms"), "{stderr}");
 }
+
+/// `--version` names the release and the git commit it was built from (`build.rs`), as the
+/// `bqsink_build_info` metric does.
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let out = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let expected = format!("bqsink {} (", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&expected), "{text}");
+    let sha = text
+        .trim()
+        .trim_start_matches(&expected)
+        .trim_end_matches(')');
+    assert!(
+        sha == "unknown" || (sha.len() == 12 && sha.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+}

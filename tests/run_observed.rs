@@ -9,7 +9,7 @@ mod otlp;
 use std::process::Command;
 use std::time::Duration;
 
-use bqsink_devtools::sink::{Sink, SinkOptions};
+use bqsink_devtools::sink::{Reply, Sink, SinkOptions};
 use common::*;
 use otlp::{send_traced, traceparent, Receiver};
 use rdkafka::producer::Producer;
@@ -45,6 +45,17 @@ fn run_with_traces_and_admin_api_logs_trace_ids_serves_metrics_and_flushes_spans
     let (_cluster, bootstrap) = cluster(TOPIC, 1);
     produce(&bootstrap);
     let sink = Sink::start(SinkOptions::default()).unwrap();
+    // The first insertAll fails: its WARN line is written inside the batch's span.
+    let calls = std::sync::atomic::AtomicUsize::new(0);
+    sink.set_hook(
+        move |_| match calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Reply::Fail {
+                status: 503,
+                reason: "backendError".into(),
+            },
+            _ => Reply::Accept,
+        },
+    );
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("test.toml");
@@ -112,6 +123,13 @@ refresh_interval_ms = 200
     assert_eq!(errors.len(), 1, "{log}");
     assert_eq!(errors[0]["offset"], 10);
     assert_eq!(errors[0]["trace_id"], bad_trace.as_str(), "{log}");
+    // In Cloud Logging's fields too (project: bigquery.project).
+    assert_eq!(errors[0]["severity"], "ERROR");
+    assert_eq!(
+        errors[0]["logging.googleapis.com/trace"],
+        format!("projects/test/traces/{bad_trace}"),
+        "{log}"
+    );
 
     // Spans were exported before exit: one record span per good record, in its producer's trace.
     let records = receiver.named("record");
@@ -124,6 +142,27 @@ refresh_interval_ms = 200
     expected.sort();
     assert_eq!(traces, expected);
     assert!(records.iter().all(|s| s.service == "bqsink-cli"));
-    assert!(!receiver.named("batch").is_empty());
+    let batches = receiver.named("batch");
+    assert!(!batches.is_empty());
     assert_eq!(sink.total_rows(), 19);
+
+    // The retry's WARN line, written inside a batch span, links to that span for Cloud Logging.
+    let retry: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "insertAll failed, retrying")
+        .unwrap_or_else(|| panic!("no retry line\n{log}"));
+    assert_eq!(retry["severity"], "WARNING", "{retry}");
+    let span_id = retry["logging.googleapis.com/spanId"]
+        .as_str()
+        .unwrap_or_default();
+    let batch = batches
+        .iter()
+        .find(|b| b.span_id == span_id)
+        .unwrap_or_else(|| panic!("the retry line names no exported batch span: {retry}"));
+    assert_eq!(
+        retry["logging.googleapis.com/trace"],
+        format!("projects/test/traces/{}", batch.trace_id)
+    );
+    assert_eq!(retry["logging.googleapis.com/trace_sampled"], true);
 }

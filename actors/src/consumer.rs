@@ -152,7 +152,9 @@ impl Handler<RawChunk> for ConsumerActor {
             });
             return;
         }
+        let mut bytes = 0;
         for r in &records {
+            bytes += r.size();
             // `rewind_point` found the chunk increasing: registering cannot fail.
             if let Err(e) = self.tracker.read(r.offset, r.size()) {
                 tracing::error!(tp = %self.tp, error = %e, "offset tracking out of step");
@@ -163,6 +165,8 @@ impl Handler<RawChunk> for ConsumerActor {
         }
         Stats::add(&self.stats.consumed, records.len());
         telemetry::count(telemetry::names::CONSUMED, &self.tp, records.len());
+        metrics::counter!(telemetry::names::BYTES_CONSUMED, "topic" => Arc::clone(&self.tp.topic))
+            .increment(bytes as u64);
         let span = telemetry::poll_span(&self.tp, &records);
         self.converter.do_send(Convert {
             origin,

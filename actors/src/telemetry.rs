@@ -29,6 +29,18 @@ use crate::model::TableRef;
 use crate::stage::batch::InsertOptions;
 use crate::stage::proto::RowData;
 
+mod labels;
+pub use labels::{BoundedLabels, OTHER};
+
+/// The `table` label's values (see [`labels`]); the binary sets the limit from
+/// `metrics.max_table_labels`.
+pub static TABLE_LABELS: BoundedLabels = BoundedLabels::new(100);
+
+/// `table` as a metric label, bounded by [`TABLE_LABELS`].
+pub fn table_label(table: &TableRef) -> metrics::SharedString {
+    TABLE_LABELS.label(&table.to_string())
+}
+
 /// The W3C trace context header.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -92,6 +104,19 @@ pub fn trace_id(span: &Span) -> Option<String> {
 /// The trace id of the current span, if it is exported (for WARN/ERROR lines inside spans).
 pub fn current_trace_id() -> Option<String> {
     trace_id(&Span::current())
+}
+
+/// The current span's trace id, span id (16 hex digits) and whether it is sampled, if spans are
+/// exported and a span is current: what a log line links to (`logging.format = "json"`).
+pub fn current_span_context() -> Option<(TraceId, opentelemetry::trace::SpanId, bool)> {
+    let span = Span::current();
+    if span.is_none() || !exporting() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid()
+        .then(|| (sc.trace_id(), sc.span_id(), sc.is_sampled()))
 }
 
 /// The `poll` span of a chunk read from one partition: the parent of its stage spans.
@@ -178,9 +203,12 @@ pub async fn write_rows(
     };
     let result = tracing::Instrument::instrument(request, span.clone()).await;
     let secs = started.elapsed().as_secs_f64();
-    let table_label = table.to_string();
+    let table_label = table_label(table);
     match &result {
         Ok(resp) => {
+            let bytes: usize = rows.iter().map(|r| r.len()).sum();
+            metrics::counter!(names::BQ_BYTES_WRITTEN, "table" => table_label.clone())
+                .increment(bytes as u64);
             metrics::histogram!(names::BQ_REQUEST_SECONDS, "table" => table_label, "outcome" => "ok")
                 .record(secs);
             for row in &resp.insert_errors {
@@ -226,6 +254,9 @@ pub mod names {
     pub const BQ_RETRIES: &str = "bqsink_bigquery_retries_total";
     pub const END_TO_END_SECONDS: &str = "bqsink_end_to_end_latency_seconds";
     pub const DEDUP_CACHE_KEYS: &str = "bqsink_dedup_cache_keys";
+    pub const BYTES_CONSUMED: &str = "bqsink_bytes_consumed_total";
+    pub const BQ_BYTES_WRITTEN: &str = "bqsink_bigquery_bytes_written_total";
+    pub const DESTINATION_RECORDS: &str = "bqsink_error_destination_records_total";
 }
 
 /// Describes every metric recorded by the actors (HELP lines).
@@ -267,6 +298,43 @@ pub fn describe() {
         "Time from the record's Kafka timestamp until BigQuery accepted its row"
     );
     describe_gauge!(names::DEDUP_CACHE_KEYS, "Keys held by the dedup cache");
+    describe_counter!(
+        names::BYTES_CONSUMED,
+        Unit::Bytes,
+        "Bytes read from Kafka (record keys and values), by topic"
+    );
+    describe_counter!(
+        names::BQ_BYTES_WRITTEN,
+        Unit::Bytes,
+        "Row bytes BigQuery accepted (insertAll JSON or Storage Write API protobuf), by table"
+    );
+    describe_counter!(
+        names::DESTINATION_RECORDS,
+        "Failed records handed to an error destination (dead-letter topic, error file, Slack), by \
+         destination and outcome: delivered, failed (an attempt that failed; retried), dropped \
+         (an alert given up)"
+    );
+}
+
+/// Counts `records` failed records whose delivery to `destination` (an [`ErrorDestination`]'s
+/// name) ended with `outcome`: `delivered`, `failed` or `dropped`.
+///
+/// [`ErrorDestination`]: crate::destinations::ErrorDestination
+pub fn destination_outcome(destination: &str, outcome: &'static str, records: u64) {
+    if records > 0 {
+        let label: String = destination
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        metrics::counter!(names::DESTINATION_RECORDS, "destination" => label, "outcome" => outcome)
+            .increment(records);
+    }
 }
 
 /// Counts `n` records of one partition on the counter `name`.
@@ -306,7 +374,7 @@ pub fn batch_done<'a>(
     retries: u32,
     written: impl Iterator<Item = &'a Row>,
 ) {
-    let table_label = table.to_string();
+    let table_label = table_label(table);
     metrics::histogram!(names::BATCH_ROWS, "table" => table_label.clone()).record(rows as f64);
     metrics::histogram!(names::BATCH_BYTES, "table" => table_label).record(bytes as f64);
     if retries > 0 {

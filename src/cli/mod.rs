@@ -35,7 +35,7 @@ mod replay;
 
 /// Kafka → BigQuery, at least once, deduplicated, with no silent failure.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("BQSINK_GIT_SHA"), ")"), about)]
 struct Cli {
     /// Environment: layers `<config-dir>/<ENV>.toml` over `default.toml`.
     #[arg(long, global = true, env = "BQSINK_ENV")]
@@ -166,7 +166,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         Command::Run => {
             let config = settings::load(&sources)?;
             // Kept until exit: dropping it exports the last spans.
-            let _traces = logging::init_with_traces(&config.logging, &config.telemetry)
+            let _traces = logging::init_with_traces(&logging::settings(&config), &config.telemetry)
                 .context("setting up trace export")?;
             tracing::info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, endpoint = %config.bigquery.endpoint, "starting bqsink");
             let (client, auth) =
@@ -176,7 +176,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Replay(args) => {
             let config = settings::load(&sources)?;
-            logging::init(&config.logging);
+            logging::init(&logging::settings(&config));
             replay::run(&config, args)
         }
         #[cfg(feature = "devtools")]
@@ -227,7 +227,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
         #[cfg(feature = "devtools")]
         Command::BenchWorker => {
             let config = settings::load(&sources)?;
-            logging::init(&config.logging);
+            logging::init(&logging::settings(&config));
             bench::worker(config)
         }
         #[cfg(not(feature = "devtools"))]

@@ -23,6 +23,7 @@ use bqsink_actors::config::Config;
 use bqsink_actors::destinations::{DeliveryError, ErrorDestination, FailureRecord, Role};
 use bqsink_actors::health::HealthEvent;
 use bqsink_actors::stats::Stats;
+use bqsink_actors::telemetry;
 use futures::future::BoxFuture;
 
 /// Groups (topic, stage, class) detailed in one message; more are summed up in one line.
@@ -207,6 +208,9 @@ impl Aggregate {
         text
     }
 }
+
+/// The destination's name (logs, the `destination` label of its metrics).
+const NAME: &str = "Slack";
 
 /// Counters of the alerting thread.
 #[derive(Debug, Default)]
@@ -421,9 +425,11 @@ async fn run(
         match result {
             Ok(()) => {
                 shared.counters.posts.fetch_add(1, Ordering::Relaxed);
+                telemetry::destination_outcome(NAME, "delivered", agg.total());
                 tracing::debug!(failures = agg.total(), "Slack alert posted");
             }
             Err(e) if e.retryable() && !stopping => {
+                telemetry::destination_outcome(NAME, "failed", agg.total());
                 tracing::warn!(error = %e, failures = agg.total(), "Slack alert not posted; it is merged into the next window's");
                 put_back(&shared, agg);
             }
@@ -432,6 +438,7 @@ async fn run(
                     .counters
                     .dropped
                     .fetch_add(agg.total(), Ordering::Relaxed);
+                telemetry::destination_outcome(NAME, "dropped", agg.total());
                 tracing::error!(error = %e, failures = agg.total(), "Slack alert given up");
             }
         }
@@ -472,7 +479,7 @@ impl Drop for SlackAlerts {
 
 impl ErrorDestination for SlackAlerts {
     fn name(&self) -> &'static str {
-        "Slack"
+        NAME
     }
 
     fn role(&self) -> Role {

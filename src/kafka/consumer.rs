@@ -81,9 +81,28 @@ impl SinkContext {
         offsets: &[(Tp, i64)],
         assigned_only: bool,
     ) -> KafkaResult<()> {
-        let Some(hook) = &self.hook else {
-            return self.commit_plain(consumer, offsets, assigned_only);
+        let result = match &self.hook {
+            Some(hook) => self.commit_hooked(hook.as_ref(), consumer, offsets, assigned_only),
+            None => self.commit_plain(consumer, offsets, assigned_only),
         };
+        if let Err(e) = &result {
+            let code = e.rdkafka_error_code().map_or_else(
+                || "client".to_owned(),
+                |c| format!("{c:?}").to_ascii_lowercase(),
+            );
+            metrics::counter!(super::COMMIT_FAILURES, "error" => code).increment(1);
+        }
+        result
+    }
+
+    /// [`Self::commit`] with exactly-once delivery.
+    fn commit_hooked(
+        &self,
+        hook: &dyn CommitHook,
+        consumer: &BaseConsumer<Self>,
+        offsets: &[(Tp, i64)],
+        assigned_only: bool,
+    ) -> KafkaResult<()> {
         let mut committed = self.committed.lock().unwrap_or_else(|e| e.into_inner());
         let routes = if assigned_only {
             Some(self.routes.lock().unwrap_or_else(|e| e.into_inner()))
@@ -175,7 +194,17 @@ impl SinkContext {
     }
 }
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        super::statistics::record(&statistics);
+    }
+}
+
+/// Counts a rebalance callback and its partitions (`kind`: assigned or revoked).
+fn count_rebalance(kind: &'static str, partitions: usize) {
+    metrics::counter!(super::REBALANCES, "kind" => kind).increment(1);
+    metrics::counter!(super::REBALANCE_PARTITIONS, "kind" => kind).increment(partitions as u64);
+}
 
 fn tps_of(tpl: &TopicPartitionList) -> Vec<Tp> {
     tpl.elements()
@@ -190,6 +219,7 @@ impl ConsumerContext for SinkContext {
             return;
         };
         let tps = tps_of(tpl);
+        count_rebalance("revoked", tps.len());
         // No more records of these partitions reach the pipeline.
         if let Ok(mut routes) = self.routes.lock() {
             for tp in &tps {
@@ -234,6 +264,7 @@ impl ConsumerContext for SinkContext {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let tps = tps_of(tpl);
+                count_rebalance("assigned", tps.len());
                 if let Some(hook) = &self.hook {
                     self.take_over(consumer, hook.as_ref(), tpl);
                 }
@@ -341,7 +372,19 @@ pub fn spawn_consumer(
         stats,
         hook,
     };
-    let consumer: BaseConsumer<SinkContext> = consumer_config(config)
+    let mut client_config = consumer_config(config);
+    let metrics_on = config.metrics.enabled && config.admin.enabled;
+    if metrics_on
+        && !config
+            .kafka
+            .properties
+            .contains_key("statistics.interval.ms")
+    {
+        // librdkafka's statistics, as gauges (super::statistics), as often as lag is refreshed.
+        let interval = config.metrics.refresh_interval_ms.clamp(1_000, 86_400_000);
+        client_config.set("statistics.interval.ms", interval.to_string());
+    }
+    let consumer: BaseConsumer<SinkContext> = client_config
         .create_with_context(context)
         .map_err(KafkaSetupError::Create)?;
     let topics: Vec<&str> = config.kafka.topics.iter().map(String::as_str).collect();

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`control`](mod@control) | [`RdKafkaControl`]: the actors' commands to the consumer thread |
 //! | [`consumer`] | the consumer thread: polling, chunks per partition, rebalance callbacks, commits |
+//! | [`statistics`] | librdkafka's statistics as gauges |
 //! | this file | the consumer's librdkafka settings, set-up errors |
 //!
 //! Depends on: `bqsink_actors` and rdkafka only; nothing else in this crate (the replay consumer and
@@ -21,10 +22,37 @@ use rdkafka::config::ClientConfig;
 
 pub mod consumer;
 pub mod control;
+pub mod statistics;
 mod warmup;
 
 pub use consumer::{spawn_consumer, SinkContext};
 pub use control::{control, Command, RdKafkaControl};
+
+/// Offset commits the broker refused or that failed, by error (a counter).
+pub const COMMIT_FAILURES: &str = "bqsink_offset_commit_failures_total";
+/// Rebalance callbacks, by kind: assigned, revoked (a counter).
+pub const REBALANCES: &str = "bqsink_rebalances_total";
+/// Partitions assigned or revoked by rebalances, by kind (a counter).
+pub const REBALANCE_PARTITIONS: &str = "bqsink_rebalance_partitions_total";
+
+/// HELP lines of the consumer's metrics.
+pub fn describe_metrics() {
+    use metrics::describe_counter;
+    describe_counter!(
+        COMMIT_FAILURES,
+        "Offset commits that failed (the records are committed by a later commit or read again), \
+         by librdkafka error code"
+    );
+    describe_counter!(
+        REBALANCES,
+        "Consumer group rebalances seen, by kind: assigned, revoked"
+    );
+    describe_counter!(
+        REBALANCE_PARTITIONS,
+        "Partitions assigned to or revoked from this instance, by kind"
+    );
+    statistics::describe();
+}
 
 /// Errors setting up the consumer.
 #[derive(Debug, thiserror::Error)]

@@ -70,6 +70,9 @@ impl Background {
                 prometheus::install(refresh * 3 + Duration::from_secs(10))
                     .context("installing the Prometheus recorder")?,
             )
+            .inspect(|_| {
+                bqsink_actors::telemetry::TABLE_LABELS.set_limit(config.metrics.max_table_labels)
+            })
         } else {
             None
         };

@@ -1,9 +1,9 @@
-//! Log output: `pretty` or `json` lines on stderr; `RUST_LOG` overrides `logging.level`. With
+//! Log output: `pretty` or `json` lines ([`super::log_format`]) on stderr; `RUST_LOG` overrides `logging.level`. With
 //! `telemetry.otlp_endpoint` set, an OpenTelemetry layer exports the pipeline's spans as well: it has
 //! its own filter (the `DEBUG` spans of bqsink's crates), so the log level does not change which
 //! spans are exported, and without it those spans are disabled at their call sites.
 
-use bqsink_actors::config::{LogFormat, LoggingConfig, TelemetryConfig};
+use bqsink_actors::config::{Config, LogFormat, LoggingConfig, TelemetryConfig};
 use opentelemetry::trace::TracerProvider as _;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
@@ -11,7 +11,17 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use super::log_format::JsonLines;
 use super::telemetry::{self, TelemetryError, Tracing};
+
+/// `config.logging`, with the trace project defaulted to `bigquery.project`.
+pub fn settings(config: &Config) -> LoggingConfig {
+    let mut logging = config.logging.clone();
+    if logging.trace_project.is_empty() {
+        logging.trace_project = config.bigquery.project.clone();
+    }
+    logging
+}
 
 /// Installs the global subscriber without trace export (once; later calls are ignored).
 pub fn init(config: &LoggingConfig) {
@@ -45,9 +55,9 @@ fn install(config: &LoggingConfig, tracing: Option<&Tracing>) -> bool {
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match config.format {
         LogFormat::Json => fmt
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
+            .event_format(JsonLines {
+                project: config.trace_project.clone(),
+            })
             .boxed(),
         LogFormat::Pretty => fmt.compact().boxed(),
     };

@@ -11,7 +11,7 @@
 //! | [`state`] | the shared state machine (phase, pause/restart/stop requests, watermarks) |
 //! | [`admin`] | the admin HTTP API and the lag/health refresher |
 //! | [`prometheus`] | the metrics recorder and the gauges it refreshes |
-//! | [`logging`], [`telemetry`] | log subscriber, OTLP trace export |
+//! | [`logging`], [`log_format`], [`telemetry`] | log subscriber, JSON lines for Cloud Logging, OTLP trace export |
 //!
 //! Depends on: `bqsink_actors`, [`crate::kafka`] (consumer set-up), [`crate::destinations`] (error
 //! destinations of an incarnation). Not on [`crate::cli`] or [`crate::replay`]. Inside, `state`
@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod lifecycle;
+pub mod log_format;
 pub mod logging;
 pub mod prometheus;
 pub mod run;

@@ -24,7 +24,13 @@ pub mod names {
     pub const PIPELINE_RESTARTS: &str = "bqsink_pipeline_restarts_total";
     pub const OFFSET_COMMITS: &str = "bqsink_offset_commits_total";
     pub const BATCHES: &str = "bqsink_batches_total";
+    pub const BUILD_INFO: &str = "bqsink_build_info";
+    pub const BACKPRESSURE_PAUSES: &str = "bqsink_backpressure_pauses_total";
 }
+
+/// The git commit this binary was built from (`build.rs`): "unknown" without git or
+/// `BQSINK_GIT_SHA`.
+pub const GIT_SHA: &str = env!("BQSINK_GIT_SHA");
 
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
@@ -57,6 +63,7 @@ pub fn install(idle: Duration) -> Result<PrometheusHandle, BuildError> {
         .idle_timeout(MetricKindMask::GAUGE, Some(idle))
         .install_recorder()?;
     telemetry::describe();
+    crate::kafka::describe_metrics();
     describe();
     metrics_process::Collector::default().describe();
     *installed = Some(handle.clone());
@@ -96,12 +103,24 @@ fn describe() {
     );
     describe_counter!(names::OFFSET_COMMITS, "Successful offset commits");
     describe_counter!(names::BATCHES, "insertAll batches completed");
+    describe_counter!(
+        names::BACKPRESSURE_PAUSES,
+        "Partitions paused because the pipeline held its in-flight limit (resumed below half)"
+    );
+    describe_gauge!(
+        names::BUILD_INFO,
+        "Always 1; the labels say which bqsink runs: version and git_sha"
+    );
 }
 
 /// Copies the pipeline's own counters that have no per-event metric.
 pub fn record_stats(s: &StatsSnapshot) {
     metrics::counter!(names::OFFSET_COMMITS).absolute(s.commits);
     metrics::counter!(names::BATCHES).absolute(s.batches);
+    metrics::counter!(names::BACKPRESSURE_PAUSES).absolute(s.pauses);
+    // A gauge, refreshed here so that it outlives the gauges' idle timeout.
+    metrics::gauge!(names::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "git_sha" => GIT_SHA)
+        .set(1.0);
 }
 
 /// Collects process metrics (`process_resident_memory_bytes`, CPU, threads, open files).

@@ -7,10 +7,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
-    /// `pretty` (default, for terminals) or `json` (one object per line, for log shippers).
+    /// `pretty` (default, for terminals) or `json` (one object per line, for log shippers; with
+    /// Google Cloud Logging's `severity` and trace fields).
     pub format: LogFormat,
     /// Level filter in `RUST_LOG` syntax; `RUST_LOG` wins when set. Default `info`.
     pub level: String,
+    /// `json` lines inside an exported span name its trace as Cloud Logging links it:
+    /// `projects/<trace_project>/traces/<id>`. Default empty: `bigquery.project`.
+    pub trace_project: String,
 }
 
 impl Default for LoggingConfig {
@@ -18,6 +22,7 @@ impl Default for LoggingConfig {
         Self {
             format: LogFormat::Pretty,
             level: "info".into(),
+            trace_project: String::new(),
         }
     }
 }
@@ -110,9 +115,14 @@ pub enum OnFailure {
 pub struct MetricsConfig {
     /// Record metrics (needs `admin.enabled`). Default true.
     pub enabled: bool,
-    /// How often consumer lag (high watermark minus committed offset, per partition) and the
-    /// process metrics are refreshed, in ms. Default 10000.
+    /// How often consumer lag (high watermark minus committed offset, per partition), the
+    /// process metrics and librdkafka's statistics (its `statistics.interval.ms`, unless
+    /// `kafka.properties` sets it) are refreshed, in ms. Default 10000.
     pub refresh_interval_ms: u64,
+    /// Tables that get a `table` label of their own; rows of tables seen after that many count
+    /// under `table="_other"`, so that routing by a record field cannot add time series without
+    /// bound. Default 100.
+    pub max_table_labels: usize,
 }
 
 impl Default for MetricsConfig {
@@ -120,6 +130,7 @@ impl Default for MetricsConfig {
         Self {
             enabled: true,
             refresh_interval_ms: 10_000,
+            max_table_labels: 100,
         }
     }
 }

@@ -14,6 +14,7 @@ use super::{ErrorDestination, FailureRecord};
 use crate::config::SinkFailure;
 use crate::model::Tp;
 use crate::stats::Stats;
+use crate::telemetry;
 
 /// Waits between attempts to deliver to a store that failed (exponential with jitter).
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +124,7 @@ pub async fn deliver_until_done(
     loop {
         let error = match dest.deliver(Arc::clone(&todo)).await {
             Ok(()) => {
+                telemetry::destination_outcome(dest.name(), "delivered", todo.len() as u64);
                 // Only a delivery that failed ends an incident: another delivery to the same sink
                 // that went through says nothing about the records this one waits with.
                 if incident.is_open() {
@@ -141,6 +143,9 @@ pub async fn deliver_until_done(
             // A destination that fails without naming records: all of them are in doubt.
             undelivered = todo.to_vec();
         }
+        let delivered = todo.len().saturating_sub(undelivered.len()) as u64;
+        telemetry::destination_outcome(dest.name(), "delivered", delivered);
+        telemetry::destination_outcome(dest.name(), "failed", undelivered.len() as u64);
         let partitions: Vec<Tp> = undelivered
             .iter()
             .map(|r| r.tp.clone())
