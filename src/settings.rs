@@ -155,16 +155,8 @@ pub fn from_toml(text: &str) -> Result<Config, SettingsError> {
 
 /// The merged configuration as TOML, with secrets masked (for `bqsink validate`).
 pub fn to_toml_redacted(config: &Config) -> String {
+    // Tokens and the webhook URL are `Secret`s, which serialize as "<redacted>".
     let mut c = config.clone();
-    if c.bigquery.token.is_some() {
-        c.bigquery.token = Some("<redacted>".into());
-    }
-    if c.errors.slack.webhook_url.is_some() {
-        c.errors.slack.webhook_url = Some("<redacted>".into());
-    }
-    if c.admin.token.is_some() {
-        c.admin.token = Some("<redacted>".into());
-    }
     let properties = c
         .kafka
         .properties

@@ -418,7 +418,7 @@ fn a_slack_outage_never_blocks_the_pipeline_and_alerts_are_one_aggregated_post_p
     let sink = sink();
     let mut config = config(&bootstrap, "g-slack", TOPIC, sink.url());
     config.errors.tolerance = Tolerance::All;
-    config.errors.slack.webhook_url = Some(hook.url.clone());
+    config.errors.slack.webhook_url = Some(hook.url.clone().into());
     config.errors.slack.window_secs = 1;
     let pipeline = start(&config);
 
@@ -764,7 +764,7 @@ fn slack_alerts_pending_at_shutdown_get_one_last_post() {
     // Up: the pending failures are posted when the alerts stop, not a window later.
     let hook = webhook();
     hook.up.store(true, Ordering::SeqCst);
-    let alerts = SlackAlerts::start(hook.url.clone(), &config).unwrap();
+    let alerts = SlackAlerts::start(hook.url.clone().into(), &config).unwrap();
     drop(futures::executor::block_on(
         alerts.deliver(Arc::clone(&records)),
     ));
@@ -776,7 +776,7 @@ fn slack_alerts_pending_at_shutdown_get_one_last_post() {
 
     // Down: stopping still returns, and the alert is counted as dropped.
     let down = webhook();
-    let alerts = SlackAlerts::start(down.url.clone(), &config).unwrap();
+    let alerts = SlackAlerts::start(down.url.clone().into(), &config).unwrap();
     drop(futures::executor::block_on(alerts.deliver(records)));
     drop(alerts);
     assert!(down.attempts.load(Ordering::SeqCst) >= 1);

@@ -192,7 +192,7 @@ fn operations_metrics_show_and_the_dashboard_queries_only_served_metrics() {
     config.errors.tolerance = Tolerance::All;
     config.errors.deadletterqueue.topic_name = DLQ.into();
     config.errors.file.path = Some(dir.path().join("failed.ndjson"));
-    config.errors.slack.webhook_url = Some(slack.url.clone());
+    config.errors.slack.webhook_url = Some(slack.url.clone().into());
     config.errors.slack.window_secs = 1;
     // The second 503 makes BigQuery a failing sink (bqsink_sink_failing 1, then 0).
     config.errors.retry_timeout_ms = 1;

@@ -379,7 +379,7 @@ fn bigquery_503_past_the_retry_timeout_loses_nothing_and_shows_in_status_readyz_
     let mut config = s.config();
     config.admin.listen = "127.0.0.1:0".into();
     config.metrics.refresh_interval_ms = 100;
-    config.errors.slack.webhook_url = Some(slack.url.clone());
+    config.errors.slack.webhook_url = Some(slack.url.clone().into());
     config.errors.slack.window_secs = 1;
     let svc = support::spawn(&config);
     let admin = Admin::new(&svc, None);

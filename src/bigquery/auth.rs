@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bqsink_actors::bigquery::BqError;
-use bqsink_actors::config::{AuthMode, BigQueryConfig};
+use bqsink_actors::config::{AuthMode, BigQueryConfig, Secret};
 use futures::future::BoxFuture;
 use yup_oauth2::authenticator::{ApplicationDefaultCredentialsTypes, DefaultAuthenticator};
 use yup_oauth2::{
@@ -53,11 +53,11 @@ impl TokenSource for NoAuth {
 }
 
 /// `bigquery.token`: the same token always (a 401 is not retried with another).
-pub struct StaticToken(pub String);
+pub struct StaticToken(pub Secret);
 
 impl TokenSource for StaticToken {
     fn token(&self) -> BoxFuture<'_, Result<Option<String>, BqError>> {
-        Box::pin(async { Ok(Some(self.0.clone())) })
+        Box::pin(async { Ok(Some(self.0.expose().to_owned())) })
     }
     fn refresh<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<String>, BqError>> {
         self.token()
@@ -94,7 +94,7 @@ pub enum AuthError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     None,
-    Static(String),
+    Static(Secret),
     /// A service-account key file.
     ServiceAccount(PathBuf),
     /// The metadata server's token URL.
@@ -107,7 +107,7 @@ pub fn resolve(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Source, AuthError> {
     let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-    let token = nonempty(config.token.clone());
+    let token = config.token.clone().filter(|t| !t.expose().trim().is_empty());
     let file = nonempty(config.credentials_file.clone()).map(PathBuf::from);
     let env_file = || nonempty(env("GOOGLE_APPLICATION_CREDENTIALS")).map(PathBuf::from);
     let metadata = || {

@@ -45,6 +45,7 @@ pub fn from_config(
         list.push(Arc::new(ErrorFile::new(path.clone(), config)));
     }
     if let Some(url) = errors.slack.webhook_url.as_ref().filter(|u| !u.is_empty()) {
+        // Kept a Secret down to the request (slack.rs): the URL is the webhook's credential.
         list.push(Arc::new(
             SlackAlerts::start(url.clone(), config)
                 .context("setting up errors.slack")?

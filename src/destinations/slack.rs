@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use bqsink_actors::config::Config;
+use bqsink_actors::config::{Config, Secret};
 use bqsink_actors::destinations::{DeliveryError, ErrorDestination, FailureRecord, Role};
 use bqsink_actors::health::HealthEvent;
 use bqsink_actors::stats::Stats;
@@ -329,7 +329,7 @@ async fn post_with_retries(
 
 impl SlackAlerts {
     /// Starts the alert thread for `url`, posting at most once per `errors.slack.window_secs`.
-    pub fn start(url: String, config: &Config) -> Result<Self, SlackSetupError> {
+    pub fn start(url: Secret, config: &Config) -> Result<Self, SlackSetupError> {
         let window = Duration::from_secs(config.errors.slack.window_secs);
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10).min(window.max(Duration::from_secs(1))))
@@ -394,7 +394,7 @@ fn put_back(shared: &Shared, mut older: Aggregate) {
 async fn run(
     shared: Arc<Shared>,
     client: reqwest::Client,
-    url: String,
+    url: Secret,
     window: Duration,
     connector: String,
 ) {
@@ -412,13 +412,13 @@ async fn run(
         }
         let text = agg.render(&connector);
         let result = if stopping {
-            last_try(&client, &url, &text, &shared.counters).await
+            last_try(&client, url.expose(), &text, &shared.counters).await
         } else {
             tokio::select! {
-                r = post_with_retries(&client, &url, &text, Instant::now() + window, &shared.counters) => r,
+                r = post_with_retries(&client, url.expose(), &text, Instant::now() + window, &shared.counters) => r,
                 _ = shared.stop.notified() => {
                     stopping = true;
-                    last_try(&client, &url, &text, &shared.counters).await
+                    last_try(&client, url.expose(), &text, &shared.counters).await
                 }
             }
         };

@@ -26,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bqsink_actors::config::Secret;
 use bqsink_actors::health::SinkCondition;
 use bqsink_actors::messages::{StatusReport, Tp};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -189,7 +190,8 @@ async fn authorize(State(app): State<AppState>, req: Request, next: Next) -> Res
         .config
         .admin
         .token
-        .as_deref()
+        .as_ref()
+        .map(Secret::expose)
         .filter(|t| !t.is_empty())
     else {
         return next.run(req).await;

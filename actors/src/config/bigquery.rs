@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::Secret;
+
 /// Where rows go.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -39,7 +41,7 @@ pub struct BigQueryConfig {
     pub insert_id: InsertIdMode,
     /// Static OAuth bearer token for the API (or env `BQSINK__BIGQUERY__TOKEN`). Default none:
     /// requests carry no `Authorization` header (emulators, tests).
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Timeout of one insertAll request, in ms. Default 30000.
     pub request_timeout_ms: u64,
     /// insertAll requests in flight at once, over all tables. Default 4.

@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::Secret;
+
 /// What happens to records that fail (Kafka Connect's `errors.*` names and meanings).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -88,7 +90,7 @@ impl Default for DeadLetterQueueConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SlackConfig {
     /// Incoming-webhook URL (or env `BQSINK__ERRORS__SLACK__WEBHOOK_URL`). Default unset: no alerts.
-    pub webhook_url: Option<String>,
+    pub webhook_url: Option<Secret>,
     /// Aggregation window, in seconds; at most one post per window. Default 60.
     pub window_secs: u64,
 }

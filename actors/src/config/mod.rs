@@ -15,6 +15,7 @@ pub mod bigquery;
 pub mod errors;
 pub mod kafka;
 pub mod operations;
+pub mod secret;
 pub mod stages;
 pub mod validate;
 
@@ -33,6 +34,7 @@ pub use stages::{
     BatchConfig, DedupConfig, DedupKey, MetadataConfig, PipelineConfig, TransformConfig,
     MAX_BYTES_PER_REQUEST, MAX_ROWS_PER_REQUEST,
 };
+pub use secret::Secret;
 pub use validate::InvalidConfig;
 
 /// The whole configuration of one bqsink instance.

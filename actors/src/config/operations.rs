@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Secret;
+
 /// Log output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -82,7 +84,7 @@ pub struct AdminConfig {
     pub listen: String,
     /// Bearer token required by every endpoint except `/healthz`, `/readyz` and `/metrics`
     /// (or env `BQSINK__ADMIN__TOKEN`). Default none: no authentication.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// What the process does when the pipeline stops on a failure (a failed record under
     /// `errors.tolerance = "none"`, or a sink failure under `errors.sink_failure = "stop"`): `exit`
     /// (default; exit code 1, the orchestrator restarts it) or `wait` (stay up with status FAILED

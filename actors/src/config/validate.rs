@@ -79,7 +79,7 @@ impl Config {
             );
         }
         if self.bigquery.auth == AuthMode::Token
-            && self.bigquery.token.as_deref().unwrap_or("").is_empty()
+            && self.bigquery.token.as_ref().is_none_or(Secret::is_empty)
         {
             return bad(
                 "bigquery.token",
@@ -132,7 +132,7 @@ impl Config {
                 format!("{dlq:?} is also in kafka.topics: failed records would be read again"),
             );
         }
-        if let Some(url) = &self.errors.slack.webhook_url {
+        if let Some(url) = self.errors.slack.webhook_url.as_ref().map(Secret::expose) {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return bad(
                     "errors.slack.webhook_url",
@@ -180,7 +180,7 @@ impl Config {
                 );
             };
             // Pause, resume and restart must not be open to whatever reaches the address.
-            let token = self.admin.token.as_deref().unwrap_or("");
+            let token = self.admin.token.as_ref().map_or("", Secret::expose);
             if !listen.ip().is_loopback() && token.trim().is_empty() {
                 return bad(
                     "admin.token",
