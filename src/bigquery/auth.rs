@@ -107,7 +107,10 @@ pub fn resolve(
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Source, AuthError> {
     let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
-    let token = config.token.clone().filter(|t| !t.expose().trim().is_empty());
+    let token = config
+        .token
+        .clone()
+        .filter(|t| !t.expose().trim().is_empty());
     let file = nonempty(config.credentials_file.clone()).map(PathBuf::from);
     let env_file = || nonempty(env("GOOGLE_APPLICATION_CREDENTIALS")).map(PathBuf::from);
     let metadata = || {

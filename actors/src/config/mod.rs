@@ -30,11 +30,11 @@ pub use kafka::{KafkaConfig, OffsetReset};
 pub use operations::{
     AdminConfig, LogFormat, LoggingConfig, MetricsConfig, OnFailure, OtlpProtocol, TelemetryConfig,
 };
+pub use secret::Secret;
 pub use stages::{
     BatchConfig, DedupConfig, DedupKey, MetadataConfig, PipelineConfig, TransformConfig,
     MAX_BYTES_PER_REQUEST, MAX_ROWS_PER_REQUEST,
 };
-pub use secret::Secret;
 pub use validate::InvalidConfig;
 
 /// The whole configuration of one bqsink instance.
