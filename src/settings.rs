@@ -98,9 +98,11 @@ const PROPERTY_SECTIONS: [(&str, &str); 2] = [
 ];
 
 /// Keys that hold secrets, and their environment variables: always strings.
-const SECRET_KEYS: [(&str, &str); 3] = [
+const SECRET_KEYS: [(&str, &str); 5] = [
     ("BQSINK__ADMIN__TOKEN", "admin.token"),
     ("BQSINK__BIGQUERY__TOKEN", "bigquery.token"),
+    ("BQSINK__REGISTRY__PASSWORD", "registry.password"),
+    ("BQSINK__REGISTRY__TOKEN", "registry.token"),
     (
         "BQSINK__ERRORS__SLACK__WEBHOOK_URL",
         "errors.slack.webhook_url",
@@ -364,6 +366,33 @@ mod tests {
             "{base}[admin]\nenabled = false\nlisten = \"0.0.0.0:8083\"\n"
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn avro_topics_need_a_registry_and_formats_name_consumed_topics() {
+        use bqsink_actors::config::ValueFormat;
+        let base = "[kafka]\ntopics=[\"t\", \"u\"]\n[bigquery]\nproject=\"p\"\ndataset=\"d\"\n";
+        let err = |extra: &str| {
+            from_toml(&format!("{base}{extra}"))
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("[kafka.formats]\nt = \"avro\"\n");
+        assert!(e.contains("registry.url") && e.contains("\"t\""), "{e}");
+        let e = err("[kafka.formats]\nx = \"avro\"\n[registry]\nurl = \"http://r:8081\"\n");
+        assert!(e.contains("kafka.formats") && e.contains("\"x\""), "{e}");
+        let e = err("[registry]\nurl = \"r:8081\"\n");
+        assert!(e.contains("registry.url"), "{e}");
+        let e = err("[kafka.formats]\nt = \"protobuf\"\n");
+        assert!(e.contains("protobuf"), "{e}");
+        let c = from_toml(&format!(
+            "{base}[kafka.formats]\nt = \"avro\"\n[registry]\nurl = \"https://r:8081\"\n\
+             username = \"key\"\npassword = \"12345\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.kafka.format_of("t"), ValueFormat::Avro);
+        assert_eq!(c.kafka.format_of("u"), ValueFormat::Json);
+        assert!(!to_toml_redacted(&c).contains("12345"));
     }
 
     #[test]

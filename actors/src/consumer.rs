@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::converter::ConvertActor;
 use crate::messages::{Convert, Handled, HandledKind, Origin, Progress, RawChunk, RawRecord, Tp};
 use crate::stage::flow::Inflight;
 use crate::stage::offsets::OffsetTracker;
@@ -38,7 +37,7 @@ pub struct ConsumerActor {
     revoked: Arc<AtomicBool>,
     /// Shared with the poller, which adds what it delivers and pauses the partition at the limits.
     inflight: Arc<Inflight>,
-    converter: Addr<ConvertActor>,
+    converter: Recipient<Convert>,
     supervisor: Supervisor,
     last_report: Option<Progress>,
     stats: Arc<Stats>,
@@ -51,7 +50,7 @@ impl ConsumerActor {
         epoch: u64,
         revoked: Arc<AtomicBool>,
         inflight: Arc<Inflight>,
-        converter: Addr<ConvertActor>,
+        converter: Recipient<Convert>,
         supervisor: Supervisor,
         stats: Arc<Stats>,
     ) -> Self {

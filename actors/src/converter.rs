@@ -1,11 +1,15 @@
 //! The converter: bytes → JSON objects, on a pool of sync threads (CPU work off the actor thread).
+//! Values of `avro` topics are decoded with their registered schema into a JSON object first
+//! ([`SchemaCache::convert`]); the resolver saw to it that the schema is known.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
 use crate::error_report::ErrorReportActor;
 use crate::messages::{Convert, ConvertedRecord, Failed, Failure, Stage, Transform};
+use crate::registry::{AvroRecordError, SchemaCache};
 use crate::stage::convert::{parse_object, ConvertError};
 use crate::stage::guard::guarded;
 use crate::telemetry;
@@ -14,6 +18,15 @@ use crate::transformer::TransformActor;
 pub struct ConvertActor {
     pub transformer: Addr<TransformActor>,
     pub errors: Addr<ErrorReportActor>,
+    /// Topics read as Avro, and their schemas (`kafka.formats`); `None` when every topic is JSON.
+    pub avro: Option<AvroTopics>,
+}
+
+/// The `avro` topics and the schemas the resolver fetched for them.
+#[derive(Clone)]
+pub struct AvroTopics {
+    pub topics: BTreeSet<String>,
+    pub schemas: Arc<SchemaCache>,
 }
 
 impl Actor for ConvertActor {
@@ -29,11 +42,22 @@ impl Handler<Convert> for ConvertActor {
                 .entered();
         let mut records = Vec::with_capacity(msg.records.len());
         let mut failures = Vec::new();
+        let avro = self
+            .avro
+            .as_ref()
+            .filter(|a| a.topics.contains(&*msg.origin.tp.topic));
         for source in msg.records {
-            match guarded(
-                || parse_object(source.payload.as_deref()),
-                ConvertError::class,
-            ) {
+            let converted = match avro {
+                Some(a) => guarded(
+                    || a.schemas.convert(source.payload.as_deref()),
+                    AvroRecordError::class,
+                ),
+                None => guarded(
+                    || parse_object(source.payload.as_deref()),
+                    ConvertError::class,
+                ),
+            };
+            match converted {
                 Ok(value) => records.push(ConvertedRecord {
                     trace: telemetry::record_span(&msg.origin.tp, &source),
                     source,

@@ -16,7 +16,8 @@
 //!   (`[transform]`, routing, dedup key, row encoding), [`dedup`](stage::dedup) (the key memory and
 //!   its claims), [`batch`](stage::batch) (rows → insertAll bodies), [`offsets`](stage::offsets)
 //!   (the handled watermark), [`flow`](stage::flow) (in-flight bounds), [`schema`](stage::schema)
-//!   (field schemas, inference), [`guard`](stage::guard) (a record's error or panic becomes its
+//!   (field schemas, inference), [`avro`](stage::avro) (the Schema Registry's wire format, Avro
+//!   values as JSON objects), [`guard`](stage::guard) (a record's error or panic becomes its
 //!   failure). [`messages`] holds the records and actor messages; it names `stage::flow` and
 //!   `stage::convert` types, and `transform`, `batch` and `dedup`'s claims name its record types.
 //! - **Shared state**: [`health`] (sink health: retrying, failing, succeeded), [`stats`] (counters,
@@ -25,10 +26,12 @@
 //!   [`bigquery`] (the [`client`](bigquery::client) trait and errors, then [`tables`] (table
 //!   definitions below the client, the table API calls above it), then [`telemetry`] (spans and
 //!   metrics; wraps one insertAll call), then the [`retry`](bigquery::retry) loop over all three),
-//!   [`destinations`] (dead-letter topic, error file, Slack; and the delivery loop).
+//!   [`destinations`] (dead-letter topic, error file, Slack; and the delivery loop), [`registry`]
+//!   (the Schema Registry and the schemas read from it).
 //! - **Actors**, thin shells around the stage logic, one per file: [`supervisor`] (assignment,
 //!   commits), [`consumer`] (one per partition: in-flight records, its offset tracker),
-//!   [`converter`] and [`transformer`] (sync-thread pools), [`deduplicator`], [`writer`] (batches,
+//!   [`resolver`] (holds `avro` records until their schemas are known), [`converter`] and
+//!   [`transformer`] (sync-thread pools), [`deduplicator`], [`writer`] (batches,
 //!   insertAll), [`error_report`] (failed records → log and destinations), [`pause`] (operator
 //!   pause).
 //! - **Wiring**: [`pipeline`] starts them all.
@@ -60,6 +63,7 @@ pub mod kafka;
 pub mod messages;
 pub mod model;
 pub mod pipeline;
+pub mod registry;
 pub mod stage;
 pub mod stats;
 pub mod telemetry;
@@ -69,6 +73,7 @@ pub mod converter;
 pub mod deduplicator;
 pub mod error_report;
 pub mod pause;
+pub mod resolver;
 pub mod supervisor;
 pub mod tables;
 pub mod transformer;

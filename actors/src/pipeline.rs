@@ -9,19 +9,22 @@
 //! The supervisor, the partition consumers and the error report share the system's thread; the CPU
 //! stages run on `SyncArbiter` threads, dedup and the writer on arbiters of their own.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::bigquery::{BigQuery, RetryPolicy};
-use crate::config::{Config, SinkFailure, Tolerance};
-use crate::converter::ConvertActor;
+use crate::config::{Config, SinkFailure, Tolerance, ValueFormat};
+use crate::converter::{AvroTopics, ConvertActor};
 use crate::deduplicator::DedupActor;
 use crate::destinations::{DeliveryBackoff, ErrorDestination, SinkFailurePolicy};
 use crate::error_report::ErrorReportActor;
 use crate::kafka::KafkaControl;
-use crate::messages::SettledVia;
+use crate::messages::{Convert, SettledVia};
+use crate::registry::{SchemaCache, SchemaRegistry};
+use crate::resolver::ResolverActor;
 use crate::stage::dedup::Deduplicator;
 use crate::stage::transform::Transformer;
 use crate::stats::Stats;
@@ -48,12 +51,33 @@ pub fn start_with_destinations(
     stats: Arc<Stats>,
     destinations: Vec<Arc<dyn ErrorDestination>>,
 ) -> Addr<SupervisorActor> {
+    start_with_registry(config, kafka, bq, stats, destinations, None)
+}
+
+/// [`start_with_destinations`], with the Schema Registry that `avro` topics (`kafka.formats`) need.
+pub fn start_with_registry(
+    config: &Config,
+    kafka: Arc<dyn KafkaControl>,
+    bq: Arc<dyn BigQuery>,
+    stats: Arc<Stats>,
+    destinations: Vec<Arc<dyn ErrorDestination>>,
+    registry: Option<Arc<dyn SchemaRegistry>>,
+) -> Addr<SupervisorActor> {
     let config = config.clone();
     let workers = config.workers();
     // Table auto-creation, new fields and insert options from `[bigquery]` (see tables.rs).
     let bq: Arc<dyn BigQuery> = Arc::new(crate::tables::Managed::new(bq, &config));
     // On the Storage Write API path rows are encoded as protobuf by the transform workers.
     let formats = bq.row_formats();
+    let delivery_backoff = DeliveryBackoff {
+        min_delay: Duration::from_millis(100)
+            .min(Duration::from_millis(config.errors.retry_delay_max_ms)),
+        max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),
+    };
+    let sink_failure = SinkFailurePolicy {
+        on_failure: config.errors.sink_failure,
+        retry_timeout: Duration::from_millis(config.errors.retry_timeout_ms),
+    };
     SupervisorActor::create(move |ctx| {
         let errors = ErrorReportActor {
             tolerance: config.errors.tolerance,
@@ -62,15 +86,8 @@ pub fn start_with_destinations(
             stats: Arc::clone(&stats),
             fatal_sent: false,
             destinations,
-            delivery_backoff: DeliveryBackoff {
-                min_delay: Duration::from_millis(100)
-                    .min(Duration::from_millis(config.errors.retry_delay_max_ms)),
-                max_delay: Duration::from_millis(config.errors.retry_delay_max_ms),
-            },
-            sink_failure: SinkFailurePolicy {
-                on_failure: config.errors.sink_failure,
-                retry_timeout: Duration::from_millis(config.errors.retry_timeout_ms),
-            },
+            delivery_backoff,
+            sink_failure,
         }
         .start();
 
@@ -117,10 +134,42 @@ pub fn start_with_destinations(
             dedup: t_dedup.clone(),
             errors: t_errors.clone(),
         });
+        // `avro` topics: a resolver fetches their schemas before their records reach a converter.
+        let avro_topics: BTreeSet<String> = config
+            .kafka
+            .formats
+            .iter()
+            .filter(|(_, f)| **f == ValueFormat::Avro)
+            .map(|(t, _)| t.clone())
+            .collect();
+        if !avro_topics.is_empty() && registry.is_none() {
+            tracing::error!(topics = ?avro_topics, "avro topics without a schema registry: their records fail");
+        }
+        let avro = (!avro_topics.is_empty()).then(|| AvroTopics {
+            topics: avro_topics,
+            schemas: Arc::new(SchemaCache::default()),
+        });
+        let c_avro = avro.clone();
         let converter = SyncArbiter::start(workers, move || ConvertActor {
             transformer: transformer.clone(),
             errors: errors.clone(),
+            avro: c_avro.clone(),
         });
+        let converter: Recipient<Convert> = match (avro, registry) {
+            (Some(avro), Some(registry)) => ResolverActor::new(
+                registry,
+                avro.schemas,
+                avro.topics,
+                converter.recipient(),
+                ctx.address().recipient(),
+                Arc::clone(&stats),
+                sink_failure,
+                delivery_backoff,
+            )
+            .start()
+            .recipient(),
+            _ => converter.recipient(),
+        };
 
         SupervisorActor::new(
             kafka,

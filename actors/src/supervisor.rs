@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use crate::consumer::{ConsumerActor, Retire, Rewound};
-use crate::converter::ConvertActor;
+
 use crate::kafka::KafkaControl;
 use crate::messages::{
-    Assigned, Fatal, Flush, GetStatus, PartitionReport, PauseAll, Progress, RawChunk, ResumeAll,
-    Revoked, Revoking, Shutdown, StatusReport, Tp, WarmupKeys,
+    Assigned, Convert, Fatal, Flush, GetStatus, PartitionReport, PauseAll, Progress, RawChunk,
+    ResumeAll, Revoked, Revoking, Shutdown, StatusReport, Tp, WarmupKeys,
 };
 use crate::pause::OperatorPause;
 use crate::stage::flow::Inflight;
@@ -84,7 +84,7 @@ pub enum PipelineState {
 
 pub struct SupervisorActor {
     kafka: Arc<dyn KafkaControl>,
-    converter: Addr<ConvertActor>,
+    converter: Recipient<Convert>,
     writer: Addr<WriterActor>,
     dedup: Recipient<WarmupKeys>,
     commit_interval: Duration,
@@ -109,7 +109,7 @@ pub struct SupervisorSettings {
 impl SupervisorActor {
     pub fn new(
         kafka: Arc<dyn KafkaControl>,
-        converter: Addr<ConvertActor>,
+        converter: Recipient<Convert>,
         writer: Addr<WriterActor>,
         dedup: Recipient<WarmupKeys>,
         settings: SupervisorSettings,

@@ -31,6 +31,28 @@ pub struct KafkaConfig {
     /// owner reads them again), never written late. Keep it well under `max.poll.interval.ms`.
     /// Default 10000.
     pub revoke_timeout_ms: u64,
+    /// The format of each topic's record values, by topic: `json` (the default for a topic not
+    /// listed) or `avro` (the Schema Registry's wire format; needs `registry.url`). Keys are read
+    /// as bytes whatever the format.
+    pub formats: BTreeMap<String, ValueFormat>,
+}
+
+/// The format of a topic's record values (`kafka.formats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueFormat {
+    /// A JSON object per record.
+    #[default]
+    Json,
+    /// Avro in the Schema Registry's wire format (magic byte 0, schema id, Avro binary).
+    Avro,
+}
+
+impl KafkaConfig {
+    /// The value format of `topic`.
+    pub fn format_of(&self, topic: &str) -> ValueFormat {
+        self.formats.get(topic).copied().unwrap_or_default()
+    }
 }
 
 impl Default for KafkaConfig {
@@ -43,6 +65,7 @@ impl Default for KafkaConfig {
             commit_interval_ms: 250,
             properties: BTreeMap::new(),
             revoke_timeout_ms: 10_000,
+            formats: BTreeMap::new(),
         }
     }
 }

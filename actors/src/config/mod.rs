@@ -6,7 +6,7 @@
 //! setting. Loading and layering (files, environment) lives in the `bqsink` binary.
 //!
 //! One file per group of sections ([`kafka`], [`bigquery`], [`stages`], [`errors`],
-//! [`operations`]) and the checks across them ([`validate`]); every type is re-exported here, so
+//! [`operations`], [`registry`]) and the checks across them ([`validate`]); every type is re-exported here, so
 //! `crate::config::X` names it wherever it lives.
 
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,7 @@ pub mod bigquery;
 pub mod errors;
 pub mod kafka;
 pub mod operations;
+pub mod registry;
 pub mod secret;
 pub mod stages;
 pub mod validate;
@@ -26,10 +27,11 @@ pub use bigquery::{
 pub use errors::{
     DeadLetterQueueConfig, ErrorFileConfig, ErrorsConfig, SinkFailure, SlackConfig, Tolerance,
 };
-pub use kafka::{KafkaConfig, OffsetReset};
+pub use kafka::{KafkaConfig, OffsetReset, ValueFormat};
 pub use operations::{
     AdminConfig, LogFormat, LoggingConfig, MetricsConfig, OnFailure, OtlpProtocol, TelemetryConfig,
 };
+pub use registry::RegistryConfig;
 pub use secret::Secret;
 pub use stages::{
     BatchConfig, DedupConfig, DedupKey, MetadataConfig, PipelineConfig, TransformConfig,
@@ -52,4 +54,5 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub admin: AdminConfig,
     pub metrics: MetricsConfig,
+    pub registry: RegistryConfig,
 }

@@ -125,6 +125,25 @@ impl Config {
         if self.pipeline.max_total_inflight_bytes == 0 {
             return bad("pipeline.max_total_inflight_bytes", "must be > 0");
         }
+        for (topic, format) in &self.kafka.formats {
+            if !self.kafka.topics.contains(topic) {
+                return bad("kafka.formats", format!("{topic:?} is not in kafka.topics"));
+            }
+            if *format == ValueFormat::Avro && self.registry.url.is_empty() {
+                return bad(
+                    "registry.url",
+                    format!("must be set: topic {topic:?} is avro (kafka.formats)"),
+                );
+            }
+        }
+        let url = &self.registry.url;
+        let web = url.starts_with("http://") || url.starts_with("https://");
+        if !url.is_empty() && !web {
+            return bad("registry.url", "must be an http:// or https:// URL");
+        }
+        if self.registry.timeout_ms == 0 {
+            return bad("registry.timeout_ms", "must be > 0");
+        }
         let dlq = &self.errors.deadletterqueue.topic_name;
         if !dlq.is_empty() && self.kafka.topics.contains(dlq) {
             return bad(

@@ -48,13 +48,20 @@ pub fn convert(payload: Option<&[u8]>) -> Result<Map<String, Value>, ConvertErro
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JsonObject {
     pub members: Vec<Member>,
+    /// The object's text when it is not the record's payload (an Avro value decoded to JSON,
+    /// [`crate::stage::avro`]); `members` are spans of it then. The payload stays the original
+    /// bytes, for the error destinations.
+    pub text: Option<Vec<u8>>,
 }
 
 /// Checks that a payload is a JSON object and finds its members, without building values.
 pub fn parse_object(payload: Option<&[u8]>) -> Result<JsonObject, ConvertError> {
     let bytes = payload.ok_or(ConvertError::Tombstone)?;
     match object_members(bytes) {
-        Ok(members) => Ok(JsonObject { members }),
+        Ok(members) => Ok(JsonObject {
+            members,
+            text: None,
+        }),
         Err(NotAnObject::Invalid(e)) => Err(ConvertError::InvalidJson(e)),
         Err(NotAnObject::Kind(kind)) => Err(ConvertError::NotAnObject(kind)),
     }

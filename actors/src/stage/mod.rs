@@ -1,6 +1,7 @@
 //! Pure stage logic, free of actors and I/O, each with its unit tests. The actors in this crate are
 //! thin shells around these.
 
+pub mod avro;
 pub mod batch;
 pub mod convert;
 pub mod dedup;

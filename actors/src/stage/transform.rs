@@ -263,7 +263,10 @@ impl Transformer {
         source: &RawRecord,
         object: &JsonObject,
     ) -> Result<Transformed, TransformError> {
-        let text = source.payload.as_deref().unwrap_or_default();
+        let text = match &object.text {
+            Some(text) => text.as_slice(),
+            None => source.payload.as_deref().unwrap_or_default(),
+        };
         self.encode(tp, source, text, &object.members)
     }
 

@@ -1,0 +1,121 @@
+//! Avro records in the Schema Registry's wire format, turned into the JSON object the rest of the
+//! pipeline takes (the transform stage reads it as it reads a JSON payload, so insertAll and the
+//! Storage Write API both take these rows).
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`wire`] | the wire format: magic byte 0, 4-byte schema id, Avro binary body |
+//! | [`json`] | an Avro value and its schema as BigQuery-ready JSON text |
+//! | this file | [`AvroSchema`] (a registered schema, parsed once) and [`decode`] |
+//!
+//! The value mapping is kafka-connect-bigquery's (through Kafka Connect's Avro converter):
+//!
+//! | Avro | BigQuery column | JSON written |
+//! |---|---|---|
+//! | boolean, int, long, float, double, string | BOOLEAN, INTEGER, FLOAT, STRING | as is (NaN and ±Infinity as BigQuery's strings) |
+//! | bytes, fixed | BYTES | base64 |
+//! | enum | STRING | the symbol |
+//! | record | RECORD | an object, fields in schema order |
+//! | array | REPEATED | an array |
+//! | map | REPEATED RECORD (`key`, `value`) | `[{"key":…,"value":…}]`, by key |
+//! | union of null and one type | that type, NULLABLE | the value or null |
+//! | other unions | RECORD with one field per branch | `{"<branch>": value}`, branch = type name |
+//! | date | DATE | `"YYYY-MM-DD"` |
+//! | time-millis, time-micros | TIME | `"HH:MM:SS.ffffff"` |
+//! | timestamp-millis, -micros, -nanos | TIMESTAMP | `"YYYY-MM-DDTHH:MM:SS.ffffffZ"` (nanos cut to µs) |
+//! | local-timestamp-* | DATETIME | `"YYYY-MM-DDTHH:MM:SS.ffffff"` |
+//! | decimal, big-decimal | NUMERIC / BIGNUMERIC | the exact decimal as a string |
+//! | uuid | STRING | hyphenated |
+//! | duration | RECORD (`months`, `days`, `milliseconds`) | an object |
+
+use std::collections::HashMap;
+
+use apache_avro::schema::Name;
+use apache_avro::Schema;
+
+pub mod json;
+pub mod wire;
+
+/// A schema from the registry, parsed once and shared by every record written with it.
+#[derive(Debug)]
+pub struct AvroSchema {
+    pub schema: Schema,
+    /// Named types by full name, for the `Ref`s inside `schema`.
+    names: HashMap<Name, Schema>,
+}
+
+/// Why a record's value is not a usable Avro record.
+#[derive(Debug, thiserror::Error)]
+pub enum AvroError {
+    #[error("the registry's schema {id} is not a valid Avro schema: {error}")]
+    BadSchema { id: u32, error: String },
+    #[error("the value's bytes do not match Avro schema {id}: {error}")]
+    Mismatch { id: u32, error: String },
+    #[error("Avro schema {id} is not a record (it is {kind}): a row needs named fields")]
+    NotARecord { id: u32, kind: String },
+    #[error("value does not fit its Avro schema at {path}: {error}")]
+    Value { path: String, error: String },
+}
+
+impl AvroError {
+    /// Short class for logs and dead-letter headers.
+    pub fn class(&self) -> &'static str {
+        match self {
+            AvroError::BadSchema { .. } => "bad_schema",
+            AvroError::Mismatch { .. } | AvroError::Value { .. } => "avro_mismatch",
+            AvroError::NotARecord { .. } => "not_a_record",
+        }
+    }
+}
+
+impl AvroSchema {
+    /// Parses the registry's schema text (JSON).
+    pub fn parse(id: u32, text: &str) -> Result<Self, AvroError> {
+        let bad = |e: apache_avro::Error| AvroError::BadSchema {
+            id,
+            error: e.to_string(),
+        };
+        let schema = Schema::parse_str(text).map_err(bad)?;
+        let names = apache_avro::schema::ResolvedSchema::try_from(&schema)
+            .map_err(bad)?
+            .get_names()
+            .iter()
+            .map(|(n, s)| (n.clone(), (*s).clone()))
+            .collect();
+        if !matches!(schema, Schema::Record(_)) {
+            return Err(AvroError::NotARecord {
+                id,
+                kind: format!("{:?}", apache_avro::schema::SchemaKind::from(&schema))
+                    .to_lowercase(),
+            });
+        }
+        Ok(Self { schema, names })
+    }
+
+    /// The named type `name` refers to.
+    pub(crate) fn named(&self, name: &Name) -> Option<&Schema> {
+        self.names.get(name)
+    }
+}
+
+/// Decodes an Avro body written with schema `id` into the JSON text of an object.
+pub fn decode(id: u32, schema: &AvroSchema, mut body: &[u8]) -> Result<Vec<u8>, AvroError> {
+    let value = apache_avro::from_avro_datum(&schema.schema, &mut body, None).map_err(|e| {
+        AvroError::Mismatch {
+            id,
+            error: e.to_string(),
+        }
+    })?;
+    if !body.is_empty() {
+        return Err(AvroError::Mismatch {
+            id,
+            error: format!("{} bytes left after the record", body.len()),
+        });
+    }
+    let mut out = Vec::with_capacity(128);
+    json::write(&value, &schema.schema, schema, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,324 @@
+//! An Avro value, walked with its schema, written as the JSON text BigQuery takes for the column
+//! the value maps to (the table in [`super`]). Written straight into bytes: no `serde_json::Value`
+//! tree in between.
+
+use std::io::Write;
+
+use apache_avro::schema::{Name, UnionSchema};
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use base64::Engine;
+use time::{Date, Duration, OffsetDateTime, PrimitiveDateTime, Time};
+
+use super::{AvroError, AvroSchema};
+
+/// Writes `value` (of `schema`, inside the registered `root`) as JSON into `out`.
+pub fn write(
+    value: &Value,
+    schema: &Schema,
+    root: &AvroSchema,
+    out: &mut Vec<u8>,
+) -> Result<(), AvroError> {
+    let mut path = Vec::new();
+    Writer { root, out }.value(value, schema, &mut path)
+}
+
+struct Writer<'a> {
+    root: &'a AvroSchema,
+    out: &'a mut Vec<u8>,
+}
+
+fn error(path: &[String], error: impl Into<String>) -> AvroError {
+    AvroError::Value {
+        path: if path.is_empty() {
+            "the record".into()
+        } else {
+            path.join(".")
+        },
+        error: error.into(),
+    }
+}
+
+/// `schema`, or the named type it refers to.
+fn resolve<'s>(
+    root: &'s AvroSchema,
+    schema: &'s Schema,
+    path: &[String],
+) -> Result<&'s Schema, AvroError> {
+    match schema {
+        Schema::Ref { name } => root
+            .named(name)
+            .ok_or_else(|| error(path, format!("unknown named type {}", name.fullname(None)))),
+        other => Ok(other),
+    }
+}
+
+impl Writer<'_> {
+    fn string(&mut self, s: &str) {
+        // Writing into a Vec cannot fail; serde_json escapes as JSON requires.
+        let _ = serde_json::to_writer(&mut *self.out, s);
+    }
+
+    fn value(
+        &mut self,
+        value: &Value,
+        schema: &Schema,
+        path: &mut Vec<String>,
+    ) -> Result<(), AvroError> {
+        let schema = resolve(self.root, schema, path)?;
+        match (value, schema) {
+            (Value::Null, _) => self.out.extend_from_slice(b"null"),
+            (Value::Boolean(b), _) => {
+                self.out
+                    .extend_from_slice(if *b { b"true" } else { b"false" })
+            }
+            (Value::Int(i), _) => {
+                let _ = write!(self.out, "{i}");
+            }
+            (Value::Long(i), _) => {
+                let _ = write!(self.out, "{i}");
+            }
+            (Value::Float(f), _) => self.float(f64::from(*f)),
+            (Value::Double(f), _) => self.float(*f),
+            (Value::Bytes(b) | Value::Fixed(_, b), _) => {
+                let text = base64::engine::general_purpose::STANDARD.encode(b);
+                self.string(&text);
+            }
+            (Value::String(s), _) | (Value::Enum(_, s), _) => self.string(s),
+            (Value::Uuid(u), _) => self.string(&u.hyphenated().to_string()),
+            (Value::Union(i, inner), Schema::Union(union)) => {
+                self.union(*i as usize, inner, union, path)?
+            }
+            (Value::Array(items), Schema::Array(a)) => {
+                self.out.push(b'[');
+                for (n, item) in items.iter().enumerate() {
+                    if n > 0 {
+                        self.out.push(b',');
+                    }
+                    path.push(n.to_string());
+                    self.value(item, &a.items, path)?;
+                    path.pop();
+                }
+                self.out.push(b']');
+            }
+            (Value::Map(map), Schema::Map(m)) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                self.out.push(b'[');
+                for (n, (k, v)) in entries.into_iter().enumerate() {
+                    if n > 0 {
+                        self.out.push(b',');
+                    }
+                    self.out.extend_from_slice(b"{\"key\":");
+                    self.string(k);
+                    self.out.extend_from_slice(b",\"value\":");
+                    path.push(k.clone());
+                    self.value(v, &m.types, path)?;
+                    path.pop();
+                    self.out.push(b'}');
+                }
+                self.out.push(b']');
+            }
+            (Value::Record(fields), Schema::Record(r)) => {
+                self.out.push(b'{');
+                for (n, ((name, v), field)) in fields.iter().zip(&r.fields).enumerate() {
+                    if n > 0 {
+                        self.out.push(b',');
+                    }
+                    self.string(name);
+                    self.out.push(b':');
+                    path.push(name.clone());
+                    self.value(v, &field.schema, path)?;
+                    path.pop();
+                }
+                self.out.push(b'}');
+            }
+            (Value::Date(days), _) => {
+                let date =
+                    date(*days).ok_or_else(|| error(path, format!("date {days} out of range")))?;
+                self.string(&format_date(date));
+            }
+            (Value::TimeMillis(ms), _) => self.time(i64::from(*ms) * 1_000, path)?,
+            (Value::TimeMicros(us), _) => self.time(*us, path)?,
+            (Value::TimestampMillis(ms), _) => {
+                self.timestamp(i128::from(*ms) * 1_000, true, path)?
+            }
+            (Value::TimestampMicros(us), _) => self.timestamp(i128::from(*us), true, path)?,
+            (Value::TimestampNanos(ns), _) => {
+                self.timestamp(i128::from(*ns) / 1_000, true, path)?
+            }
+            (Value::LocalTimestampMillis(ms), _) => {
+                self.timestamp(i128::from(*ms) * 1_000, false, path)?
+            }
+            (Value::LocalTimestampMicros(us), _) => self.timestamp(i128::from(*us), false, path)?,
+            (Value::LocalTimestampNanos(ns), _) => {
+                self.timestamp(i128::from(*ns) / 1_000, false, path)?
+            }
+            (Value::Decimal(d), Schema::Decimal(s)) => {
+                let bytes = <Vec<u8>>::try_from(d).map_err(|e| error(path, e.to_string()))?;
+                self.string(&decimal_text(&bytes, s.scale));
+            }
+            (Value::BigDecimal(d), _) => self.string(&d.to_plain_string()),
+            (Value::Duration(d), _) => {
+                let (months, days, ms) = (
+                    u32::from(d.months()),
+                    u32::from(d.days()),
+                    u32::from(d.millis()),
+                );
+                let _ = write!(
+                    self.out,
+                    "{{\"months\":{months},\"days\":{days},\"milliseconds\":{ms}}}"
+                );
+            }
+            (v, s) => {
+                return Err(error(
+                    path,
+                    format!(
+                        "a {:?} value for a {:?} schema",
+                        apache_avro::types::ValueKind::from(v),
+                        apache_avro::schema::SchemaKind::from(s)
+                    ),
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// A union of null and one type is that type, nullable; any other union is an object with one
+    /// member named after the branch's type (Kafka Connect's mapping).
+    fn union(
+        &mut self,
+        index: usize,
+        inner: &Value,
+        union: &UnionSchema,
+        path: &mut Vec<String>,
+    ) -> Result<(), AvroError> {
+        let variants = union.variants();
+        let branch = variants
+            .get(index)
+            .ok_or_else(|| error(path, format!("union branch {index} of {}", variants.len())))?;
+        let non_null = variants.iter().filter(|s| **s != Schema::Null).count();
+        if matches!(inner, Value::Null) || non_null <= 1 {
+            return self.value(inner, branch, path);
+        }
+        let name = branch_name(branch);
+        self.out.push(b'{');
+        self.string(&name);
+        self.out.push(b':');
+        path.push(name);
+        self.value(inner, branch, path)?;
+        path.pop();
+        self.out.push(b'}');
+        Ok(())
+    }
+
+    fn float(&mut self, f: f64) {
+        if f.is_nan() {
+            self.out.extend_from_slice(b"\"NaN\"");
+        } else if f.is_infinite() {
+            let s: &[u8] = if f > 0.0 {
+                b"\"Infinity\""
+            } else {
+                b"\"-Infinity\""
+            };
+            self.out.extend_from_slice(s);
+        } else {
+            let _ = write!(self.out, "{f}");
+        }
+    }
+
+    fn time(&mut self, micros: i64, path: &[String]) -> Result<(), AvroError> {
+        if !(0..86_400_000_000).contains(&micros) {
+            return Err(error(path, format!("time of day {micros} µs out of range")));
+        }
+        let t = Time::MIDNIGHT + Duration::microseconds(micros);
+        self.string(&format_time(t));
+        Ok(())
+    }
+
+    fn timestamp(&mut self, micros: i128, utc: bool, path: &[String]) -> Result<(), AvroError> {
+        let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000)
+            .map_err(|_| error(path, format!("timestamp {micros} µs out of range")))?;
+        let local = PrimitiveDateTime::new(at.date(), at.time());
+        let text = format!(
+            "{}T{}{}",
+            format_date(local.date()),
+            format_time(local.time()),
+            if utc { "Z" } else { "" }
+        );
+        self.string(&text);
+        Ok(())
+    }
+}
+
+/// Kafka Connect's name for a union branch: the named type's name, else the Avro type's.
+fn branch_name(schema: &Schema) -> String {
+    match schema.name() {
+        Some(Name { name, .. }) => name.clone(),
+        None => format!("{:?}", apache_avro::schema::SchemaKind::from(schema)).to_lowercase(),
+    }
+}
+
+fn date(days: i32) -> Option<Date> {
+    // 2440588 is the Julian day of 1970-01-01.
+    Date::from_julian_day(2_440_588i32.checked_add(days)?).ok()
+}
+
+fn format_date(d: Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+fn format_time(t: Time) -> String {
+    format!(
+        "{:02}:{:02}:{:02}.{:06}",
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    )
+}
+
+/// The decimal a big-endian two's-complement unscaled value stands for at `scale`, exactly.
+pub fn decimal_text(bytes: &[u8], scale: usize) -> String {
+    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
+    // Magnitude: the two's complement of a negative value.
+    let mut magnitude: Vec<u8> = if negative {
+        let mut m: Vec<u8> = bytes.iter().map(|b| !b).collect();
+        for b in m.iter_mut().rev() {
+            let (v, carry) = b.overflowing_add(1);
+            *b = v;
+            if !carry {
+                break;
+            }
+        }
+        m
+    } else {
+        bytes.to_vec()
+    };
+    // Decimal digits by repeated division by 10 (values are at most 32 bytes: BIGNUMERIC).
+    let mut digits = Vec::new();
+    while magnitude.iter().any(|&b| b != 0) {
+        let mut rest = 0u32;
+        for b in magnitude.iter_mut() {
+            let cur = (rest << 8) | u32::from(*b);
+            *b = (cur / 10) as u8;
+            rest = cur % 10;
+        }
+        digits.push(b'0' + rest as u8);
+    }
+    while digits.len() <= scale {
+        digits.push(b'0');
+    }
+    digits.reverse();
+    let (int, frac) = digits.split_at(digits.len() - scale);
+    let mut text = String::with_capacity(digits.len() + 2);
+    if negative {
+        text.push('-');
+    }
+    text.push_str(std::str::from_utf8(int).unwrap_or("0"));
+    if scale > 0 {
+        text.push('.');
+        text.push_str(std::str::from_utf8(frac).unwrap_or("0"));
+    }
+    text
+}

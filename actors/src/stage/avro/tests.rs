@@ -1,0 +1,171 @@
+use apache_avro::types::Value;
+use serde_json::json;
+
+use super::wire;
+use super::*;
+
+const SCHEMA: &str = r#"{
+  "type": "record", "name": "Member", "namespace": "com.example",
+  "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "name", "type": "string"},
+    {"name": "nickname", "type": ["null", "string"], "default": null},
+    {"name": "active", "type": "boolean"},
+    {"name": "score", "type": "double"},
+    {"name": "ratio", "type": "float"},
+    {"name": "tags", "type": {"type": "array", "items": "string"}},
+    {"name": "address", "type": {"type": "record", "name": "Address", "fields": [
+      {"name": "city", "type": "string"},
+      {"name": "zip", "type": ["null", "int"]}
+    ]}},
+    {"name": "previous", "type": {"type": "array", "items": "Address"}},
+    {"name": "tier", "type": {"type": "enum", "name": "Tier", "symbols": ["FREE", "GOLD"]}},
+    {"name": "attrs", "type": {"type": "map", "values": "long"}},
+    {"name": "either", "type": ["null", "int", "string"]},
+    {"name": "avatar", "type": "bytes"},
+    {"name": "hash", "type": {"type": "fixed", "name": "Hash", "size": 2}},
+    {"name": "born", "type": {"type": "int", "logicalType": "date"}},
+    {"name": "wakes", "type": {"type": "long", "logicalType": "time-micros"}},
+    {"name": "joined", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "seen", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+    {"name": "local", "type": {"type": "long", "logicalType": "local-timestamp-micros"}},
+    {"name": "balance", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
+    {"name": "uid", "type": {"type": "string", "logicalType": "uuid"}}
+  ]
+}"#;
+
+fn address(city: &str, zip: Option<i32>) -> Value {
+    Value::Record(vec![
+        ("city".into(), Value::String(city.into())),
+        (
+            "zip".into(),
+            match zip {
+                Some(z) => Value::Union(1, Box::new(Value::Int(z))),
+                None => Value::Union(0, Box::new(Value::Null)),
+            },
+        ),
+    ])
+}
+
+fn member() -> Value {
+    Value::Record(vec![
+        ("id".into(), Value::Long(42)),
+        ("name".into(), Value::String("Kim \"J\" Min".into())),
+        ("nickname".into(), Value::Union(0, Box::new(Value::Null))),
+        ("active".into(), Value::Boolean(true)),
+        ("score".into(), Value::Double(f64::NAN)),
+        ("ratio".into(), Value::Float(0.5)),
+        (
+            "tags".into(),
+            Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+        ),
+        ("address".into(), address("Seoul", Some(4524))),
+        (
+            "previous".into(),
+            Value::Array(vec![address("Busan", None)]),
+        ),
+        ("tier".into(), Value::Enum(1, "GOLD".into())),
+        (
+            "attrs".into(),
+            Value::Map([("z".into(), Value::Long(2)), ("a".into(), Value::Long(1))].into()),
+        ),
+        (
+            "either".into(),
+            Value::Union(2, Box::new(Value::String("x".into()))),
+        ),
+        ("avatar".into(), Value::Bytes(vec![1, 2, 3])),
+        ("hash".into(), Value::Fixed(2, vec![0xff, 0])),
+        ("born".into(), Value::Date(19_000)),
+        ("wakes".into(), Value::TimeMicros(25_200_000_001)),
+        ("joined".into(), Value::TimestampMillis(1_700_000_000_123)),
+        ("seen".into(), Value::TimestampMicros(-1)),
+        ("local".into(), Value::LocalTimestampMicros(86_400_000_000)),
+        (
+            "balance".into(),
+            Value::Decimal(apache_avro::Decimal::from(
+                (-123_456i64).to_be_bytes().to_vec(),
+            )),
+        ),
+        (
+            "uid".into(),
+            Value::Uuid("6ba7b810-9dad-11d1-80b4-00c04fd430c8".parse().unwrap()),
+        ),
+    ])
+}
+
+#[test]
+fn every_type_maps_to_what_bigquery_takes_for_its_column() {
+    let schema = AvroSchema::parse(7, SCHEMA).unwrap();
+    let body = apache_avro::to_avro_datum(&schema.schema, member()).unwrap();
+    let framed = wire::encode(7, &body);
+    let f = wire::frame(&framed).unwrap();
+    assert_eq!(f.schema_id, 7);
+    let text = decode(7, &schema, f.body).unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&text).expect("JSON");
+    assert_eq!(
+        got,
+        json!({
+            "id": 42, "name": "Kim \"J\" Min", "nickname": null, "active": true,
+            "score": "NaN", "ratio": 0.5, "tags": ["a", "b"],
+            "address": {"city": "Seoul", "zip": 4524},
+            "previous": [{"city": "Busan", "zip": null}],
+            "tier": "GOLD",
+            "attrs": [{"key": "a", "value": 1}, {"key": "z", "value": 2}],
+            "either": {"string": "x"},
+            "avatar": "AQID", "hash": "/wA=",
+            "born": "2022-01-08",
+            "wakes": "07:00:00.000001",
+            "joined": "2023-11-14T22:13:20.123000Z",
+            "seen": "1969-12-31T23:59:59.999999Z",
+            "local": "1970-01-02T00:00:00.000000",
+            "balance": "-1234.56",
+            "uid": "6ba7b810-9dad-11d1-80b4-00c04fd430c8"
+        })
+    );
+    // The transform stage reads it as it reads a JSON payload.
+    crate::stage::convert::parse_object(Some(&text)).expect("an object");
+}
+
+#[test]
+fn bytes_that_do_not_match_the_schema_are_a_record_failure() {
+    let schema = AvroSchema::parse(7, SCHEMA).unwrap();
+    let body = apache_avro::to_avro_datum(&schema.schema, member()).unwrap();
+    for bad in [&body[..body.len() / 2], &[0xff; 3][..], &[]] {
+        let e = decode(7, &schema, bad).unwrap_err();
+        assert_eq!(e.class(), "avro_mismatch", "{e}");
+        assert!(e.to_string().contains("schema 7"), "{e}");
+    }
+    let mut longer = body.clone();
+    longer.push(0);
+    let e = decode(7, &schema, &longer).unwrap_err();
+    assert!(e.to_string().contains("1 bytes left"), "{e}");
+}
+
+#[test]
+fn a_schema_that_is_not_a_record_or_not_avro_is_named() {
+    let e = AvroSchema::parse(3, r#""string""#).unwrap_err();
+    assert_eq!(e.class(), "not_a_record");
+    let e = AvroSchema::parse(4, r#"{"type": "recrd"}"#).unwrap_err();
+    assert_eq!(e.class(), "bad_schema");
+    assert!(e.to_string().contains("schema 4"), "{e}");
+}
+
+#[test]
+fn decimals_are_exact_at_any_scale_and_size() {
+    use super::json::decimal_text;
+    assert_eq!(decimal_text(&[0x01, 0xe2, 0x40], 2), "1234.56");
+    assert_eq!(decimal_text(&[0xfe, 0x1d, 0xc0], 2), "-1234.56");
+    assert_eq!(decimal_text(&[0x05], 3), "0.005");
+    assert_eq!(decimal_text(&[0xff], 0), "-1");
+    assert_eq!(decimal_text(&[], 0), "0");
+    assert_eq!(decimal_text(&[0x00], 2), "0.00");
+    // 2^255 - 1 at scale 38 (BIGNUMERIC's range).
+    let mut max = vec![0xff; 32];
+    max[0] = 0x7f;
+    let text = decimal_text(&max, 38);
+    assert_eq!(
+        text.replace('.', ""),
+        "57896044618658097711785492504343953926634992332820282019728792003956564819967"
+    );
+    assert_eq!(text.split('.').nth(1).map(str::len), Some(38));
+}
