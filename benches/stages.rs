@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the pipeline's CPU stages on generated member events (~250 bytes):
-//! convert, transform (to an insertAll entry, or to the Storage Write API's protobuf row), dedup
+//! convert (JSON, or the same events as Avro from a Schema Registry), transform (to an insertAll entry, or to the Storage Write API's protobuf row), dedup
 //! lookup, insert and claim/settle, and insertAll body encoding — each per record
 //! (`Throughput::Elements`) and per byte of payload (`Throughput::Bytes`).
 //!
@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use bqsink_actors::config::Config;
 use bqsink_actors::messages::{RawRecord, SettledAs, Tp};
+use bqsink_actors::registry::SchemaCache;
 use bqsink_actors::stage::batch::encode_body;
 use bqsink_actors::stage::convert::{parse_object, JsonObject};
 use bqsink_actors::stage::dedup::{Claims, Deduplicator, Position, Released};
 use bqsink_actors::stage::proto::{RowFormat, RowFormats};
 use bqsink_actors::stage::schema::FieldSchema;
 use bqsink_actors::stage::transform::Transformer;
+use bqsink_devtools::avro;
 use bqsink_devtools::generator::{member_events_fields, Generator, Mix};
 use criterion::{criterion_group, Criterion, Throughput};
 
@@ -45,6 +47,21 @@ fn records(n: usize) -> Vec<RawRecord> {
             key: Some(e.key.into_bytes()),
             payload: Some(e.payload),
             headers: Vec::new(),
+        })
+        .collect()
+}
+
+/// `records` as Avro member events in the wire format (schema id 1).
+fn avro_records(records: &[RawRecord]) -> Vec<RawRecord> {
+    let schema = avro::member_events_schema();
+    records
+        .iter()
+        .map(|r| RawRecord {
+            payload: r
+                .payload
+                .as_deref()
+                .and_then(|p| avro::member_event(&schema, 1, p)),
+            ..r.clone()
         })
         .collect()
 }
@@ -77,6 +94,9 @@ struct Stages {
     entries: Vec<Vec<u8>>,
     /// The member events table's protobuf row format.
     proto: RowFormat,
+    /// The same events as Avro in the wire format, and their schema (resolved once).
+    avro: Vec<RawRecord>,
+    schemas: SchemaCache,
 }
 
 fn proto_format() -> RowFormat {
@@ -92,6 +112,7 @@ fn key(k: u64) -> u64 {
 impl Stages {
     fn new() -> Self {
         let recs = records(CHUNK);
+        let avro = avro_records(&recs);
         let bytes = payload_bytes(&recs);
         let tp = Tp::new("member-events", 3);
         let mut transformer = Transformer::new(&config());
@@ -136,12 +157,25 @@ impl Stages {
             seen: 0,
             entries,
             proto: proto_format(),
+            avro,
+            schemas: {
+                let cache = SchemaCache::default();
+                let _ = cache.insert(1, Ok(avro::MEMBER_EVENTS_SCHEMA.to_owned()));
+                cache
+            },
         }
     }
 
     fn convert(&mut self) {
         for r in &self.recs {
             black_box(parse_object(black_box(r.payload.as_deref())).ok());
+        }
+    }
+
+    /// The converter on an `avro` topic: the wire format, the Avro value, its JSON object.
+    fn convert_avro(&mut self) {
+        for r in &self.avro {
+            black_box(self.schemas.convert(black_box(r.payload.as_deref())).ok());
         }
     }
 
@@ -215,6 +249,7 @@ type Routine = fn(&mut Stages);
 
 const ROUTINES: &[(&str, &str, Routine)] = &[
     ("convert", "json_object", Stages::convert),
+    ("convert", "avro_object", Stages::convert_avro),
     ("transform", "row", Stages::transform),
     ("transform", "proto_row", Stages::transform_proto),
     ("dedup", "insert", Stages::dedup_insert),

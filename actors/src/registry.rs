@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use futures::future::BoxFuture;
 
 use crate::stage::avro::{wire, AvroError, AvroSchema};
-use crate::stage::convert::{parse_object, ConvertError, JsonObject};
+use crate::stage::convert::{ConvertError, JsonObject};
 
 /// Fetches schemas by id (the `bqsink` crate implements it over HTTP; tests plug in fakes).
 pub trait SchemaRegistry: Send + Sync + 'static {
@@ -155,10 +155,7 @@ impl SchemaCache {
                 ))))
             }
         };
-        let text = crate::stage::avro::decode(id, &schema, framed.body)?;
-        let mut object = parse_object(Some(&text))?;
-        object.text = Some(text);
-        Ok(object)
+        Ok(crate::stage::avro::decode(id, &schema, bytes)?)
     }
 }
 

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`sink`] | a local insertAll-compatible BigQuery server: the demo's destination, the tests' fake |
 //! | [`generator`] | member events with duplicates and malformed payloads, deterministic per seed |
+//! | [`avro`] | the member events as Avro in the Schema Registry's wire format |
 //! | [`kafka`] | librdkafka's mock cluster and a fast producer for it |
 //! | [`bench`](mod@bench) | the `bqsink bench` harness: rounds, raw consumer, checks; drives a worker process |
 //! | [`measure`] | peak RSS, CPU time, rates |
@@ -15,6 +16,7 @@
 //! provides it (the demo's wiring in `bqsink::cli::demo`) or a child process runs it (the bench
 //! worker, `bqsink bench-worker`).
 
+pub mod avro;
 pub mod bench;
 pub mod generator;
 pub mod kafka;

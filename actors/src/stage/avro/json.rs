@@ -8,19 +8,60 @@ use apache_avro::schema::{Name, UnionSchema};
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use base64::Engine;
-use time::{Date, Duration, OffsetDateTime, PrimitiveDateTime, Time};
+use time::{Date, Duration, OffsetDateTime, Time};
 
 use super::{AvroError, AvroSchema};
+use crate::stage::json::{Member, Span};
 
-/// Writes `value` (of `schema`, inside the registered `root`) as JSON into `out`.
+/// Writes `value` (of `schema`, inside the registered `root`) as JSON into `out`; for a record,
+/// also returns its members as spans of `out` (what `parse_object` would find, without reading the
+/// text again).
 pub fn write(
     value: &Value,
     schema: &Schema,
     root: &AvroSchema,
     out: &mut Vec<u8>,
-) -> Result<(), AvroError> {
+) -> Result<Vec<Member>, AvroError> {
     let mut path = Vec::new();
-    Writer { root, out }.value(value, schema, &mut path)
+    let mut w = Writer { root, out };
+    match (value, resolve(root, schema, &path)?) {
+        (Value::Record(fields), Schema::Record(r)) => {
+            let mut members = Vec::with_capacity(fields.len());
+            w.out.push(b'{');
+            for (n, ((name, v), field)) in fields.iter().zip(&r.fields).enumerate() {
+                if n > 0 {
+                    w.out.push(b',');
+                }
+                // Avro names are [A-Za-z_][A-Za-z0-9_]*: nothing to escape.
+                w.out.push(b'"');
+                let key = span(w.out.len(), w.out.len() + name.len());
+                w.out.extend_from_slice(name.as_bytes());
+                w.out.extend_from_slice(b"\":");
+                let start = w.out.len();
+                path.push(name.clone());
+                w.value(v, &field.schema, &mut path)?;
+                path.pop();
+                members.push(Member {
+                    key,
+                    escaped: false,
+                    value: span(start, w.out.len()),
+                });
+            }
+            w.out.push(b'}');
+            Ok(members)
+        }
+        _ => {
+            w.value(value, schema, &mut path)?;
+            Ok(Vec::new())
+        }
+    }
+}
+
+fn span(start: usize, end: usize) -> Span {
+    Span {
+        start: start as u32,
+        end: end as u32,
+    }
 }
 
 struct Writer<'a> {
@@ -136,7 +177,9 @@ impl Writer<'_> {
             (Value::Date(days), _) => {
                 let date =
                     date(*days).ok_or_else(|| error(path, format!("date {days} out of range")))?;
-                self.string(&format_date(date));
+                self.out.push(b'"');
+                push_date(self.out, date);
+                self.out.push(b'"');
             }
             (Value::TimeMillis(ms), _) => self.time(i64::from(*ms) * 1_000, path)?,
             (Value::TimeMicros(us), _) => self.time(*us, path)?,
@@ -232,21 +275,23 @@ impl Writer<'_> {
             return Err(error(path, format!("time of day {micros} µs out of range")));
         }
         let t = Time::MIDNIGHT + Duration::microseconds(micros);
-        self.string(&format_time(t));
+        self.out.push(b'"');
+        push_time(self.out, t);
+        self.out.push(b'"');
         Ok(())
     }
 
     fn timestamp(&mut self, micros: i128, utc: bool, path: &[String]) -> Result<(), AvroError> {
         let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000)
             .map_err(|_| error(path, format!("timestamp {micros} µs out of range")))?;
-        let local = PrimitiveDateTime::new(at.date(), at.time());
-        let text = format!(
-            "{}T{}{}",
-            format_date(local.date()),
-            format_time(local.time()),
-            if utc { "Z" } else { "" }
-        );
-        self.string(&text);
+        self.out.push(b'"');
+        push_date(self.out, at.date());
+        self.out.push(b'T');
+        push_time(self.out, at.time());
+        if utc {
+            self.out.push(b'Z');
+        }
+        self.out.push(b'"');
         Ok(())
     }
 }
@@ -264,18 +309,39 @@ fn date(days: i32) -> Option<Date> {
     Date::from_julian_day(2_440_588i32.checked_add(days)?).ok()
 }
 
-fn format_date(d: Date) -> String {
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+/// `n` as exactly `width` decimal digits (`n` < 10^width).
+fn push_digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
+    let at = out.len();
+    out.resize(at + width, b'0');
+    for i in (0..width).rev() {
+        out[at + i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
-fn format_time(t: Time) -> String {
-    format!(
-        "{:02}:{:02}:{:02}.{:06}",
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+/// `YYYY-MM-DD` (years 0 to 9999, BigQuery's range; others as they are).
+fn push_date(out: &mut Vec<u8>, d: Date) {
+    match u32::try_from(d.year()) {
+        Ok(y) if y <= 9999 => push_digits(out, y, 4),
+        _ => {
+            let _ = write!(out, "{}", d.year());
+        }
+    }
+    out.push(b'-');
+    push_digits(out, u32::from(u8::from(d.month())), 2);
+    out.push(b'-');
+    push_digits(out, u32::from(d.day()), 2);
+}
+
+/// `HH:MM:SS.ffffff`.
+fn push_time(out: &mut Vec<u8>, t: Time) {
+    push_digits(out, u32::from(t.hour()), 2);
+    out.push(b':');
+    push_digits(out, u32::from(t.minute()), 2);
+    out.push(b':');
+    push_digits(out, u32::from(t.second()), 2);
+    out.push(b'.');
+    push_digits(out, t.microsecond(), 6);
 }
 
 /// The decimal a big-endian two's-complement unscaled value stands for at `scale`, exactly.
