@@ -310,3 +310,44 @@ fn run(storage: bool) {
         "404 and non-Avro answers are remembered"
     );
 }
+
+/// Under `errors.sink_failure = "stop"`, a registry that stays down stops the pipeline (exit 1)
+/// once it has failed for `errors.retry_timeout_ms`: nothing dead-lettered, nothing committed.
+#[test]
+fn a_registry_down_past_the_retry_timeout_stops_the_pipeline_under_stop() {
+    const T: &str = "members-avro-stop";
+    let registry = Registry::start();
+    registry.set_down(true);
+    let s1 = Schema::parse_str(V1).unwrap();
+    let (cluster, bootstrap) = cluster(T, 1);
+    cluster.create_topic(DLQ, 1, 1).unwrap();
+    let values: Vec<Vec<u8>> = (0..5).map(|i| wire(1, &s1, member(i, 1))).collect();
+    produce_to_partition(&bootstrap, T, 0, &values);
+    let sink = Sink::start(SinkOptions::default()).unwrap();
+    let mut config = config(&bootstrap, "g-avro-stop", T, sink.url());
+    config.kafka.formats = [(T.to_owned(), ValueFormat::Avro)].into_iter().collect();
+    config.registry.url = registry.url.clone();
+    config.errors.tolerance = Tolerance::All;
+    config.errors.deadletterqueue.topic_name = DLQ.into();
+    config.errors.sink_failure = bqsink_actors::config::SinkFailure::Stop;
+    config.errors.retry_timeout_ms = 500;
+    // The held records never drain: the drain waits this long, then stops without them.
+    config.pipeline.shutdown_timeout_ms = 2_000;
+    let pipeline = start(&config);
+    wait_until(Duration::from_secs(30), "the pipeline to stop", || {
+        pipeline.is_finished()
+    });
+    assert_eq!(pipeline.wait().unwrap(), 1);
+    assert!(registry.lookups(1) >= 2, "retried before stopping");
+    assert_eq!(sink.total_rows(), 0);
+    assert_eq!(
+        watermarks(&bootstrap, DLQ, 1)[0].1,
+        0,
+        "nothing dead-lettered"
+    );
+    let held = committed(&bootstrap, "g-avro-stop", T, 1);
+    assert!(
+        held.iter().all(|c| c.unwrap_or(0) == 0),
+        "nothing committed: {held:?}"
+    );
+}
