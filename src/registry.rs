@@ -65,6 +65,14 @@ impl HttpRegistry {
     }
 }
 
+/// The registry of `registry.url` behind the pipeline's port; `None` when it is empty.
+pub fn from_config(
+    config: &RegistryConfig,
+) -> Result<Option<std::sync::Arc<dyn SchemaRegistry>>, RegistrySetupError> {
+    Ok(HttpRegistry::from_config(config)?
+        .map(|r| std::sync::Arc::new(r) as std::sync::Arc<dyn SchemaRegistry>))
+}
+
 impl SchemaRegistry for HttpRegistry {
     fn fetch(&self, id: u32) -> BoxFuture<'static, Result<String, RegistryError>> {
         let mut request = self

@@ -6,8 +6,6 @@
 //! arrives.
 
 mod common;
-#[path = "support/registry.rs"]
-mod registry;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,9 +13,9 @@ use std::time::Duration;
 use apache_avro::types::Value as Avro;
 use apache_avro::{Decimal, Schema};
 use bqsink_actors::config::{Tolerance, ValueFormat};
+use bqsink_devtools::registry::Registry;
 use bqsink_devtools::sink::{Sink, SinkOptions};
 use common::*;
-use registry::Registry;
 use serde_json::{json, Value};
 
 const TOPIC: &str = "members-avro";
@@ -163,7 +161,7 @@ fn avro_records_reach_the_storage_write_api_by_content() {
 }
 
 fn run(storage: bool) {
-    let registry = Registry::start();
+    let registry = Registry::start().unwrap();
     registry.register(1, V1);
     registry.register(2, &v2());
     registry.register_typed(
@@ -316,7 +314,7 @@ fn run(storage: bool) {
 #[test]
 fn a_registry_down_past_the_retry_timeout_stops_the_pipeline_under_stop() {
     const T: &str = "members-avro-stop";
-    let registry = Registry::start();
+    let registry = Registry::start().unwrap();
     registry.set_down(true);
     let s1 = Schema::parse_str(V1).unwrap();
     let (cluster, bootstrap) = cluster(T, 1);

@@ -8,6 +8,7 @@
 //! | [`generator`] | member events with duplicates and malformed payloads, deterministic per seed |
 //! | [`avro`] | the member events as Avro in the Schema Registry's wire format |
 //! | [`kafka`] | librdkafka's mock cluster and a fast producer for it |
+//! | [`registry`] | a local Schema Registry (the bench's Avro records, the tests) |
 //! | [`bench`](mod@bench) | the `bqsink bench` harness: rounds, raw consumer, checks; drives a worker process |
 //! | [`measure`] | peak RSS, CPU time, rates |
 //!
@@ -21,4 +22,5 @@ pub mod bench;
 pub mod generator;
 pub mod kafka;
 pub mod measure;
+pub mod registry;
 pub mod sink;

@@ -36,13 +36,16 @@ pub fn worker(config: Config) -> anyhow::Result<i32> {
     let destinations = destinations::from_config(&config, &stats)?;
     let system = actix::System::new();
     let (control, commands) = kafka::control();
+    let registry = crate::registry::from_config(&config.registry)
+        .context("setting up the schema registry (registry.url)")?;
     let supervisor = system.block_on(async {
-        pipeline::start_with_destinations(
+        pipeline::start_with_registry(
             &config,
             control.clone(),
             client,
             Arc::clone(&stats),
             destinations.clone(),
+            registry,
         )
     });
     let poller = kafka::spawn_consumer(

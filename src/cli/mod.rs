@@ -111,10 +111,21 @@ enum Command {
         /// exactly once), `insert-all`, or `both`, one after the other, printed side by side.
         #[arg(long, value_enum, default_value_t = BenchPath::Both)]
         path: BenchPath,
+        /// The records' format: `json`, or `avro` (the same events in the Schema Registry's wire
+        /// format, with a local registry).
+        #[arg(long, value_enum, default_value_t = BenchFormat::Json)]
+        format: BenchFormat,
     },
     /// The pipeline process of `bqsink bench` (runs until standard input closes).
     #[command(hide = true)]
     BenchWorker,
+}
+
+/// `bqsink bench --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchFormat {
+    Json,
+    Avro,
 }
 
 /// `bqsink bench --path`.
@@ -207,6 +218,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             seed,
             worker_config,
             path,
+            format,
         } => {
             logging::init(&LoggingConfig {
                 level: "warn".into(),
@@ -222,6 +234,10 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 worker_config,
                 fetch_defaults: bench::fetch_defaults(),
                 paths: path.paths(),
+                format: match format {
+                    BenchFormat::Json => bqsink_actors::config::ValueFormat::Json,
+                    BenchFormat::Avro => bqsink_actors::config::ValueFormat::Avro,
+                },
             })
         }
         #[cfg(feature = "devtools")]

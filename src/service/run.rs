@@ -35,9 +35,8 @@ pub fn run(
     let (control, commands) = kafka::control();
     let poller_stats = Arc::clone(&stats);
     let hook = bq.commit_hook();
-    let registry = crate::registry::HttpRegistry::from_config(&config.registry)
-        .context("setting up the schema registry (registry.url)")?
-        .map(|r| Arc::new(r) as Arc<dyn bqsink_actors::registry::SchemaRegistry>);
+    let registry = crate::registry::from_config(&config.registry)
+        .context("setting up the schema registry (registry.url)")?;
     let supervisor = system.block_on(async {
         pipeline::start_with_registry(config, control, bq, stats, destinations.clone(), registry)
     });

@@ -31,7 +31,9 @@ use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use crate::generator::{Counts, Generator, Mix};
 use crate::kafka::{mock_cluster, produce, producer, TOPIC};
 use crate::measure::{fmt_n, own_cpu, Rate};
+use crate::registry::Registry;
 use crate::sink::{Sink, SinkOptions};
+use bqsink_actors::config::ValueFormat;
 
 mod kafka;
 pub mod worker;
@@ -66,6 +68,8 @@ pub struct BenchOptions {
     pub fetch_defaults: Vec<(String, String)>,
     /// The write paths to measure, one after the other, each on a fresh cluster and sink.
     pub paths: Vec<WritePath>,
+    /// The records' format: JSON, or Avro through a local Schema Registry.
+    pub format: ValueFormat,
 }
 
 /// How the bench's pipeline writes to the local sink.
@@ -122,21 +126,47 @@ impl Produced {
 /// producer id, and the records it is given meanwhile would be charged that start-up as latency.
 fn produce_events(
     p: &ThreadedProducer<DefaultProducerContext>,
-    generator: &mut Generator,
+    events: &mut Events,
     n: u64,
     mut pace: impl FnMut(u64),
 ) -> anyhow::Result<Produced> {
     let mut out = Produced::default();
-    for (i, event) in generator.by_ref().take(n as usize).enumerate() {
+    for (i, event) in events.generator.by_ref().take(n as usize).enumerate() {
         pace(i as u64);
-        produce(p, TOPIC, &event.key, &event.payload)?;
+        // As Avro when asked (a malformed event stays JSON bytes: not in the wire format).
+        let avro = events
+            .avro
+            .as_ref()
+            .and_then(|a| crate::avro::member_event(&a.schema, AVRO_SCHEMA_ID, &event.payload));
+        let payload = avro.as_deref().unwrap_or(&event.payload);
+        produce(p, TOPIC, &event.key, payload)?;
         out.counts.add(event.kind);
-        out.payload_bytes += event.payload.len() as u64;
+        out.payload_bytes += payload.len() as u64;
     }
     p.flush(Duration::from_secs(60))
         .context("flushing the producer")?;
     Ok(out)
 }
+
+/// The generated events, and how they are produced: as JSON, or as Avro through a local registry.
+struct Events {
+    generator: Generator,
+    avro: Option<AvroEvents>,
+}
+
+struct AvroEvents {
+    schema: apache_avro::Schema,
+    registry: Registry,
+}
+
+impl Events {
+    fn registry_url(&self) -> Option<&str> {
+        self.avro.as_ref().map(|a| a.registry.url.as_str())
+    }
+}
+
+/// The member events' schema id in the local registry.
+const AVRO_SCHEMA_ID: u32 = 1;
 
 /// Waits until the sink holds `unique` rows. Handled is not yet visible with exactly-once delivery:
 /// rows show with the commit after their append, and the rate runs to the last row visible.
@@ -162,7 +192,7 @@ fn throughput(
     bootstrap: &str,
     sink: &Sink,
     dir: &Path,
-    generator: &mut Generator,
+    events: &mut Events,
 ) -> anyhow::Result<(Produced, Rate, Rate, Rate, Worker)> {
     let round = ROUND_PER_PARTITION * opts.partitions as u64;
     let (mut produced, mut raw, mut piped, mut handled) = (
@@ -180,7 +210,7 @@ fn throughput(
             w.command(&format!("pause {}", opts.partitions))?;
         }
         let before = watermarks(bootstrap, opts.partitions)?;
-        let this = produce_events(&p, generator, n, |_| {})?;
+        let this = produce_events(&p, events, n, |_| {})?;
         let after = watermarks(bootstrap, opts.partitions)?;
         let kept: i64 = before
             .iter()
@@ -204,7 +234,14 @@ fn throughput(
                 w.command(&format!("resume {}", opts.partitions))?;
             }
             None => {
-                let w = Worker::start(dir, bootstrap, sink, path, opts.worker_config.as_deref())?;
+                let w = Worker::start(
+                    dir,
+                    bootstrap,
+                    sink,
+                    path,
+                    opts.worker_config.as_deref(),
+                    events.registry_url(),
+                )?;
                 w.watch_reads();
                 worker = Some(w);
             }
@@ -254,17 +291,24 @@ fn latency(
     bootstrap: &str,
     sink: &Sink,
     dir: &Path,
-    generator: &mut Generator,
+    events: &mut Events,
 ) -> anyhow::Result<(Produced, Rate, Worker)> {
-    let mut worker = Worker::start(dir, bootstrap, sink, path, opts.worker_config.as_deref())?;
+    let mut worker = Worker::start(
+        dir,
+        bootstrap,
+        sink,
+        path,
+        opts.worker_config.as_deref(),
+        events.registry_url(),
+    )?;
     let warmup = WARMUP.min(opts.records);
     let p = producer(bootstrap)?;
-    let mut produced = produce_events(&p, generator, warmup, |_| {})?;
+    let mut produced = produce_events(&p, events, warmup, |_| {})?;
     worker.wait_handled(warmup)?;
     wait_visible(sink, produced.counts.unique)?;
     sink.reset_latency();
     let started = Instant::now();
-    let rest = produce_events(&p, generator, opts.records - warmup, |i| {
+    let rest = produce_events(&p, events, opts.records - warmup, |i| {
         if i % 100 == 0 {
             let due = Duration::from_secs_f64(i as f64 / rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -334,11 +378,23 @@ fn run_path(opts: &BenchOptions, path: WritePath) -> anyhow::Result<Summary> {
     );
     let dir = std::env::temp_dir().join(format!("bqsink-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut generator = Generator::new(Mix {
+    let generator = Generator::new(Mix {
         duplicates: opts.duplicates,
         malformed: opts.malformed,
         seed: opts.seed,
     });
+    let avro = match opts.format {
+        ValueFormat::Json => None,
+        ValueFormat::Avro => {
+            let registry = Registry::start().context("starting the local schema registry")?;
+            registry.register(AVRO_SCHEMA_ID, crate::avro::MEMBER_EVENTS_SCHEMA);
+            Some(AvroEvents {
+                schema: crate::avro::member_events_schema(),
+                registry,
+            })
+        }
+    };
+    let mut events = Events { generator, avro };
     let n = opts.records;
     println!(
         "bqsink bench: {} member events, {} partitions, {}",
@@ -353,7 +409,7 @@ fn run_path(opts: &BenchOptions, path: WritePath) -> anyhow::Result<Summary> {
     let (produced, worker, harness, rate, detail) = match opts.rate {
         None => {
             let (produced, raw, piped, handled, worker) =
-                throughput(opts, path, &bootstrap, &sink, &dir, &mut generator)?;
+                throughput(opts, path, &bootstrap, &sink, &dir, &mut events)?;
             println!(
                 "raw consume    {:>10.0} records/s  {:>6.1} MB/s   (bare BaseConsumer that reads and drops; \
                  {:.2} s CPU per million records with the mock broker)",
@@ -386,7 +442,7 @@ fn run_path(opts: &BenchOptions, path: WritePath) -> anyhow::Result<Summary> {
         }
         Some(rate) => {
             let (produced, achieved, worker) =
-                latency(opts, path, rate, &bootstrap, &sink, &dir, &mut generator)?;
+                latency(opts, path, rate, &bootstrap, &sink, &dir, &mut events)?;
             println!(
                 "pipeline       {:>10.0} records/s  {:>6.1} MB/s   (offered {} records/s)",
                 achieved.per_sec(),

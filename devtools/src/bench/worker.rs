@@ -48,7 +48,7 @@ pub struct WorkerReport {
 /// The worker's configuration: the defaults, plus where Kafka and the sink are, tolerance `all` so
 /// the malformed records are reported without stopping the pipeline, and a shorter fetch wait for
 /// the mock broker.
-fn worker_config(bootstrap: &str, sink: &Sink, path: WritePath) -> String {
+fn worker_config(bootstrap: &str, sink: &Sink, path: WritePath, registry: Option<&str>) -> String {
     let (endpoint, grpc) = (sink.url(), sink.grpc_url());
     let (write, commit_ms) = match path {
         // The defaults, spelled out.
@@ -82,7 +82,12 @@ tolerance = "all"
 # partitions resumed meanwhile would wait for it. A real broker answers when data arrives.
 [kafka.properties]
 "fetch.wait.max.ms" = "{FETCH_WAIT_MS}"
-"#
+{avro}"#,
+        avro = match registry {
+            Some(url) =>
+                format!("[kafka.formats]\n\"{TOPIC}\" = \"avro\"\n[registry]\nurl = \"{url}\"\n"),
+            None => String::new(),
+        }
     )
 }
 
@@ -116,9 +121,10 @@ impl Worker {
         sink: &Sink,
         path: WritePath,
         extra: Option<&Path>,
+        registry: Option<&str>,
     ) -> anyhow::Result<Worker> {
         let config = dir.join("bench.toml");
-        std::fs::write(&config, worker_config(bootstrap, sink, path))
+        std::fs::write(&config, worker_config(bootstrap, sink, path, registry))
             .with_context(|| format!("writing {}", config.display()))?;
         // `--worker-config` becomes the environment layer, under the bench's own file.
         let extra_layer = dir.join("extra.toml");

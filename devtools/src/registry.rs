@@ -1,7 +1,6 @@
-//! A Schema Registry inside the test: Confluent's REST API for what bqsink asks
-//! (`GET /schemas/ids/{id}`: 200 with the schema, 404 with error code 40403), which can be taken
-//! down (503) and counts lookups per id.
-#![allow(dead_code)]
+//! A local Schema Registry: Confluent's REST API for what bqsink asks (`GET /schemas/ids/{id}`:
+//! 200 with the schema, 404 with error code 40403), for the bench's Avro records and the tests,
+//! which take it down (503) and count its lookups per id.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +18,7 @@ struct Shared {
     down: AtomicBool,
 }
 
+/// A running registry; stops with its runtime when dropped.
 pub struct Registry {
     pub url: String,
     shared: Arc<Shared>,
@@ -26,18 +26,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn start() -> Self {
+    /// Starts it on a free loopback port.
+    pub fn start() -> std::io::Result<Self> {
         async fn by_id(
             State(shared): State<Arc<Shared>>,
             Path(id): Path<u32>,
         ) -> (StatusCode, Json<Value>) {
-            *shared.lookups.lock().unwrap().entry(id).or_default() += 1;
+            *lock(&shared.lookups).entry(id).or_default() += 1;
             if shared.down.load(Ordering::SeqCst) {
                 let body = json!({"error_code": 50302, "message": "backend down"});
                 return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
             }
-            match shared.schemas.lock().unwrap().get(&id) {
-                Some(answer) => (StatusCode::OK, Json(answer.clone())),
+            let answer = lock(&shared.schemas).get(&id).cloned();
+            match answer {
+                Some(answer) => (StatusCode::OK, Json(answer)),
                 None => (
                     StatusCode::NOT_FOUND,
                     Json(json!({"error_code": 40403, "message": format!("Schema {id} not found")})),
@@ -48,33 +50,30 @@ impl Registry {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+            .build()?;
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("http://{}", listener.local_addr()?);
         let app = axum::Router::new()
             .route("/schemas/ids/{id}", axum::routing::get(by_id))
             .with_state(Arc::clone(&shared));
         runtime.spawn(async move { axum::serve(listener, app).await });
-        Registry {
+        Ok(Registry {
             url,
             shared,
             _runtime: runtime,
-        }
+        })
     }
 
     /// Registers an Avro schema under `id`.
     pub fn register(&self, id: u32, schema: &str) {
         let answer = json!({ "schema": schema });
-        self.shared.schemas.lock().unwrap().insert(id, answer);
+        lock(&self.shared.schemas).insert(id, answer);
     }
 
     /// Registers a schema of another type (`PROTOBUF`, `JSON`) under `id`.
     pub fn register_typed(&self, id: u32, kind: &str, schema: &str) {
         let answer = json!({ "schema": schema, "schemaType": kind });
-        self.shared.schemas.lock().unwrap().insert(id, answer);
+        lock(&self.shared.schemas).insert(id, answer);
     }
 
     pub fn set_down(&self, down: bool) {
@@ -91,4 +90,9 @@ impl Registry {
             .copied()
             .unwrap_or(0)
     }
+}
+
+/// A poisoned lock still holds usable maps.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
