@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use backon::{BackoffBuilder, ExponentialBuilder};
 
 use crate::destinations::{DeliveryBackoff, Incident, SinkFailurePolicy, Verdict};
 use crate::messages::{Convert, Fatal, Tp};
@@ -128,12 +127,7 @@ async fn fetch_all(
 ) -> Result<(), String> {
     let sink = registry.name();
     let mut incident = Incident::new(policy);
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(backoff.min_delay)
-        .with_max_delay(backoff.max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = backoff.delays();
     for id in ids {
         loop {
             let answer = match registry.fetch(id).await {

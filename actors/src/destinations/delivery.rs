@@ -23,6 +23,19 @@ pub struct DeliveryBackoff {
     pub max_delay: Duration,
 }
 
+impl DeliveryBackoff {
+    /// The waits between attempts: exponential from `min_delay` to `max_delay`, with jitter,
+    /// without end.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
 /// What a store's failure leads to: `errors.sink_failure` and `errors.retry_timeout_ms`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkFailurePolicy {
@@ -112,12 +125,7 @@ pub async fn deliver_until_done(
     policy: SinkFailurePolicy,
     stats: Arc<Stats>,
 ) -> Delivery {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(backoff.min_delay)
-        .with_max_delay(backoff.max_delay)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = backoff.delays();
     let sink = dest.sink_name();
     let mut incident = Incident::new(policy);
     let mut todo = records;

@@ -165,6 +165,19 @@ impl Events {
     }
 }
 
+/// The pipeline's worker process for `path`, with `--worker-config` and the records' registry.
+fn start_worker(
+    opts: &BenchOptions,
+    path: WritePath,
+    bootstrap: &str,
+    sink: &Sink,
+    dir: &Path,
+    events: &Events,
+) -> anyhow::Result<Worker> {
+    let extra = opts.worker_config.as_deref();
+    Worker::start(dir, bootstrap, sink, path, extra, events.registry_url())
+}
+
 /// The member events' schema id in the local registry.
 const AVRO_SCHEMA_ID: u32 = 1;
 
@@ -234,14 +247,7 @@ fn throughput(
                 w.command(&format!("resume {}", opts.partitions))?;
             }
             None => {
-                let w = Worker::start(
-                    dir,
-                    bootstrap,
-                    sink,
-                    path,
-                    opts.worker_config.as_deref(),
-                    events.registry_url(),
-                )?;
+                let w = start_worker(opts, path, bootstrap, sink, dir, events)?;
                 w.watch_reads();
                 worker = Some(w);
             }
@@ -293,14 +299,7 @@ fn latency(
     dir: &Path,
     events: &mut Events,
 ) -> anyhow::Result<(Produced, Rate, Worker)> {
-    let mut worker = Worker::start(
-        dir,
-        bootstrap,
-        sink,
-        path,
-        opts.worker_config.as_deref(),
-        events.registry_url(),
-    )?;
+    let mut worker = start_worker(opts, path, bootstrap, sink, dir, events)?;
     let warmup = WARMUP.min(opts.records);
     let p = producer(bootstrap)?;
     let mut produced = produce_events(&p, events, warmup, |_| {})?;
