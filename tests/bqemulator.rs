@@ -129,7 +129,18 @@ fn rows_land_in_the_emulator_exactly_once_through_the_storage_write_api() {
     rows_land_once(WriteApi::Storage);
 }
 
+/// The same events as Avro through a Schema Registry (issue 18), into the emulator through the
+/// Storage Write API: decoded rows land once each, RECORD and TIMESTAMP columns included.
+#[test]
+fn avro_rows_land_in_the_emulator_exactly_once_through_the_storage_write_api() {
+    rows_land(WriteApi::Storage, true);
+}
+
 fn rows_land_once(write_api: WriteApi) {
+    rows_land(write_api, false);
+}
+
+fn rows_land(write_api: WriteApi, avro: bool) {
     let emulator = Emulator::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -155,6 +166,23 @@ fn rows_land_once(write_api: WriteApi) {
     .take(2_000)
     .inspect(|e| counts.add(e.kind))
     .collect();
+    let registry = avro.then(|| {
+        let registry = bqsink_devtools::registry::Registry::start().unwrap();
+        registry.register(1, bqsink_devtools::avro::MEMBER_EVENTS_SCHEMA);
+        registry
+    });
+    let events = if avro {
+        let schema = bqsink_devtools::avro::member_events_schema();
+        events
+            .into_iter()
+            .map(|mut e| {
+                e.payload = bqsink_devtools::avro::member_event(&schema, 1, &e.payload).unwrap();
+                e
+            })
+            .collect()
+    } else {
+        events
+    };
     produce(&bootstrap, TOPIC, &events);
 
     let mut config = config(&bootstrap, "g-emu", TOPIC, &emulator.url);
@@ -167,6 +195,12 @@ fn rows_land_once(write_api: WriteApi) {
     config.bigquery.request_timeout_ms = 30_000;
     config.bigquery.write_api = write_api;
     config.bigquery.storage_endpoint = emulator.grpc_url();
+    if let Some(registry) = &registry {
+        config.kafka.formats = [(TOPIC.to_owned(), bqsink_actors::config::ValueFormat::Avro)]
+            .into_iter()
+            .collect();
+        config.registry.url = registry.url.clone();
+    }
     let pipeline = start(&config);
     wait_fully_committed(&bootstrap, "g-emu", TOPIC, 4, Duration::from_secs(120));
     let stats = pipeline.stats.snapshot();

@@ -11,9 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bqsink_actors::config::ValueFormat;
 use bqsink_actors::stats::StatsSnapshot;
+use bqsink_devtools::avro;
 use bqsink_devtools::generator::{self, Counts, Generator, Mix};
 use bqsink_devtools::kafka::{mock_cluster, produce, producer, TOPIC};
+use bqsink_devtools::registry::Registry;
 use bqsink_devtools::sink::{Sink, SinkOptions};
 use rdkafka::producer::Producer;
 
@@ -28,9 +31,25 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// Records per second while following.
     pub follow_rate: u64,
+    /// The records' format: JSON, or Avro through a local Schema Registry.
+    pub format: ValueFormat,
 }
 
-fn config_text(bootstrap: &str, endpoint: &str, storage_endpoint: &str) -> String {
+/// The member events' schema id in the demo's registry.
+const AVRO_SCHEMA_ID: u32 = 1;
+
+fn config_text(
+    bootstrap: &str,
+    endpoint: &str,
+    storage_endpoint: &str,
+    registry: Option<&str>,
+) -> String {
+    let avro = match registry {
+        Some(url) => {
+            format!("[kafka.formats]\n\"{TOPIC}\" = \"avro\"\n[registry]\nurl = \"{url}\"\n")
+        }
+        None => String::new(),
+    };
     format!(
         r#"
 [kafka]
@@ -53,7 +72,7 @@ dataset = "members"
 [errors]
 tolerance = "all"
 log_include_messages = true
-"#
+{avro}"#
     )
 }
 
@@ -90,7 +109,21 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
 
     // The Storage Write API encodes rows from the table's schema: the table exists, as in BigQuery.
     sink.create_table("members.member_events", generator::member_events_fields());
-    let config = settings::from_toml(&config_text(&bootstrap, sink.url(), sink.grpc_url()))?;
+    let registry = match opts.format {
+        ValueFormat::Json => None,
+        ValueFormat::Avro => {
+            let registry = Registry::start().context("starting the local schema registry")?;
+            registry.register(AVRO_SCHEMA_ID, avro::MEMBER_EVENTS_SCHEMA);
+            println!(
+                "local Schema Registry at {} (the events as Avro, schema id {AVRO_SCHEMA_ID})",
+                registry.url
+            );
+            Some(registry)
+        }
+    };
+    let registry_url = registry.as_ref().map(|r| r.url.as_str());
+    let text = config_text(&bootstrap, sink.url(), sink.grpc_url(), registry_url);
+    let config = settings::from_toml(&text)?;
     let (client, _) = bigquery::from_config(&config.bigquery)?;
     let started = Instant::now();
     let pipeline = PipelineHandle::spawn(config, client)?;
@@ -100,6 +133,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
     let done = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let (records, follow, rate) = (opts.records, opts.follow, opts.follow_rate);
+    let schema = registry.is_some().then(avro::member_events_schema);
     let gen_thread = {
         let (produced, done, stop) = (Arc::clone(&produced), Arc::clone(&done), Arc::clone(&stop));
         std::thread::spawn(move || -> anyhow::Result<Counts> {
@@ -114,7 +148,12 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
                 if stop.load(Ordering::Relaxed) || (!follow && counts.total() >= records) {
                     break;
                 }
-                produce(&producer, TOPIC, &event.key, &event.payload)?;
+                // As Avro when asked (a malformed event stays JSON: not in the wire format).
+                let framed = schema
+                    .as_ref()
+                    .and_then(|s| avro::member_event(s, AVRO_SCHEMA_ID, &event.payload));
+                let payload = framed.as_deref().unwrap_or(&event.payload);
+                produce(&producer, TOPIC, &event.key, payload)?;
                 counts.add(event.kind);
                 produced.store(counts.total(), Ordering::Relaxed);
                 if follow && counts.total() % 100 == 0 {

@@ -76,6 +76,10 @@ enum Command {
         /// Partitions of the demo topic.
         #[arg(long, default_value_t = 8)]
         partitions: i32,
+        /// The records' format: `json`, or `avro` (the Schema Registry's wire format, with a
+        /// local registry).
+        #[arg(long, value_enum, default_value_t = FormatArg::Json)]
+        format: FormatArg,
     },
     /// Send failed records back: from the dead-letter topic or error files, to their source topic
     /// or straight to BigQuery. Progress is committed, so a second run repeats nothing; records
@@ -113,19 +117,29 @@ enum Command {
         path: BenchPath,
         /// The records' format: `json`, or `avro` (the same events in the Schema Registry's wire
         /// format, with a local registry).
-        #[arg(long, value_enum, default_value_t = BenchFormat::Json)]
-        format: BenchFormat,
+        #[arg(long, value_enum, default_value_t = FormatArg::Json)]
+        format: FormatArg,
     },
     /// The pipeline process of `bqsink bench` (runs until standard input closes).
     #[command(hide = true)]
     BenchWorker,
 }
 
-/// `bqsink bench --format`.
+/// `bqsink demo --format`, `bqsink bench --format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum BenchFormat {
+enum FormatArg {
     Json,
     Avro,
+}
+
+impl FormatArg {
+    #[cfg_attr(not(feature = "devtools"), allow(dead_code))]
+    fn value_format(self) -> bqsink_actors::config::ValueFormat {
+        match self {
+            FormatArg::Json => bqsink_actors::config::ValueFormat::Json,
+            FormatArg::Avro => bqsink_actors::config::ValueFormat::Avro,
+        }
+    }
 }
 
 /// `bqsink bench --path`.
@@ -196,6 +210,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
             follow,
             rate,
             partitions,
+            format,
         } => {
             logging::init(&LoggingConfig {
                 level: "warn,bqsink_actors::error_report=error".into(),
@@ -206,6 +221,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 follow,
                 partitions,
                 follow_rate: rate.max(1),
+                format: format.value_format(),
             })
         }
         #[cfg(feature = "devtools")]
@@ -234,10 +250,7 @@ fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 worker_config,
                 fetch_defaults: bench::fetch_defaults(),
                 paths: path.paths(),
-                format: match format {
-                    BenchFormat::Json => bqsink_actors::config::ValueFormat::Json,
-                    BenchFormat::Avro => bqsink_actors::config::ValueFormat::Avro,
-                },
+                format: format.value_format(),
             })
         }
         #[cfg(feature = "devtools")]

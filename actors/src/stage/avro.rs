@@ -91,9 +91,17 @@ impl AvroError {
     }
 }
 
+/// The most apache-avro allocates for one string, bytes or block length read from a value
+/// (its default: 512 MiB). A record of a few bytes can claim any length: without this bound a bad
+/// record could make each converter thread allocate half a gigabyte. No row can be larger than
+/// BigQuery's 10 MB row limit anyway.
+pub const MAX_ALLOCATION_BYTES: usize = 16 << 20;
+
 impl AvroSchema {
     /// Parses the registry's schema text (JSON).
     pub fn parse(id: u32, text: &str) -> Result<Self, AvroError> {
+        // Process-wide and set once (apache-avro keeps the first value).
+        apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
         let bad = |e: apache_avro::Error| AvroError::BadSchema {
             id,
             error: e.to_string(),

@@ -171,3 +171,26 @@ fn decimals_are_exact_at_any_scale_and_size() {
     );
     assert_eq!(text.split('.').nth(1).map(str::len), Some(38));
 }
+
+#[test]
+fn a_length_no_record_can_have_fails_without_allocating_it() {
+    let schema = AvroSchema::parse(
+        8,
+        r#"{"type":"record","name":"R","fields":[{"name":"s","type":"string"}]}"#,
+    )
+    .unwrap();
+    // A string of 100,000,000 bytes (zigzag varint 200,000,000), then nothing.
+    let mut body = Vec::new();
+    let mut n: u64 = 200_000_000;
+    while n >= 0x80 {
+        body.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    body.push(n as u8);
+    let e = decode(8, &schema, &wire::encode(8, &body)).unwrap_err();
+    assert_eq!(e.class(), "avro_mismatch");
+    assert!(
+        e.to_string().contains(&MAX_ALLOCATION_BYTES.to_string()),
+        "{e}"
+    );
+}
