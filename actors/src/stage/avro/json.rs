@@ -22,39 +22,21 @@ pub fn write(
     root: &AvroSchema,
     out: &mut Vec<u8>,
 ) -> Result<Vec<Member>, AvroError> {
-    let mut path = Vec::new();
     let mut w = Writer { root, out };
-    match (value, resolve(root, schema, &path)?) {
+    let written = match (value, resolve(root, schema)?) {
         (Value::Record(fields), Schema::Record(r)) => {
             let mut members = Vec::with_capacity(fields.len());
-            w.out.push(b'{');
-            for (n, ((name, v), field)) in fields.iter().zip(&r.fields).enumerate() {
-                if n > 0 {
-                    w.out.push(b',');
-                }
-                // Avro names are [A-Za-z_][A-Za-z0-9_]*: nothing to escape.
-                w.out.push(b'"');
-                let key = span(w.out.len(), w.out.len() + name.len());
-                w.out.extend_from_slice(name.as_bytes());
-                w.out.extend_from_slice(b"\":");
-                let start = w.out.len();
-                path.push(name.clone());
-                w.value(v, &field.schema, &mut path)?;
-                path.pop();
-                members.push(Member {
-                    key,
-                    escaped: false,
-                    value: span(start, w.out.len()),
-                });
-            }
-            w.out.push(b'}');
-            Ok(members)
+            w.record(fields, r, Some(&mut members)).map(|()| members)
         }
-        _ => {
-            w.value(value, schema, &mut path)?;
-            Ok(Vec::new())
-        }
-    }
+        _ => w.value(value, schema).map(|()| Vec::new()),
+    };
+    written.map_err(|e| match e {
+        AvroError::Value { path, error } if path.is_empty() => AvroError::Value {
+            path: "the record".into(),
+            error,
+        },
+        other => other,
+    })
 }
 
 fn span(start: usize, end: usize) -> Span {
@@ -69,27 +51,36 @@ struct Writer<'a> {
     out: &'a mut Vec<u8>,
 }
 
-fn error(path: &[String], error: impl Into<String>) -> AvroError {
+/// A value that does not fit, at the current place (callers name the place as it unwinds: the
+/// path costs nothing unless a value fails).
+fn error(error: impl Into<String>) -> AvroError {
     AvroError::Value {
-        path: if path.is_empty() {
-            "the record".into()
-        } else {
-            path.join(".")
-        },
+        path: String::new(),
         error: error.into(),
     }
 }
 
+/// `e`, one level down `segment`.
+fn within(e: AvroError, segment: impl std::fmt::Display) -> AvroError {
+    match e {
+        AvroError::Value { path, error } if path.is_empty() => AvroError::Value {
+            path: segment.to_string(),
+            error,
+        },
+        AvroError::Value { path, error } => AvroError::Value {
+            path: format!("{segment}.{path}"),
+            error,
+        },
+        other => other,
+    }
+}
+
 /// `schema`, or the named type it refers to.
-fn resolve<'s>(
-    root: &'s AvroSchema,
-    schema: &'s Schema,
-    path: &[String],
-) -> Result<&'s Schema, AvroError> {
+fn resolve<'s>(root: &'s AvroSchema, schema: &'s Schema) -> Result<&'s Schema, AvroError> {
     match schema {
         Schema::Ref { name } => root
             .named(name)
-            .ok_or_else(|| error(path, format!("unknown named type {}", name.fullname(None)))),
+            .ok_or_else(|| error(format!("unknown named type {}", name.fullname(None)))),
         other => Ok(other),
     }
 }
@@ -100,13 +91,8 @@ impl Writer<'_> {
         let _ = serde_json::to_writer(&mut *self.out, s);
     }
 
-    fn value(
-        &mut self,
-        value: &Value,
-        schema: &Schema,
-        path: &mut Vec<String>,
-    ) -> Result<(), AvroError> {
-        let schema = resolve(self.root, schema, path)?;
+    fn value(&mut self, value: &Value, schema: &Schema) -> Result<(), AvroError> {
+        let schema = resolve(self.root, schema)?;
         match (value, schema) {
             (Value::Null, _) => self.out.extend_from_slice(b"null"),
             (Value::Boolean(b), _) => {
@@ -128,7 +114,7 @@ impl Writer<'_> {
             (Value::String(s), _) | (Value::Enum(_, s), _) => self.string(s),
             (Value::Uuid(u), _) => self.string(&u.hyphenated().to_string()),
             (Value::Union(i, inner), Schema::Union(union)) => {
-                self.union(*i as usize, inner, union, path)?
+                self.union(*i as usize, inner, union)?
             }
             (Value::Array(items), Schema::Array(a)) => {
                 self.out.push(b'[');
@@ -136,9 +122,7 @@ impl Writer<'_> {
                     if n > 0 {
                         self.out.push(b',');
                     }
-                    path.push(n.to_string());
-                    self.value(item, &a.items, path)?;
-                    path.pop();
+                    self.value(item, &a.items).map_err(|e| within(e, n))?;
                 }
                 self.out.push(b']');
             }
@@ -153,52 +137,32 @@ impl Writer<'_> {
                     self.out.extend_from_slice(b"{\"key\":");
                     self.string(k);
                     self.out.extend_from_slice(b",\"value\":");
-                    path.push(k.clone());
-                    self.value(v, &m.types, path)?;
-                    path.pop();
+                    self.value(v, &m.types).map_err(|e| within(e, k))?;
                     self.out.push(b'}');
                 }
                 self.out.push(b']');
             }
-            (Value::Record(fields), Schema::Record(r)) => {
-                self.out.push(b'{');
-                for (n, ((name, v), field)) in fields.iter().zip(&r.fields).enumerate() {
-                    if n > 0 {
-                        self.out.push(b',');
-                    }
-                    self.string(name);
-                    self.out.push(b':');
-                    path.push(name.clone());
-                    self.value(v, &field.schema, path)?;
-                    path.pop();
-                }
-                self.out.push(b'}');
-            }
+            (Value::Record(fields), Schema::Record(r)) => self.record(fields, r, None)?,
             (Value::Date(days), _) => {
-                let date =
-                    date(*days).ok_or_else(|| error(path, format!("date {days} out of range")))?;
+                let date = date(*days).ok_or_else(|| error(format!("date {days} out of range")))?;
                 self.out.push(b'"');
                 push_date(self.out, date);
                 self.out.push(b'"');
             }
-            (Value::TimeMillis(ms), _) => self.time(i64::from(*ms) * 1_000, path)?,
-            (Value::TimeMicros(us), _) => self.time(*us, path)?,
-            (Value::TimestampMillis(ms), _) => {
-                self.timestamp(i128::from(*ms) * 1_000, true, path)?
-            }
-            (Value::TimestampMicros(us), _) => self.timestamp(i128::from(*us), true, path)?,
-            (Value::TimestampNanos(ns), _) => {
-                self.timestamp(i128::from(*ns) / 1_000, true, path)?
-            }
+            (Value::TimeMillis(ms), _) => self.time(i64::from(*ms) * 1_000)?,
+            (Value::TimeMicros(us), _) => self.time(*us)?,
+            (Value::TimestampMillis(ms), _) => self.timestamp(i128::from(*ms) * 1_000, true)?,
+            (Value::TimestampMicros(us), _) => self.timestamp(i128::from(*us), true)?,
+            (Value::TimestampNanos(ns), _) => self.timestamp(i128::from(*ns) / 1_000, true)?,
             (Value::LocalTimestampMillis(ms), _) => {
-                self.timestamp(i128::from(*ms) * 1_000, false, path)?
+                self.timestamp(i128::from(*ms) * 1_000, false)?
             }
-            (Value::LocalTimestampMicros(us), _) => self.timestamp(i128::from(*us), false, path)?,
+            (Value::LocalTimestampMicros(us), _) => self.timestamp(i128::from(*us), false)?,
             (Value::LocalTimestampNanos(ns), _) => {
-                self.timestamp(i128::from(*ns) / 1_000, false, path)?
+                self.timestamp(i128::from(*ns) / 1_000, false)?
             }
             (Value::Decimal(d), Schema::Decimal(s)) => {
-                let bytes = <Vec<u8>>::try_from(d).map_err(|e| error(path, e.to_string()))?;
+                let bytes = <Vec<u8>>::try_from(d).map_err(|e| error(e.to_string()))?;
                 self.string(&decimal_text(&bytes, s.scale));
             }
             (Value::BigDecimal(d), _) => self.string(&d.to_plain_string()),
@@ -214,43 +178,63 @@ impl Writer<'_> {
                 );
             }
             (v, s) => {
-                return Err(error(
-                    path,
-                    format!(
-                        "a {:?} value for a {:?} schema",
-                        apache_avro::types::ValueKind::from(v),
-                        apache_avro::schema::SchemaKind::from(s)
-                    ),
-                ))
+                return Err(error(format!(
+                    "a {:?} value for a {:?} schema",
+                    apache_avro::types::ValueKind::from(v),
+                    apache_avro::schema::SchemaKind::from(s)
+                )))
             }
         }
         Ok(())
     }
 
+    /// A record as an object, fields in schema order; with `members`, each top-level member's key
+    /// and value as spans of the text (Avro names are `[A-Za-z_][A-Za-z0-9_]*`: nothing to escape).
+    fn record(
+        &mut self,
+        fields: &[(String, Value)],
+        r: &apache_avro::schema::RecordSchema,
+        mut members: Option<&mut Vec<Member>>,
+    ) -> Result<(), AvroError> {
+        self.out.push(b'{');
+        for (n, ((name, v), field)) in fields.iter().zip(&r.fields).enumerate() {
+            if n > 0 {
+                self.out.push(b',');
+            }
+            self.out.push(b'"');
+            let key = span(self.out.len(), self.out.len() + name.len());
+            self.out.extend_from_slice(name.as_bytes());
+            self.out.extend_from_slice(b"\":");
+            let start = self.out.len();
+            self.value(v, &field.schema).map_err(|e| within(e, name))?;
+            if let Some(members) = members.as_deref_mut() {
+                members.push(Member {
+                    key,
+                    escaped: false,
+                    value: span(start, self.out.len()),
+                });
+            }
+        }
+        self.out.push(b'}');
+        Ok(())
+    }
+
     /// A union of null and one type is that type, nullable; any other union is an object with one
     /// member named after the branch's type (Kafka Connect's mapping).
-    fn union(
-        &mut self,
-        index: usize,
-        inner: &Value,
-        union: &UnionSchema,
-        path: &mut Vec<String>,
-    ) -> Result<(), AvroError> {
+    fn union(&mut self, index: usize, inner: &Value, union: &UnionSchema) -> Result<(), AvroError> {
         let variants = union.variants();
         let branch = variants
             .get(index)
-            .ok_or_else(|| error(path, format!("union branch {index} of {}", variants.len())))?;
+            .ok_or_else(|| error(format!("union branch {index} of {}", variants.len())))?;
         let non_null = variants.iter().filter(|s| **s != Schema::Null).count();
         if matches!(inner, Value::Null) || non_null <= 1 {
-            return self.value(inner, branch, path);
+            return self.value(inner, branch);
         }
         let name = branch_name(branch);
         self.out.push(b'{');
         self.string(&name);
         self.out.push(b':');
-        path.push(name);
-        self.value(inner, branch, path)?;
-        path.pop();
+        self.value(inner, branch).map_err(|e| within(e, &name))?;
         self.out.push(b'}');
         Ok(())
     }
@@ -270,9 +254,9 @@ impl Writer<'_> {
         }
     }
 
-    fn time(&mut self, micros: i64, path: &[String]) -> Result<(), AvroError> {
+    fn time(&mut self, micros: i64) -> Result<(), AvroError> {
         if !(0..86_400_000_000).contains(&micros) {
-            return Err(error(path, format!("time of day {micros} µs out of range")));
+            return Err(error(format!("time of day {micros} µs out of range")));
         }
         let t = Time::MIDNIGHT + Duration::microseconds(micros);
         self.out.push(b'"');
@@ -281,9 +265,9 @@ impl Writer<'_> {
         Ok(())
     }
 
-    fn timestamp(&mut self, micros: i128, utc: bool, path: &[String]) -> Result<(), AvroError> {
+    fn timestamp(&mut self, micros: i128, utc: bool) -> Result<(), AvroError> {
         let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000)
-            .map_err(|_| error(path, format!("timestamp {micros} µs out of range")))?;
+            .map_err(|_| error(format!("timestamp {micros} µs out of range")))?;
         self.out.push(b'"');
         push_date(self.out, at.date());
         self.out.push(b'T');

@@ -194,3 +194,24 @@ fn a_length_no_record_can_have_fails_without_allocating_it() {
         "{e}"
     );
 }
+
+#[test]
+fn a_value_that_does_not_fit_names_its_path() {
+    let schema = AvroSchema::parse(
+        9,
+        r#"{"type":"record","name":"R","fields":[
+          {"name":"inner","type":{"type":"record","name":"I","fields":[
+            {"name":"days","type":{"type":"array","items":{"type":"int","logicalType":"date"}}}]}}]}"#,
+    )
+    .unwrap();
+    let value = Value::Record(vec![(
+        "inner".into(),
+        Value::Record(vec![(
+            "days".into(),
+            Value::Array(vec![Value::Date(0), Value::Date(i32::MAX)]),
+        )]),
+    )]);
+    let e = json::write(&value, &schema.schema, &schema, &mut Vec::new()).unwrap_err();
+    assert_eq!(e.class(), "avro_mismatch");
+    assert!(e.to_string().contains("at inner.days.1: date"), "{e}");
+}
