@@ -75,11 +75,6 @@ impl SchemaCache {
         known.get(&id).cloned()
     }
 
-    pub fn contains(&self, id: u32) -> bool {
-        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
-        known.contains_key(&id)
-    }
-
     /// Remembers what the registry answered for `id` (its schema text, or a record-failure error).
     pub fn insert(&self, id: u32, answer: Result<String, RegistryError>) -> Known {
         let known: Known = match answer {
@@ -103,10 +98,12 @@ impl SchemaCache {
             .flatten()
             .filter_map(|p| wire::frame(p).ok())
             .map(|f| f.schema_id)
-            .filter(|id| !self.contains(*id))
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        // One look at the cache per chunk (its records name one or a few ids), not per record.
+        let known = self.known.read().unwrap_or_else(|e| e.into_inner());
+        ids.retain(|id| !known.contains_key(id));
         ids
     }
 }
