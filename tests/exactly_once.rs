@@ -84,6 +84,23 @@ listen = "127.0.0.1:0"
 
 /// Rows in the sink, distinct ids and repeated rows; panics unless every one of `n` events is there
 /// exactly once.
+/// Makes every FlushRows of `sink` answer 503 until the returned switch is set to false.
+fn failing_flushes(sink: &Sink) -> Arc<AtomicBool> {
+    let down = Arc::new(AtomicBool::new(true));
+    let d = Arc::clone(&down);
+    sink.set_flush_hook(move |_, _| {
+        if d.load(Ordering::SeqCst) {
+            Reply::Fail {
+                status: 503,
+                reason: "backendError".into(),
+            }
+        } else {
+            Reply::Accept
+        }
+    });
+    down
+}
+
 fn assert_exactly_once(sink: &Sink, n: usize, when: &str) {
     assert_eq!(
         sink.id_stats(),
@@ -188,18 +205,7 @@ fn flushes_failing_past_the_retry_timeout_show_as_a_sink_failure_and_recover() {
     let topic = "eo_flush_down";
     let (_cluster, bootstrap) = cluster(topic, 4);
     let sink = sink(topic);
-    let down = Arc::new(AtomicBool::new(true));
-    let d = Arc::clone(&down);
-    sink.set_flush_hook(move |_, _| {
-        if d.load(Ordering::SeqCst) {
-            Reply::Fail {
-                status: 503,
-                reason: "backendError".into(),
-            }
-        } else {
-            Reply::Accept
-        }
-    });
+    let down = failing_flushes(&sink);
     let group = "g-eo-flush-down";
     let mut config = eo_config(&bootstrap, group, topic, &sink);
     config.errors.retry_timeout_ms = 1_000;
@@ -230,18 +236,7 @@ fn under_sink_failure_stop_failing_flushes_stop_the_pipeline_and_a_restart_flush
     let topic = "eo_flush_stop";
     let (_cluster, bootstrap) = cluster(topic, 4);
     let sink = sink(topic);
-    let down = Arc::new(AtomicBool::new(true));
-    let d = Arc::clone(&down);
-    sink.set_flush_hook(move |_, _| {
-        if d.load(Ordering::SeqCst) {
-            Reply::Fail {
-                status: 503,
-                reason: "backendError".into(),
-            }
-        } else {
-            Reply::Accept
-        }
-    });
+    let down = failing_flushes(&sink);
     let group = "g-eo-flush-stop";
     let mut config = eo_config(&bootstrap, group, topic, &sink);
     config.errors.retry_timeout_ms = 1_000;
