@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the pipeline's CPU stages on generated member events (~250 bytes):
-//! convert (JSON, or the same events as Avro from a Schema Registry), transform (to an insertAll entry, or to the Storage Write API's protobuf row), dedup
+//! convert (JSON, or the same events as Avro, Protobuf or JSON Schema from a Schema Registry), transform (to an insertAll entry, or to the Storage Write API's protobuf row), dedup
 //! lookup, insert and claim/settle, and insertAll body encoding — each per record
 //! (`Throughput::Elements`) and per byte of payload (`Throughput::Bytes`).
 //!
@@ -12,9 +12,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bqsink_actors::config::Config;
+use bqsink_actors::config::{Config, ValueFormat};
 use bqsink_actors::messages::{RawRecord, SettledAs, Tp};
-use bqsink_actors::registry::SchemaCache;
+use bqsink_actors::registry::{RegisteredSchema, SchemaCache, SchemaKind};
 use bqsink_actors::stage::batch::encode_body;
 use bqsink_actors::stage::convert::{parse_object, JsonObject};
 use bqsink_actors::stage::dedup::{Claims, Deduplicator, Position, Released};
@@ -23,6 +23,7 @@ use bqsink_actors::stage::schema::FieldSchema;
 use bqsink_actors::stage::transform::Transformer;
 use bqsink_devtools::avro;
 use bqsink_devtools::generator::{member_events_fields, Generator, Mix};
+use bqsink_devtools::registered::{self, Encoder};
 use criterion::{criterion_group, Criterion, Throughput};
 
 /// The allocator `bqsink` ships with (`src/main.rs`).
@@ -51,20 +52,38 @@ fn records(n: usize) -> Vec<RawRecord> {
         .collect()
 }
 
-/// `records` as Avro member events in the wire format (schema id 1).
-fn avro_records(records: &[RawRecord]) -> Vec<RawRecord> {
-    let schema = avro::member_events_schema();
+/// `records` as member events in a registry format's wire format, with schema id `id`.
+fn registered_records(records: &[RawRecord], encoder: &Encoder) -> Vec<RawRecord> {
     records
         .iter()
         .map(|r| RawRecord {
-            payload: r
-                .payload
-                .as_deref()
-                .and_then(|p| avro::member_event(&schema, 1, p)),
+            payload: r.payload.as_deref().and_then(|p| encoder.encode(p)),
             ..r.clone()
         })
         .collect()
 }
+
+/// The registry formats benched, with their schema ids and schemas.
+const REGISTERED: [(ValueFormat, u32, SchemaKind, &str); 3] = [
+    (
+        ValueFormat::Avro,
+        1,
+        SchemaKind::Avro,
+        avro::MEMBER_EVENTS_SCHEMA,
+    ),
+    (
+        ValueFormat::Protobuf,
+        2,
+        SchemaKind::Protobuf,
+        registered::MEMBER_EVENTS_PROTO,
+    ),
+    (
+        ValueFormat::JsonSchema,
+        3,
+        SchemaKind::Json,
+        registered::MEMBER_EVENTS_JSON_SCHEMA,
+    ),
+];
 
 fn config() -> Config {
     let mut c = Config::default();
@@ -94,8 +113,9 @@ struct Stages {
     entries: Vec<Vec<u8>>,
     /// The member events table's protobuf row format.
     proto: RowFormat,
-    /// The same events as Avro in the wire format, and their schema (resolved once).
-    avro: Vec<RawRecord>,
+    /// The same events in each registry format (`REGISTERED`'s order), and their schemas
+    /// (resolved once).
+    registered: Vec<Vec<RawRecord>>,
     schemas: SchemaCache,
 }
 
@@ -112,7 +132,13 @@ fn key(k: u64) -> u64 {
 impl Stages {
     fn new() -> Self {
         let recs = records(CHUNK);
-        let avro = avro_records(&recs);
+        let registered = REGISTERED
+            .iter()
+            .map(|(format, id, ..)| {
+                let encoder = Encoder::new(*format, *id).expect("a registry format");
+                registered_records(&recs, &encoder)
+            })
+            .collect();
         let bytes = payload_bytes(&recs);
         let tp = Tp::new("member-events", 3);
         let mut transformer = Transformer::new(&config());
@@ -157,10 +183,17 @@ impl Stages {
             seen: 0,
             entries,
             proto: proto_format(),
-            avro,
+            registered,
             schemas: {
                 let cache = SchemaCache::default();
-                let _ = cache.insert(1, Ok(avro::MEMBER_EVENTS_SCHEMA.to_owned()));
+                for (_, id, kind, text) in REGISTERED {
+                    let schema = RegisteredSchema {
+                        kind,
+                        text: text.to_owned(),
+                        references: Vec::new(),
+                    };
+                    cache.insert(id, Ok(schema)).expect("the schema compiles");
+                }
                 cache
             },
         }
@@ -172,11 +205,25 @@ impl Stages {
         }
     }
 
-    /// The converter on an `avro` topic: the wire format, the Avro value, its JSON object.
-    fn convert_avro(&mut self) {
-        for r in &self.avro {
-            black_box(self.schemas.convert(black_box(r.payload.as_deref())).ok());
+    /// The converter on a registry topic: the wire format, the decoded value, its JSON object.
+    fn convert_registered(&mut self, which: usize) {
+        let format = REGISTERED[which].0;
+        for r in &self.registered[which] {
+            let payload = black_box(r.payload.as_deref());
+            black_box(self.schemas.convert(format, payload).ok());
         }
+    }
+
+    fn convert_avro(&mut self) {
+        self.convert_registered(0);
+    }
+
+    fn convert_protobuf(&mut self) {
+        self.convert_registered(1);
+    }
+
+    fn convert_json_schema(&mut self) {
+        self.convert_registered(2);
     }
 
     fn transform(&mut self) {
@@ -250,6 +297,8 @@ type Routine = fn(&mut Stages);
 const ROUTINES: &[(&str, &str, Routine)] = &[
     ("convert", "json_object", Stages::convert),
     ("convert", "avro_object", Stages::convert_avro),
+    ("convert", "protobuf_object", Stages::convert_protobuf),
+    ("convert", "json_schema_object", Stages::convert_json_schema),
     ("transform", "row", Stages::transform),
     ("transform", "proto_row", Stages::transform_proto),
     ("dedup", "insert", Stages::dedup_insert),

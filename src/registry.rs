@@ -1,25 +1,29 @@
-//! The Schema Registry adapter: Confluent's REST API (`GET /schemas/ids/{id}`), which Karapace and
-//! Redpanda's registry serve too, behind `bqsink_actors::registry::SchemaRegistry`.
+//! The Schema Registry adapter: Confluent's REST API (`GET /schemas/ids/{id}`, and
+//! `GET /subjects/{subject}/versions/{version}` for the schemas a schema references), which
+//! Karapace and Redpanda's registry serve too, behind `bqsink_actors::registry::SchemaRegistry`.
 //!
 //! What an answer means for the records naming the id:
 //!
 //! | answer | meaning |
 //! |---|---|
-//! | 200 with an Avro schema (`schemaType` absent or `AVRO`) | the schema |
-//! | 200 with another `schemaType` | record failure `not_avro_schema` |
-//! | 404 with the registry's `error_code` 40403 | record failure `unknown_schema_id` |
+//! | 200 with `schemaType` absent, `AVRO`, `PROTOBUF` or `JSON` | the schema (its references fetched too) |
+//! | 200 with another `schemaType` | record failure `wrong_schema_type` |
+//! | 404 with the registry's `error_code` 40403 (no such id), 40401/40402 (a reference's subject or version is gone) | record failure `unknown_schema_id` |
 //! | any other 404 (not a registry at `registry.url`?), 401/403, 429, 5xx, timeout, no connection | sink failure: retried, nothing failed or committed |
 //!
 //! Hand-written rather than `schema_registry_converter` (the issue's suggestion): its 4.0 release
 //! is built on reqwest 0.11 (bqsink uses 0.13, so a second HTTP stack) and decodes through its own
 //! clients, while bqsink needs one GET whose answers it classifies as record or sink failures.
 //!
+//! A topic read as one format whose records name a schema of another type is a record failure
+//! (`wrong_schema_type`) in the converter, not here: the schema is cached by id whatever the topic.
+//!
 //! Depends on: `bqsink_actors` (the port and the config) and reqwest only.
 
 use std::time::Duration;
 
 use bqsink_actors::config::RegistryConfig;
-use bqsink_actors::registry::{RegistryError, SchemaRegistry};
+use bqsink_actors::registry::{RegisteredSchema, RegistryError, SchemaKind, SchemaRegistry};
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
@@ -35,12 +39,22 @@ pub struct HttpRegistry {
 #[error("cannot build the Schema Registry's HTTP client")]
 pub struct RegistrySetupError(#[source] reqwest::Error);
 
-/// `GET /schemas/ids/{id}`'s answer.
-#[derive(Deserialize)]
-struct SchemaAnswer {
+/// A schema lookup's answer (`GET /schemas/ids/{id}`, `GET /subjects/{s}/versions/{v}`).
+#[derive(Debug, Deserialize)]
+pub struct SchemaAnswer {
     schema: String,
     #[serde(rename = "schemaType")]
     schema_type: Option<String>,
+    #[serde(default)]
+    references: Vec<ReferenceAnswer>,
+}
+
+/// A schema's reference: the name it imports under, and where it is registered.
+#[derive(Debug, Deserialize)]
+struct ReferenceAnswer {
+    name: String,
+    subject: String,
+    version: i64,
 }
 
 /// The registry's error body.
@@ -77,15 +91,27 @@ pub fn from_config(
         .map(|r| std::sync::Arc::new(r) as std::sync::Arc<dyn SchemaRegistry>))
 }
 
-impl SchemaRegistry for HttpRegistry {
-    fn fetch(&self, id: u32) -> BoxFuture<'static, Result<String, RegistryError>> {
-        let mut request = self
-            .client
-            .get(format!("{}/schemas/ids/{id}", self.base))
-            .header(
-                reqwest::header::ACCEPT,
-                "application/vnd.schemaregistry.v1+json, application/json",
-            );
+/// The most schemas one schema may reference, transitively (a guard against reference loops and
+/// runaway registries; a schema past it is a record failure of its records).
+const MAX_REFERENCES: usize = 100;
+
+impl HttpRegistry {
+    /// One GET of the registry's API, with its authentication; the status and the body.
+    fn get(
+        &self,
+        segments: &[&str],
+    ) -> BoxFuture<'static, Result<(u16, bytes::Bytes), reqwest::Error>> {
+        let mut url = match reqwest::Url::parse(&self.base) {
+            Ok(url) => url,
+            Err(_) => reqwest::Url::parse("http://invalid.invalid").expect("a valid URL"),
+        };
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        let mut request = self.client.get(url).header(
+            reqwest::header::ACCEPT,
+            "application/vnd.schemaregistry.v1+json, application/json",
+        );
         if let Some(token) = &self.config.token {
             request = request.bearer_auth(token.expose());
         } else if !self.config.username.is_empty() {
@@ -93,13 +119,63 @@ impl SchemaRegistry for HttpRegistry {
             request = request.basic_auth(&self.config.username, password);
         }
         Box::pin(async move {
+            let response = request.send().await?;
+            let status = response.status().as_u16();
+            Ok((status, response.bytes().await?))
+        })
+    }
+}
+
+impl SchemaRegistry for HttpRegistry {
+    /// `GET /schemas/ids/{id}`, then `GET /subjects/{subject}/versions/{version}` for each schema
+    /// it references, transitively.
+    fn fetch(&self, id: u32) -> BoxFuture<'static, Result<RegisteredSchema, RegistryError>> {
+        let this = HttpRegistry {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            config: self.config.clone(),
+        };
+        Box::pin(async move {
             let unavailable = |e: reqwest::Error| {
                 RegistryError::Unavailable(format!("schema id {id}: {}", e.without_url()))
             };
-            let response = request.send().await.map_err(unavailable)?;
-            let status = response.status();
-            let body = response.bytes().await.map_err(unavailable)?;
-            classify(id, status.as_u16(), &body)
+            let id_text = id.to_string();
+            let (status, body) = this
+                .get(&["schemas", "ids", &id_text])
+                .await
+                .map_err(unavailable)?;
+            let root = classify(id, "", status, &body)?;
+            let kind = kind_of(id, &root)?;
+            let mut references = Vec::new();
+            let mut pending: Vec<ReferenceAnswer> = root.references;
+            while let Some(r) = pending.pop() {
+                if references.iter().any(|(name, _)| *name == r.name) {
+                    continue;
+                }
+                if references.len() == MAX_REFERENCES {
+                    return Err(RegistryError::NotFound {
+                        id,
+                        detail: format!("it references more than {MAX_REFERENCES} schemas"),
+                    });
+                }
+                let version = r.version.to_string();
+                let (status, body) = this
+                    .get(&["subjects", &r.subject, "versions", &version])
+                    .await
+                    .map_err(unavailable)?;
+                let what = format!(
+                    " (its reference {} = {} version {version})",
+                    r.name, r.subject
+                );
+                let answer = classify(id, &what, status, &body)?;
+                pending.extend(answer.references);
+                references.push((r.name, answer.schema));
+            }
+            Ok(RegisteredSchema {
+                kind,
+                text: root.schema,
+                references,
+            })
         })
     }
 
@@ -108,41 +184,49 @@ impl SchemaRegistry for HttpRegistry {
     }
 }
 
-/// What the registry's answer to `GET /schemas/ids/{id}` means (see the module's table).
-pub fn classify(id: u32, status: u16, body: &[u8]) -> Result<String, RegistryError> {
+/// The kind of schema an answer holds.
+fn kind_of(id: u32, answer: &SchemaAnswer) -> Result<SchemaKind, RegistryError> {
+    SchemaKind::from_registry(answer.schema_type.as_deref()).ok_or_else(|| {
+        RegistryError::UnknownType {
+            id,
+            kind: answer.schema_type.clone().unwrap_or_default(),
+        }
+    })
+}
+
+/// What the registry's answer to a schema lookup for `id` means (see the module's table); `what`
+/// names the reference looked up, empty for the schema itself.
+pub fn classify(
+    id: u32,
+    what: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<SchemaAnswer, RegistryError> {
     let excerpt = || {
         let text = String::from_utf8_lossy(body);
         text.chars().take(200).collect::<String>()
     };
     match status {
-        200 => {
-            let answer: SchemaAnswer = serde_json::from_slice(body).map_err(|e| {
-                RegistryError::Unavailable(format!(
-                    "schema id {id}: the answer is not the registry's JSON ({e}): {}",
-                    excerpt()
-                ))
-            })?;
-            match answer.schema_type.as_deref() {
-                None | Some("AVRO") => Ok(answer.schema),
-                Some(kind) => Err(RegistryError::NotAvro {
-                    id,
-                    kind: kind.to_owned(),
-                }),
-            }
-        }
+        200 => serde_json::from_slice(body).map_err(|e| {
+            RegistryError::Unavailable(format!(
+                "schema id {id}{what}: the answer is not the registry's JSON ({e}): {}",
+                excerpt()
+            ))
+        }),
         404 => match serde_json::from_slice::<ErrorAnswer>(body) {
-            Ok(e) if e.error_code == 40403 => Err(RegistryError::NotFound {
+            // 40403: no such schema id; 40401/40402: no such subject or version (a reference).
+            Ok(e) if matches!(e.error_code, 40401..=40403) => Err(RegistryError::NotFound {
                 id,
-                detail: format!("{}: {}", e.error_code, e.message),
+                detail: format!("{}{what}: {}", e.error_code, e.message),
             }),
             _ => Err(RegistryError::Unavailable(format!(
-                "schema id {id}: HTTP 404 without the registry's error code 40403 (is registry.url \
-                 the registry?): {}",
+                "schema id {id}{what}: HTTP 404 without one of the registry's error codes \
+                 (is registry.url the registry?): {}",
                 excerpt()
             ))),
         },
         other => Err(RegistryError::Unavailable(format!(
-            "schema id {id}: HTTP {other}: {}",
+            "schema id {id}{what}: HTTP {other}: {}",
             excerpt()
         ))),
     }
@@ -152,22 +236,41 @@ pub fn classify(id: u32, status: u16, body: &[u8]) -> Result<String, RegistryErr
 mod tests {
     use super::*;
 
+    fn kind(status: u16, body: &[u8]) -> Result<SchemaKind, RegistryError> {
+        kind_of(1, &classify(1, "", status, body)?)
+    }
+
     #[test]
     fn answers_are_schemas_record_failures_or_sink_failures() {
         let avro = br#"{"schema":"{\"type\":\"string\"}"}"#;
-        assert_eq!(classify(1, 200, avro), Ok("{\"type\":\"string\"}".into()));
-        let typed = br#"{"schema":"x","schemaType":"AVRO"}"#;
-        assert_eq!(classify(1, 200, typed), Ok("x".into()));
-        let proto = br#"{"schema":"syntax = \"proto3\";","schemaType":"PROTOBUF"}"#;
+        let answer = classify(1, "", 200, avro).unwrap();
+        assert_eq!(answer.schema, "{\"type\":\"string\"}");
+        assert_eq!(kind(200, avro), Ok(SchemaKind::Avro));
+        assert_eq!(
+            kind(200, br#"{"schema":"x","schemaType":"AVRO"}"#),
+            Ok(SchemaKind::Avro)
+        );
+        let proto = br#"{"schema":"syntax = \"proto3\";","schemaType":"PROTOBUF",
+            "references":[{"name":"a.proto","subject":"a","version":2}]}"#;
+        assert_eq!(kind(200, proto), Ok(SchemaKind::Protobuf));
+        let answer = classify(1, "", 200, proto).unwrap();
+        assert_eq!(answer.references[0].subject, "a");
+        assert_eq!(answer.references[0].version, 2);
+        assert_eq!(
+            kind(200, br#"{"schema":"{}","schemaType":"JSON"}"#),
+            Ok(SchemaKind::Json)
+        );
         assert!(matches!(
-            classify(2, 200, proto),
-            Err(RegistryError::NotAvro { id: 2, .. })
+            kind(200, br#"{"schema":"x","schemaType":"THRIFT"}"#),
+            Err(RegistryError::UnknownType { id: 1, .. })
         ));
-        let missing = br#"{"error_code":40403,"message":"Schema 3 not found"}"#;
-        assert!(matches!(
-            classify(3, 404, missing),
-            Err(RegistryError::NotFound { id: 3, .. })
-        ));
+        for code in [40401, 40402, 40403] {
+            let missing = format!(r#"{{"error_code":{code},"message":"not found"}}"#);
+            assert!(matches!(
+                classify(3, "", 404, missing.as_bytes()),
+                Err(RegistryError::NotFound { id: 3, .. })
+            ));
+        }
         for (status, body) in [
             (404, &b"<html>Not Found</html>"[..]),
             (401, b"{\"error_code\":40101}"),
@@ -177,7 +280,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    classify(4, status, body),
+                    classify(4, "", status, body),
                     Err(RegistryError::Unavailable(_))
                 ),
                 "{status}"

@@ -291,7 +291,7 @@ fn run(storage: bool) {
         [
             "not_wire_format",
             "unknown_schema_id",
-            "not_avro_schema",
+            "wrong_schema_type",
             "avro_mismatch"
         ]
     );
@@ -305,7 +305,7 @@ fn run(storage: bool) {
     let after_outage = |id| registry.lookups(id);
     assert!(
         after_outage(99) == 1 && after_outage(3) == 1,
-        "404 and non-Avro answers are remembered"
+        "404 and other schema types are remembered"
     );
 }
 

@@ -50,20 +50,26 @@ fn latency_mode_delivers_exactly_the_unique_events() {
     assert!(out.contains("latency        p50"), "{out}");
 }
 
-/// `--format avro`: the same events as Avro through a local Schema Registry, on both write paths;
-/// the sink must receive exactly the unique good events (malformed ones are not in the wire
-/// format: reported).
+/// `--format avro|protobuf|json-schema`: the same events in each registry format through a local
+/// Schema Registry, on both write paths; the sink must receive exactly the unique good events
+/// (malformed ones are not in the wire format: reported).
 #[test]
-fn avro_records_through_a_registry_deliver_exactly_the_unique_events() {
-    let out = bench(&[
-        "--records",
-        "20000",
-        "--partitions",
-        "2",
-        "--format",
-        "avro",
-        "--malformed",
-        "0.01",
-    ]);
-    assert_eq!(out.matches("check          OK").count(), 2, "{out}");
+fn registry_records_deliver_exactly_the_unique_events() {
+    for format in ["avro", "protobuf", "json-schema"] {
+        let out = bench(&[
+            "--records",
+            "20000",
+            "--partitions",
+            "2",
+            "--format",
+            format,
+            "--malformed",
+            "0.01",
+        ]);
+        assert_eq!(
+            out.matches("check          OK").count(),
+            2,
+            "{format}: {out}"
+        );
+    }
 }

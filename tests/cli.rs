@@ -208,27 +208,34 @@ fn version_names_the_release_and_the_commit() {
     );
 }
 
-/// `bqsink demo --format avro`: the events as Avro through the demo's own Schema Registry; the
-/// demo exits 0 only when the sink holds exactly the unique events.
+/// `bqsink demo --format avro|protobuf|json-schema`: the events in each registry format through
+/// the demo's own Schema Registry; the demo exits 0 only when the sink holds exactly the unique
+/// events.
 #[test]
-fn the_demo_runs_with_avro_records() {
-    let out = Command::new(bin())
-        .args([
-            "demo",
-            "--records",
-            "3000",
-            "--partitions",
-            "2",
-            "--format",
-            "avro",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("Schema Registry"), "{stdout}");
+fn the_demo_runs_with_each_registry_format() {
+    for format in ["avro", "protobuf", "json-schema"] {
+        let out = Command::new(bin())
+            .args([
+                "demo",
+                "--records",
+                "3000",
+                "--partitions",
+                "2",
+                "--format",
+                format,
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{format}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let named = format.replace('-', "_");
+        assert!(
+            stdout.contains(&format!("the events as {named}")),
+            "{stdout}"
+        );
+    }
 }

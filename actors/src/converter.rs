@@ -1,15 +1,17 @@
 //! The converter: bytes → JSON objects, on a pool of sync threads (CPU work off the actor thread).
-//! Values of `avro` topics are decoded with their registered schema into a JSON object first
-//! ([`SchemaCache::convert`]); the resolver saw to it that the schema is known.
+//! Values of registry topics (`avro`, `protobuf`, `json_schema`) are decoded with their registered
+//! schema into a JSON object first ([`SchemaCache::convert`]); the resolver saw to it that the
+//! schema is known.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::config::ValueFormat;
 use crate::error_report::ErrorReportActor;
 use crate::messages::{Convert, ConvertedRecord, Failed, Failure, Stage, Transform};
-use crate::registry::{AvroRecordError, SchemaCache};
+use crate::registry::{RecordError, SchemaCache};
 use crate::stage::convert::{parse_object, ConvertError};
 use crate::stage::guard::guarded;
 use crate::telemetry;
@@ -18,14 +20,15 @@ use crate::transformer::TransformActor;
 pub struct ConvertActor {
     pub transformer: Addr<TransformActor>,
     pub errors: Addr<ErrorReportActor>,
-    /// Topics read as Avro, and their schemas (`kafka.formats`); `None` when every topic is JSON.
-    pub avro: Option<AvroTopics>,
+    /// Topics read through the Schema Registry, and their schemas (`kafka.formats`); `None` when
+    /// every topic is JSON.
+    pub registered: Option<RegistryTopics>,
 }
 
-/// The `avro` topics and the schemas the resolver fetched for them.
+/// The registry topics, their formats, and the schemas the resolver fetched for them.
 #[derive(Clone)]
-pub struct AvroTopics {
-    pub topics: BTreeSet<String>,
+pub struct RegistryTopics {
+    pub formats: BTreeMap<String, ValueFormat>,
     pub schemas: Arc<SchemaCache>,
 }
 
@@ -42,15 +45,15 @@ impl Handler<Convert> for ConvertActor {
                 .entered();
         let mut records = Vec::with_capacity(msg.records.len());
         let mut failures = Vec::new();
-        let avro = self
-            .avro
-            .as_ref()
-            .filter(|a| a.topics.contains(&*msg.origin.tp.topic));
+        let registered = self.registered.as_ref().and_then(|r| {
+            let format = r.formats.get(&*msg.origin.tp.topic)?;
+            Some((&r.schemas, *format))
+        });
         for source in msg.records {
-            let converted = match avro {
-                Some(a) => guarded(
-                    || a.schemas.convert(source.payload.as_deref()),
-                    AvroRecordError::class,
+            let converted = match registered {
+                Some((schemas, format)) => guarded(
+                    || schemas.convert(format, source.payload.as_deref()),
+                    RecordError::class,
                 ),
                 None => guarded(
                     || parse_object(source.payload.as_deref()),

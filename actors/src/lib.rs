@@ -16,8 +16,8 @@
 //!   (`[transform]`, routing, dedup key, row encoding), [`dedup`](stage::dedup) (the key memory and
 //!   its claims), [`batch`](stage::batch) (rows → insertAll bodies), [`offsets`](stage::offsets)
 //!   (the handled watermark), [`flow`](stage::flow) (in-flight bounds), [`schema`](stage::schema)
-//!   (field schemas, inference), [`avro`](stage::avro) (the Schema Registry's wire format, Avro
-//!   values as JSON objects), [`guard`](stage::guard) (a record's error or panic becomes its
+//!   (field schemas, inference), [`registered`](stage::registered) (the Schema Registry's wire
+//!   format: Avro, Protobuf and JSON Schema values as JSON objects), [`guard`](stage::guard) (a record's error or panic becomes its
 //!   failure). [`messages`] holds the records and actor messages; it names `stage::flow` and
 //!   `stage::convert` types, and `transform`, `batch` and `dedup`'s claims name its record types.
 //! - **Shared state**: [`health`] (sink health: retrying, failing, succeeded), [`stats`] (counters,
@@ -30,7 +30,7 @@
 //!   (the Schema Registry and the schemas read from it).
 //! - **Actors**, thin shells around the stage logic, one per file: [`supervisor`] (assignment,
 //!   commits), [`consumer`] (one per partition: in-flight records, its offset tracker),
-//!   [`resolver`] (holds `avro` records until their schemas are known), [`converter`] and
+//!   [`resolver`] (holds registry topics' records until their schemas are known), [`converter`] and
 //!   [`transformer`] (sync-thread pools), [`deduplicator`], [`writer`] (batches,
 //!   insertAll), [`error_report`] (failed records → log and destinations), [`pause`] (operator
 //!   pause).

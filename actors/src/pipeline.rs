@@ -9,7 +9,7 @@
 //! The supervisor, the partition consumers and the error report share the system's thread; the CPU
 //! stages run on `SyncArbiter` threads, dedup and the writer on arbiters of their own.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use actix::prelude::*;
 
 use crate::bigquery::{BigQuery, RetryPolicy};
 use crate::config::{Config, SinkFailure, Tolerance, ValueFormat};
-use crate::converter::{AvroTopics, ConvertActor};
+use crate::converter::{ConvertActor, RegistryTopics};
 use crate::deduplicator::DedupActor;
 use crate::destinations::{DeliveryBackoff, ErrorDestination, SinkFailurePolicy};
 use crate::error_report::ErrorReportActor;
@@ -54,7 +54,7 @@ pub fn start_with_destinations(
     start_with_registry(config, kafka, bq, stats, destinations, None)
 }
 
-/// [`start_with_destinations`], with the Schema Registry that `avro` topics (`kafka.formats`) need.
+/// [`start_with_destinations`], with the Schema Registry that registry topics (`kafka.formats`) need.
 pub fn start_with_registry(
     config: &Config,
     kafka: Arc<dyn KafkaControl>,
@@ -134,32 +134,33 @@ pub fn start_with_registry(
             dedup: t_dedup.clone(),
             errors: t_errors.clone(),
         });
-        // `avro` topics: a resolver fetches their schemas before their records reach a converter.
-        let avro_topics: BTreeSet<String> = config
+        // Registry topics (`avro`, `protobuf`, `json_schema`): a resolver fetches their schemas
+        // before their records reach a converter.
+        let registry_formats: BTreeMap<String, ValueFormat> = config
             .kafka
             .formats
             .iter()
-            .filter(|(_, f)| **f == ValueFormat::Avro)
-            .map(|(t, _)| t.clone())
+            .filter(|(_, f)| f.uses_registry())
+            .map(|(t, f)| (t.clone(), *f))
             .collect();
-        if !avro_topics.is_empty() && registry.is_none() {
-            tracing::error!(topics = ?avro_topics, "avro topics without a schema registry: their records fail");
+        if !registry_formats.is_empty() && registry.is_none() {
+            tracing::error!(topics = ?registry_formats.keys().collect::<Vec<_>>(), "registry topics without a schema registry: their records fail");
         }
-        let avro = (!avro_topics.is_empty()).then(|| AvroTopics {
-            topics: avro_topics,
+        let registered = (!registry_formats.is_empty()).then(|| RegistryTopics {
+            formats: registry_formats,
             schemas: Arc::new(SchemaCache::default()),
         });
-        let c_avro = avro.clone();
+        let c_registered = registered.clone();
         let converter = SyncArbiter::start(workers, move || ConvertActor {
             transformer: transformer.clone(),
             errors: errors.clone(),
-            avro: c_avro.clone(),
+            registered: c_registered.clone(),
         });
-        let converter: Recipient<Convert> = match (avro, registry) {
-            (Some(avro), Some(registry)) => ResolverActor::new(
+        let converter: Recipient<Convert> = match (registered, registry) {
+            (Some(registered), Some(registry)) => ResolverActor::new(
                 registry,
-                avro.schemas,
-                avro.topics,
+                registered.schemas,
+                registered.formats.into_keys().collect(),
                 converter.recipient(),
                 ctx.address().recipient(),
                 Arc::clone(&stats),

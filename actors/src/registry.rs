@@ -1,51 +1,144 @@
 //! The Schema Registry port and the schemas read from it.
 //!
-//! Invariant: a record of an `avro` topic reaches the converter only once the schema its header
-//! names is in the [`SchemaCache`] — parsed, or known to be unusable (not registered, not Avro, not
-//! a record: a record failure of each record that names it). A registry that cannot answer is a
-//! sink failure: the [`resolver`](crate::resolver) holds the records and retries, and never turns
-//! them into record failures. Each schema is fetched once per process, never per record.
+//! Invariant: a record of a registry topic (`avro`, `protobuf`, `json_schema` in `kafka.formats`)
+//! reaches the converter only once the schema its header names is in the [`SchemaCache`] —
+//! compiled, or known to be unusable (not registered, not valid, not a record: a record failure of
+//! each record that names it). A registry that cannot answer is a sink failure: the
+//! [`resolver`](crate::resolver) holds the records and retries, and never turns them into record
+//! failures. Each schema is fetched once per process, never per record.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 
-use crate::stage::avro::{wire, AvroError, AvroSchema};
+use crate::config::ValueFormat;
 use crate::stage::convert::{ConvertError, JsonObject};
+use crate::stage::registered::avro::{self, AvroError, AvroSchema};
+use crate::stage::registered::json_schema::{self, JsonSchema, JsonSchemaError};
+use crate::stage::registered::protobuf::{self, ProtoError, ProtoSchema};
+use crate::stage::registered::wire;
 
 /// Fetches schemas by id (the `bqsink` crate implements it over HTTP; tests plug in fakes).
 pub trait SchemaRegistry: Send + Sync + 'static {
-    /// The schema text registered under `id` (Avro's JSON schema).
-    fn fetch(&self, id: u32) -> BoxFuture<'static, Result<String, RegistryError>>;
+    /// The schema registered under `id`, with every schema it references (transitively).
+    fn fetch(&self, id: u32) -> BoxFuture<'static, Result<RegisteredSchema, RegistryError>>;
     /// The registry's name in sink health, logs and metrics, e.g. `schema registry http://r:8081`.
     fn name(&self) -> String;
+}
+
+/// A schema's type, as the registry names it (`schemaType`; absent means Avro).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchemaKind {
+    Avro,
+    Protobuf,
+    Json,
+}
+
+impl SchemaKind {
+    /// The kind of the registry's `schemaType` (`None`: Avro); `None` for a type it does not know.
+    pub fn from_registry(schema_type: Option<&str>) -> Option<Self> {
+        match schema_type {
+            None | Some("AVRO") => Some(SchemaKind::Avro),
+            Some("PROTOBUF") => Some(SchemaKind::Protobuf),
+            Some("JSON") => Some(SchemaKind::Json),
+            Some(_) => None,
+        }
+    }
+
+    /// The `kafka.formats` value that reads values of this kind.
+    pub fn format(self) -> ValueFormat {
+        match self {
+            SchemaKind::Avro => ValueFormat::Avro,
+            SchemaKind::Protobuf => ValueFormat::Protobuf,
+            SchemaKind::Json => ValueFormat::JsonSchema,
+        }
+    }
+}
+
+/// A schema as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredSchema {
+    pub kind: SchemaKind,
+    /// Avro's JSON, the `.proto` text, or the JSON Schema.
+    pub text: String,
+    /// The schemas it references, transitively, by the name it refers to them by (the import
+    /// path of a `.proto`, the `$ref` of a JSON Schema).
+    pub references: Vec<(String, String)>,
+}
+
+impl RegisteredSchema {
+    /// An Avro schema without references.
+    pub fn avro(text: impl Into<String>) -> Self {
+        Self {
+            kind: SchemaKind::Avro,
+            text: text.into(),
+            references: Vec::new(),
+        }
+    }
 }
 
 /// Why a schema could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
-    /// The registry answered that no schema has this id: a record failure of the records naming it.
+    /// The registry answered that no schema has this id (or a schema it references is gone): a
+    /// record failure of the records naming it.
     #[error("schema id {id} is not registered in the schema registry ({detail})")]
     NotFound { id: u32, detail: String },
-    /// The schema is not Avro (Protobuf, JSON Schema): a record failure of the records naming it.
-    #[error("schema id {id} is a {kind} schema; this topic is read as avro (kafka.formats)")]
-    NotAvro { id: u32, kind: String },
+    /// The schema's type is none bqsink reads: a record failure of the records naming it.
+    #[error("schema id {id} is of type {kind}, which bqsink does not read")]
+    UnknownType { id: u32, kind: String },
     /// The registry cannot answer now (unreachable, timeout, 5xx, 429, 401/403): a sink failure.
     #[error("the schema registry cannot answer: {0}")]
     Unavailable(String),
 }
 
-/// What the cache knows of one schema id.
-pub type Known = Result<Arc<AvroSchema>, Arc<SchemaError>>;
+/// A registered schema, compiled.
+#[derive(Debug)]
+pub enum Schema {
+    /// Boxed: apache-avro's schema and reader are ten times the size of the other variants.
+    Avro(Box<AvroSchema>),
+    Protobuf(ProtoSchema),
+    Json(JsonSchema),
+}
 
-/// Why the records naming a schema id fail.
+impl Schema {
+    fn compile(id: u32, registered: &RegisteredSchema) -> Result<Self, SchemaError> {
+        let RegisteredSchema {
+            kind,
+            text,
+            references,
+        } = registered;
+        Ok(match kind {
+            SchemaKind::Avro => Schema::Avro(Box::new(AvroSchema::parse(id, text)?)),
+            SchemaKind::Protobuf => Schema::Protobuf(ProtoSchema::parse(id, text, references)?),
+            SchemaKind::Json => Schema::Json(JsonSchema::parse(id, text, references)?),
+        })
+    }
+
+    pub fn kind(&self) -> SchemaKind {
+        match self {
+            Schema::Avro(_) => SchemaKind::Avro,
+            Schema::Protobuf(_) => SchemaKind::Protobuf,
+            Schema::Json(_) => SchemaKind::Json,
+        }
+    }
+}
+
+/// What the cache knows of one schema id.
+pub type Known = Result<Arc<Schema>, Arc<SchemaError>>;
+
+/// Why the records naming a schema id fail (record failures, all).
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error(transparent)]
     Registry(RegistryError),
     #[error(transparent)]
-    Avro(AvroError),
+    Avro(#[from] AvroError),
+    #[error(transparent)]
+    Protobuf(#[from] ProtoError),
+    #[error(transparent)]
+    Json(#[from] JsonSchemaError),
 }
 
 impl SchemaError {
@@ -53,8 +146,10 @@ impl SchemaError {
     pub fn class(&self) -> &'static str {
         match self {
             SchemaError::Registry(RegistryError::NotFound { .. }) => "unknown_schema_id",
-            SchemaError::Registry(_) => "not_avro_schema",
+            SchemaError::Registry(_) => "wrong_schema_type",
             SchemaError::Avro(e) => e.class(),
+            SchemaError::Protobuf(e) => e.class(),
+            SchemaError::Json(e) => e.class(),
         }
     }
 }
@@ -75,12 +170,12 @@ impl SchemaCache {
         known.get(&id).cloned()
     }
 
-    /// Remembers what the registry answered for `id` (its schema text, or a record-failure error).
-    pub fn insert(&self, id: u32, answer: Result<String, RegistryError>) -> Known {
+    /// Remembers what the registry answered for `id` (its schema, or a record-failure error).
+    pub fn insert(&self, id: u32, answer: Result<RegisteredSchema, RegistryError>) -> Known {
         let known: Known = match answer {
-            Ok(text) => AvroSchema::parse(id, &text)
+            Ok(registered) => Schema::compile(id, &registered)
                 .map(Arc::new)
-                .map_err(|e| Arc::new(SchemaError::Avro(e))),
+                .map_err(Arc::new),
             Err(e) => Err(Arc::new(SchemaError::Registry(e))),
         };
         let mut map = self.known.write().unwrap_or_else(|e| e.into_inner());
@@ -106,45 +201,22 @@ impl SchemaCache {
         ids.retain(|id| !known.contains_key(id));
         ids
     }
-}
 
-/// Why an Avro record is not a JSON object (record failures, all).
-#[derive(Debug, thiserror::Error)]
-pub enum AvroRecordError {
-    #[error(transparent)]
-    Convert(#[from] ConvertError),
-    #[error(transparent)]
-    Wire(#[from] wire::WireError),
-    #[error(transparent)]
-    Schema(Arc<SchemaError>),
-    #[error(transparent)]
-    Avro(#[from] AvroError),
-}
-
-impl AvroRecordError {
-    /// Short class for logs and dead-letter headers.
-    pub fn class(&self) -> &'static str {
-        match self {
-            AvroRecordError::Convert(e) => e.class(),
-            AvroRecordError::Wire(e) => e.class(),
-            AvroRecordError::Schema(e) => e.class(),
-            AvroRecordError::Avro(e) => e.class(),
-        }
-    }
-}
-
-impl SchemaCache {
-    /// Decodes an Avro value in the wire format into the JSON object a row is made of. Its schema
-    /// must be known ([`Self::missing`] is empty for it): the resolver sees to that.
-    pub fn convert(&self, payload: Option<&[u8]>) -> Result<JsonObject, AvroRecordError> {
+    /// Decodes a value in the wire format of a topic read as `format` into the JSON object a row
+    /// is made of. Its schema must be known ([`Self::missing`] is empty for it): the resolver sees
+    /// to that.
+    pub fn convert(
+        &self,
+        format: ValueFormat,
+        payload: Option<&[u8]>,
+    ) -> Result<JsonObject, RecordError> {
         let bytes = payload.ok_or(ConvertError::Tombstone)?;
-        let framed = wire::frame(bytes)?;
-        let id = framed.schema_id;
+        let id = wire::frame(bytes)?.schema_id;
         let schema = match self.get(id) {
-            Some(known) => known.map_err(AvroRecordError::Schema)?,
+            Some(known) => known.map_err(RecordError::Schema)?,
             // Not resolved (a bug upstream): a record failure that says so, never a panic.
             None => {
-                return Err(AvroRecordError::Schema(Arc::new(SchemaError::Registry(
+                return Err(RecordError::Schema(Arc::new(SchemaError::Registry(
                     RegistryError::NotFound {
                         id,
                         detail: "not looked up before conversion".into(),
@@ -152,7 +224,56 @@ impl SchemaCache {
                 ))))
             }
         };
-        Ok(crate::stage::avro::decode(id, &schema, bytes)?)
+        Ok(match (&*schema, format) {
+            (Schema::Avro(s), ValueFormat::Avro) => avro::decode(id, s, bytes)?,
+            (Schema::Protobuf(s), ValueFormat::Protobuf) => protobuf::decode(id, s, bytes)?,
+            (Schema::Json(s), ValueFormat::JsonSchema) => json_schema::decode(id, s, bytes)?,
+            (schema, format) => {
+                return Err(RecordError::WrongKind {
+                    id,
+                    kind: schema.kind(),
+                    format,
+                })
+            }
+        })
+    }
+}
+
+/// Why a registry topic's record is not a JSON object (record failures, all).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    #[error(transparent)]
+    Wire(#[from] wire::WireError),
+    #[error(transparent)]
+    Schema(Arc<SchemaError>),
+    #[error("schema id {id} is a {kind:?} schema; this topic is read as {format} (kafka.formats)")]
+    WrongKind {
+        id: u32,
+        kind: SchemaKind,
+        format: ValueFormat,
+    },
+    #[error(transparent)]
+    Avro(#[from] AvroError),
+    #[error(transparent)]
+    Protobuf(#[from] ProtoError),
+    #[error(transparent)]
+    Json(#[from] JsonSchemaError),
+}
+
+impl RecordError {
+    /// Short class for logs and dead-letter headers.
+    pub fn class(&self) -> &'static str {
+        match self {
+            RecordError::Convert(e) => e.class(),
+            RecordError::Wire(e) => e.class(),
+            RecordError::Schema(e) => e.class(),
+            RecordError::WrongKind { .. } => "wrong_schema_type",
+            RecordError::Avro(e) => e.class(),
+            RecordError::Protobuf(e) => e.class(),
+            RecordError::Json(e) => e.class(),
+        }
     }
 }
 
@@ -173,7 +294,7 @@ mod tests {
         ];
         let missing = |c: &SchemaCache| c.missing(payloads.iter().map(|p| p.as_deref()));
         assert_eq!(missing(&cache), vec![1, 2]);
-        assert!(cache.insert(1, Ok(avro.into())).is_ok());
+        assert!(cache.insert(1, Ok(RegisteredSchema::avro(avro))).is_ok());
         let e = cache
             .insert(
                 2,
@@ -185,8 +306,40 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.class(), "unknown_schema_id");
         assert_eq!(missing(&cache), Vec::<u32>::new());
-        let e = cache.insert(3, Ok("\"string\"".into())).unwrap_err();
+        let e = cache
+            .insert(3, Ok(RegisteredSchema::avro("\"string\"")))
+            .unwrap_err();
         assert_eq!(e.class(), "not_a_record");
         assert!(cache.get(1).unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_schema_of_another_type_than_the_topic_is_a_record_failure() {
+        let cache = SchemaCache::default();
+        let json = RegisteredSchema {
+            kind: SchemaKind::Json,
+            text: r#"{"type":"object"}"#.into(),
+            references: Vec::new(),
+        };
+        assert!(cache.insert(1, Ok(json)).is_ok());
+        let framed = wire::encode(1, b"{\"a\":1}");
+        let e = cache.convert(ValueFormat::Avro, Some(&framed)).unwrap_err();
+        assert_eq!(e.class(), "wrong_schema_type");
+        assert!(e.to_string().contains("read as avro"), "{e}");
+        assert!(cache
+            .convert(ValueFormat::JsonSchema, Some(&framed))
+            .is_ok());
+        let e = cache
+            .convert(ValueFormat::Protobuf, Some(b"{}"))
+            .unwrap_err();
+        assert_eq!(e.class(), "not_wire_format");
+        let unknown = RegistryError::UnknownType {
+            id: 2,
+            kind: "THRIFT".into(),
+        };
+        assert_eq!(
+            cache.insert(2, Err(unknown)).unwrap_err().class(),
+            "wrong_schema_type"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The schema resolver: between the partition consumers and the converters, for `avro` topics.
+//! The schema resolver: between the partition consumers and the converters, for registry topics
+//! (`avro`, `protobuf`, `json_schema` in `kafka.formats`).
 //! A chunk goes on to the converters once every schema id its records name is in the
 //! [`SchemaCache`]; chunks of other topics go on at once.
 //!
@@ -25,8 +26,8 @@ use crate::stats::Stats;
 pub struct ResolverActor {
     registry: Arc<dyn SchemaRegistry>,
     cache: Arc<SchemaCache>,
-    /// Topics read as Avro.
-    avro: BTreeSet<String>,
+    /// Topics read through the registry.
+    topics: BTreeSet<String>,
     next: Recipient<Convert>,
     fatal: Recipient<Fatal>,
     stats: Arc<Stats>,
@@ -41,7 +42,7 @@ impl ResolverActor {
     pub fn new(
         registry: Arc<dyn SchemaRegistry>,
         cache: Arc<SchemaCache>,
-        avro: BTreeSet<String>,
+        topics: BTreeSet<String>,
         next: Recipient<Convert>,
         fatal: Recipient<Fatal>,
         stats: Arc<Stats>,
@@ -51,7 +52,7 @@ impl ResolverActor {
         Self {
             registry,
             cache,
-            avro,
+            topics,
             next,
             fatal,
             stats,
@@ -174,7 +175,7 @@ impl Handler<Convert> for ResolverActor {
     type Result = ();
 
     fn handle(&mut self, chunk: Convert, ctx: &mut Self::Context) {
-        if !self.avro.contains(&*chunk.origin.tp.topic) {
+        if !self.topics.contains(&*chunk.origin.tp.topic) {
             self.next.do_send(chunk);
             return;
         }

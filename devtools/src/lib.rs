@@ -7,8 +7,9 @@
 //! | [`sink`] | a local insertAll-compatible BigQuery server: the demo's destination, the tests' fake |
 //! | [`generator`] | member events with duplicates and malformed payloads, deterministic per seed |
 //! | [`avro`] | the member events as Avro in the Schema Registry's wire format |
+//! | [`registered`] | the member events in each registry format (Avro, Protobuf, JSON Schema), with their schemas |
 //! | [`kafka`] | librdkafka's mock cluster and a fast producer for it |
-//! | [`registry`] | a local Schema Registry (the bench's Avro records, the tests) |
+//! | [`registry`] | a local Schema Registry (the demo's and the bench's records, the tests) |
 //! | [`bench`](mod@bench) | the `bqsink bench` harness: rounds, raw consumer, checks; drives a worker process |
 //! | [`measure`] | peak RSS, CPU time, rates |
 //!
@@ -22,5 +23,6 @@ pub mod bench;
 pub mod generator;
 pub mod kafka;
 pub mod measure;
+pub mod registered;
 pub mod registry;
 pub mod sink;

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bqsink_actors::config::ValueFormat;
 use bqsink_actors::stats::StatsSnapshot;
-use bqsink_devtools::avro;
 use bqsink_devtools::generator::{self, Counts, Generator, Mix};
 use bqsink_devtools::kafka::{mock_cluster, produce, producer, TOPIC};
+use bqsink_devtools::registered::Encoder;
 use bqsink_devtools::registry::Registry;
 use bqsink_devtools::sink::{Sink, SinkOptions};
 use rdkafka::producer::Producer;
@@ -31,22 +31,23 @@ pub struct DemoOptions {
     pub partitions: i32,
     /// Records per second while following.
     pub follow_rate: u64,
-    /// The records' format: JSON, or Avro through a local Schema Registry.
+    /// The records' format: JSON, or Avro, Protobuf or JSON Schema through a local Schema
+    /// Registry.
     pub format: ValueFormat,
 }
 
 /// The member events' schema id in the demo's registry.
-const AVRO_SCHEMA_ID: u32 = 1;
+const SCHEMA_ID: u32 = 1;
 
 fn config_text(
     bootstrap: &str,
     endpoint: &str,
     storage_endpoint: &str,
-    registry: Option<&str>,
+    registry: Option<(ValueFormat, &str)>,
 ) -> String {
-    let avro = match registry {
-        Some(url) => {
-            format!("[kafka.formats]\n\"{TOPIC}\" = \"avro\"\n[registry]\nurl = \"{url}\"\n")
+    let formats = match registry {
+        Some((format, url)) => {
+            format!("[kafka.formats]\n\"{TOPIC}\" = \"{format}\"\n[registry]\nurl = \"{url}\"\n")
         }
         None => String::new(),
     };
@@ -72,7 +73,7 @@ dataset = "members"
 [errors]
 tolerance = "all"
 log_include_messages = true
-{avro}"#
+{formats}"#
     )
 }
 
@@ -109,19 +110,20 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
 
     // The Storage Write API encodes rows from the table's schema: the table exists, as in BigQuery.
     sink.create_table("members.member_events", generator::member_events_fields());
-    let registry = match opts.format {
-        ValueFormat::Json => None,
-        ValueFormat::Avro => {
+    let encoder = Encoder::new(opts.format, SCHEMA_ID);
+    let registry = match &encoder {
+        None => None,
+        Some(encoder) => {
             let registry = Registry::start().context("starting the local schema registry")?;
-            registry.register(AVRO_SCHEMA_ID, avro::MEMBER_EVENTS_SCHEMA);
+            encoder.register(&registry);
             println!(
-                "local Schema Registry at {} (the events as Avro, schema id {AVRO_SCHEMA_ID})",
-                registry.url
+                "local Schema Registry at {} (the events as {}, schema id {SCHEMA_ID})",
+                registry.url, opts.format
             );
             Some(registry)
         }
     };
-    let registry_url = registry.as_ref().map(|r| r.url.as_str());
+    let registry_url = registry.as_ref().map(|r| (opts.format, r.url.as_str()));
     let text = config_text(&bootstrap, sink.url(), sink.grpc_url(), registry_url);
     let config = settings::from_toml(&text)?;
     let (client, _) = bigquery::from_config(&config.bigquery)?;
@@ -133,7 +135,6 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
     let done = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let (records, follow, rate) = (opts.records, opts.follow, opts.follow_rate);
-    let schema = registry.is_some().then(avro::member_events_schema);
     let gen_thread = {
         let (produced, done, stop) = (Arc::clone(&produced), Arc::clone(&done), Arc::clone(&stop));
         std::thread::spawn(move || -> anyhow::Result<Counts> {
@@ -148,10 +149,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<i32> {
                 if stop.load(Ordering::Relaxed) || (!follow && counts.total() >= records) {
                     break;
                 }
-                // As Avro when asked (a malformed event stays JSON: not in the wire format).
-                let framed = schema
-                    .as_ref()
-                    .and_then(|s| avro::member_event(s, AVRO_SCHEMA_ID, &event.payload));
+                // In the registry format when asked (a malformed event stays JSON: not framed).
+                let framed = encoder.as_ref().and_then(|e| e.encode(&event.payload));
                 let payload = framed.as_deref().unwrap_or(&event.payload);
                 produce(&producer, TOPIC, &event.key, payload)?;
                 counts.add(event.kind);

@@ -76,8 +76,8 @@ enum Command {
         /// Partitions of the demo topic.
         #[arg(long, default_value_t = 8)]
         partitions: i32,
-        /// The records' format: `json`, or `avro` (the Schema Registry's wire format, with a
-        /// local registry).
+        /// The records' format: `json`, or `avro`, `protobuf` or `json-schema` (the Schema
+        /// Registry's wire format, with a local registry).
         #[arg(long, value_enum, default_value_t = FormatArg::Json)]
         format: FormatArg,
     },
@@ -115,8 +115,8 @@ enum Command {
         /// exactly once), `insert-all`, or `both`, one after the other, printed side by side.
         #[arg(long, value_enum, default_value_t = BenchPath::Both)]
         path: BenchPath,
-        /// The records' format: `json`, or `avro` (the same events in the Schema Registry's wire
-        /// format, with a local registry).
+        /// The records' format: `json`, or `avro`, `protobuf` or `json-schema` (the same events in
+        /// the Schema Registry's wire format, with a local registry).
         #[arg(long, value_enum, default_value_t = FormatArg::Json)]
         format: FormatArg,
     },
@@ -130,6 +130,8 @@ enum Command {
 enum FormatArg {
     Json,
     Avro,
+    Protobuf,
+    JsonSchema,
 }
 
 impl FormatArg {
@@ -138,6 +140,8 @@ impl FormatArg {
         match self {
             FormatArg::Json => bqsink_actors::config::ValueFormat::Json,
             FormatArg::Avro => bqsink_actors::config::ValueFormat::Avro,
+            FormatArg::Protobuf => bqsink_actors::config::ValueFormat::Protobuf,
+            FormatArg::JsonSchema => bqsink_actors::config::ValueFormat::JsonSchema,
         }
     }
 }

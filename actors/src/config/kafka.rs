@@ -32,8 +32,8 @@ pub struct KafkaConfig {
     /// Default 10000.
     pub revoke_timeout_ms: u64,
     /// The format of each topic's record values, by topic: `json` (the default for a topic not
-    /// listed) or `avro` (the Schema Registry's wire format; needs `registry.url`). Keys are read
-    /// as bytes whatever the format.
+    /// listed), or `avro`, `protobuf` or `json_schema` (the Schema Registry's wire format; needs
+    /// `registry.url`). Keys are read as bytes whatever the format.
     pub formats: BTreeMap<String, ValueFormat>,
 }
 
@@ -46,6 +46,29 @@ pub enum ValueFormat {
     Json,
     /// Avro in the Schema Registry's wire format (magic byte 0, schema id, Avro binary).
     Avro,
+    /// Protobuf in the Schema Registry's wire format (header, message indexes, message).
+    Protobuf,
+    /// JSON checked against a JSON Schema, in the Schema Registry's wire format (header, JSON).
+    JsonSchema,
+}
+
+impl ValueFormat {
+    /// Whether values of this format name their schema in the registry.
+    pub fn uses_registry(self) -> bool {
+        self != ValueFormat::Json
+    }
+}
+
+impl std::fmt::Display for ValueFormat {
+    /// The name `kafka.formats` gives it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ValueFormat::Json => "json",
+            ValueFormat::Avro => "avro",
+            ValueFormat::Protobuf => "protobuf",
+            ValueFormat::JsonSchema => "json_schema",
+        })
+    }
 }
 
 impl KafkaConfig {

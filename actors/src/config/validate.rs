@@ -129,10 +129,10 @@ impl Config {
             if !self.kafka.topics.contains(topic) {
                 return bad("kafka.formats", format!("{topic:?} is not in kafka.topics"));
             }
-            if *format == ValueFormat::Avro && self.registry.url.is_empty() {
+            if format.uses_registry() && self.registry.url.is_empty() {
                 return bad(
                     "registry.url",
-                    format!("must be set: topic {topic:?} is avro (kafka.formats)"),
+                    format!("must be set: topic {topic:?} is {format} (kafka.formats)"),
                 );
             }
         }

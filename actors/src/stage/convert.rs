@@ -48,8 +48,8 @@ pub fn convert(payload: Option<&[u8]>) -> Result<Map<String, Value>, ConvertErro
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JsonObject {
     pub members: Vec<Member>,
-    /// The object's text when it is not the record's payload (an Avro value decoded to JSON,
-    /// [`crate::stage::avro`]); `members` are spans of it then. The payload stays the original
+    /// The object's text when it is not the record's payload (a registry topic's value decoded to
+    /// JSON, [`crate::stage::registered`]); `members` are spans of it then. The payload stays the original
     /// bytes, for the error destinations.
     pub text: Option<Vec<u8>>,
 }

@@ -31,6 +31,7 @@ use rdkafka::producer::{DefaultProducerContext, Producer, ThreadedProducer};
 use crate::generator::{Counts, Generator, Mix};
 use crate::kafka::{mock_cluster, produce, producer, TOPIC};
 use crate::measure::{fmt_n, own_cpu, Rate};
+use crate::registered::Encoder;
 use crate::registry::Registry;
 use crate::sink::{Sink, SinkOptions};
 use bqsink_actors::config::ValueFormat;
@@ -68,7 +69,8 @@ pub struct BenchOptions {
     pub fetch_defaults: Vec<(String, String)>,
     /// The write paths to measure, one after the other, each on a fresh cluster and sink.
     pub paths: Vec<WritePath>,
-    /// The records' format: JSON, or Avro through a local Schema Registry.
+    /// The records' format: JSON, or Avro, Protobuf or JSON Schema through a local Schema
+    /// Registry.
     pub format: ValueFormat,
 }
 
@@ -133,12 +135,12 @@ fn produce_events(
     let mut out = Produced::default();
     for (i, event) in events.generator.by_ref().take(n as usize).enumerate() {
         pace(i as u64);
-        // As Avro when asked (a malformed event stays JSON bytes: not in the wire format).
-        let avro = events
-            .avro
+        // In the registry format when asked (a malformed event stays JSON bytes: not framed).
+        let framed = events
+            .registered
             .as_ref()
-            .and_then(|a| crate::avro::member_event(&a.schema, AVRO_SCHEMA_ID, &event.payload));
-        let payload = avro.as_deref().unwrap_or(&event.payload);
+            .and_then(|r| r.encoder.encode(&event.payload));
+        let payload = framed.as_deref().unwrap_or(&event.payload);
         produce(p, TOPIC, &event.key, payload)?;
         out.counts.add(event.kind);
         out.payload_bytes += payload.len() as u64;
@@ -148,20 +150,24 @@ fn produce_events(
     Ok(out)
 }
 
-/// The generated events, and how they are produced: as JSON, or as Avro through a local registry.
+/// The generated events, and how they are produced: as JSON, or in a registry format (Avro,
+/// Protobuf, JSON Schema) through a local registry.
 struct Events {
     generator: Generator,
-    avro: Option<AvroEvents>,
+    registered: Option<RegisteredEvents>,
 }
 
-struct AvroEvents {
-    schema: apache_avro::Schema,
+struct RegisteredEvents {
+    format: ValueFormat,
+    encoder: Encoder,
     registry: Registry,
 }
 
 impl Events {
-    fn registry_url(&self) -> Option<&str> {
-        self.avro.as_ref().map(|a| a.registry.url.as_str())
+    /// The records' format and registry, for the worker's configuration.
+    fn registry(&self) -> Option<(ValueFormat, &str)> {
+        let r = self.registered.as_ref()?;
+        Some((r.format, r.registry.url.as_str()))
     }
 }
 
@@ -175,11 +181,11 @@ fn start_worker(
     events: &Events,
 ) -> anyhow::Result<Worker> {
     let extra = opts.worker_config.as_deref();
-    Worker::start(dir, bootstrap, sink, path, extra, events.registry_url())
+    Worker::start(dir, bootstrap, sink, path, extra, events.registry())
 }
 
 /// The member events' schema id in the local registry.
-const AVRO_SCHEMA_ID: u32 = 1;
+const SCHEMA_ID: u32 = 1;
 
 /// Waits until the sink holds `unique` rows. Handled is not yet visible with exactly-once delivery:
 /// rows show with the commit after their append, and the rate runs to the last row visible.
@@ -382,18 +388,22 @@ fn run_path(opts: &BenchOptions, path: WritePath) -> anyhow::Result<Summary> {
         malformed: opts.malformed,
         seed: opts.seed,
     });
-    let avro = match opts.format {
-        ValueFormat::Json => None,
-        ValueFormat::Avro => {
+    let registered = match Encoder::new(opts.format, SCHEMA_ID) {
+        None => None,
+        Some(encoder) => {
             let registry = Registry::start().context("starting the local schema registry")?;
-            registry.register(AVRO_SCHEMA_ID, crate::avro::MEMBER_EVENTS_SCHEMA);
-            Some(AvroEvents {
-                schema: crate::avro::member_events_schema(),
+            encoder.register(&registry);
+            Some(RegisteredEvents {
+                format: opts.format,
+                encoder,
                 registry,
             })
         }
     };
-    let mut events = Events { generator, avro };
+    let mut events = Events {
+        generator,
+        registered,
+    };
     let n = opts.records;
     println!(
         "bqsink bench: {} member events, {} partitions, {}",

@@ -12,6 +12,7 @@
 //! Closing the worker's standard input makes it drain, commit and exit. This crate cannot run the
 //! pipeline itself (it must not depend on `bqsink`); the worker side lives in `bqsink::cli::bench`.
 
+use bqsink_actors::config::ValueFormat;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -48,7 +49,12 @@ pub struct WorkerReport {
 /// The worker's configuration: the defaults, plus where Kafka and the sink are, tolerance `all` so
 /// the malformed records are reported without stopping the pipeline, and a shorter fetch wait for
 /// the mock broker.
-fn worker_config(bootstrap: &str, sink: &Sink, path: WritePath, registry: Option<&str>) -> String {
+fn worker_config(
+    bootstrap: &str,
+    sink: &Sink,
+    path: WritePath,
+    registry: Option<(ValueFormat, &str)>,
+) -> String {
     let (endpoint, grpc) = (sink.url(), sink.grpc_url());
     let (write, commit_ms) = match path {
         // The defaults, spelled out.
@@ -82,10 +88,11 @@ tolerance = "all"
 # partitions resumed meanwhile would wait for it. A real broker answers when data arrives.
 [kafka.properties]
 "fetch.wait.max.ms" = "{FETCH_WAIT_MS}"
-{avro}"#,
-        avro = match registry {
-            Some(url) =>
-                format!("[kafka.formats]\n\"{TOPIC}\" = \"avro\"\n[registry]\nurl = \"{url}\"\n"),
+{formats}"#,
+        formats = match registry {
+            Some((format, url)) => format!(
+                "[kafka.formats]\n\"{TOPIC}\" = \"{format}\"\n[registry]\nurl = \"{url}\"\n"
+            ),
             None => String::new(),
         }
     )
@@ -121,7 +128,7 @@ impl Worker {
         sink: &Sink,
         path: WritePath,
         extra: Option<&Path>,
-        registry: Option<&str>,
+        registry: Option<(ValueFormat, &str)>,
     ) -> anyhow::Result<Worker> {
         let config = dir.join("bench.toml");
         std::fs::write(&config, worker_config(bootstrap, sink, path, registry))

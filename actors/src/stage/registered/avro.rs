@@ -4,7 +4,6 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`wire`] | the wire format: magic byte 0, 4-byte schema id, Avro binary body |
 //! | [`json`] | an Avro value and its schema as BigQuery-ready JSON text |
 //! | this file | [`AvroSchema`] (a registered schema, parsed once) and [`decode`] |
 //!
@@ -37,7 +36,8 @@ use apache_avro::{GenericSingleObjectReader, Schema};
 use crate::stage::convert::JsonObject;
 
 pub mod json;
-pub mod wire;
+
+use super::wire;
 
 /// A schema from the registry, parsed once and shared by every record written with it.
 pub struct AvroSchema {

@@ -8,8 +8,8 @@ use apache_avro::schema::{Name, UnionSchema};
 use apache_avro::types::Value;
 use apache_avro::Schema;
 use base64::Engine;
-use time::{Date, Duration, OffsetDateTime, Time};
 
+use super::super::text;
 use super::{AvroError, AvroSchema};
 use crate::stage::json::{Member, Span};
 
@@ -87,8 +87,7 @@ fn resolve<'s>(root: &'s AvroSchema, schema: &'s Schema) -> Result<&'s Schema, A
 
 impl Writer<'_> {
     fn string(&mut self, s: &str) {
-        // Writing into a Vec cannot fail; serde_json escapes as JSON requires.
-        let _ = serde_json::to_writer(&mut *self.out, s);
+        text::string(self.out, s);
     }
 
     fn value(&mut self, value: &Value, schema: &Schema) -> Result<(), AvroError> {
@@ -144,10 +143,9 @@ impl Writer<'_> {
             }
             (Value::Record(fields), Schema::Record(r)) => self.record(fields, r, None)?,
             (Value::Date(days), _) => {
-                let date = date(*days).ok_or_else(|| error(format!("date {days} out of range")))?;
-                self.out.push(b'"');
-                push_date(self.out, date);
-                self.out.push(b'"');
+                let date =
+                    text::date(*days).ok_or_else(|| error(format!("date {days} out of range")))?;
+                text::quoted_date(self.out, date);
             }
             (Value::TimeMillis(ms), _) => self.time(i64::from(*ms) * 1_000)?,
             (Value::TimeMicros(us), _) => self.time(*us)?,
@@ -163,7 +161,7 @@ impl Writer<'_> {
             }
             (Value::Decimal(d), Schema::Decimal(s)) => {
                 let bytes = <Vec<u8>>::try_from(d).map_err(|e| error(e.to_string()))?;
-                self.string(&decimal_text(&bytes, s.scale));
+                self.string(&text::decimal_text(&bytes, s.scale));
             }
             (Value::BigDecimal(d), _) => self.string(&d.to_plain_string()),
             (Value::Duration(d), _) => {
@@ -240,43 +238,15 @@ impl Writer<'_> {
     }
 
     fn float(&mut self, f: f64) {
-        if f.is_nan() {
-            self.out.extend_from_slice(b"\"NaN\"");
-        } else if f.is_infinite() {
-            let s: &[u8] = if f > 0.0 {
-                b"\"Infinity\""
-            } else {
-                b"\"-Infinity\""
-            };
-            self.out.extend_from_slice(s);
-        } else {
-            let _ = write!(self.out, "{f}");
-        }
+        text::float(self.out, f);
     }
 
     fn time(&mut self, micros: i64) -> Result<(), AvroError> {
-        if !(0..86_400_000_000).contains(&micros) {
-            return Err(error(format!("time of day {micros} µs out of range")));
-        }
-        let t = Time::MIDNIGHT + Duration::microseconds(micros);
-        self.out.push(b'"');
-        push_time(self.out, t);
-        self.out.push(b'"');
-        Ok(())
+        text::time(self.out, micros).map_err(error)
     }
 
     fn timestamp(&mut self, micros: i128, utc: bool) -> Result<(), AvroError> {
-        let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000)
-            .map_err(|_| error(format!("timestamp {micros} µs out of range")))?;
-        self.out.push(b'"');
-        push_date(self.out, at.date());
-        self.out.push(b'T');
-        push_time(self.out, at.time());
-        if utc {
-            self.out.push(b'Z');
-        }
-        self.out.push(b'"');
-        Ok(())
+        text::timestamp(self.out, micros, utc).map_err(error)
     }
 }
 
@@ -286,89 +256,4 @@ fn branch_name(schema: &Schema) -> String {
         Some(Name { name, .. }) => name.clone(),
         None => format!("{:?}", apache_avro::schema::SchemaKind::from(schema)).to_lowercase(),
     }
-}
-
-fn date(days: i32) -> Option<Date> {
-    // 2440588 is the Julian day of 1970-01-01.
-    Date::from_julian_day(2_440_588i32.checked_add(days)?).ok()
-}
-
-/// `n` as exactly `width` decimal digits (`n` < 10^width).
-fn push_digits(out: &mut Vec<u8>, mut n: u32, width: usize) {
-    let at = out.len();
-    out.resize(at + width, b'0');
-    for i in (0..width).rev() {
-        out[at + i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-}
-
-/// `YYYY-MM-DD` (years 0 to 9999, BigQuery's range; others as they are).
-fn push_date(out: &mut Vec<u8>, d: Date) {
-    match u32::try_from(d.year()) {
-        Ok(y) if y <= 9999 => push_digits(out, y, 4),
-        _ => {
-            let _ = write!(out, "{}", d.year());
-        }
-    }
-    out.push(b'-');
-    push_digits(out, u32::from(u8::from(d.month())), 2);
-    out.push(b'-');
-    push_digits(out, u32::from(d.day()), 2);
-}
-
-/// `HH:MM:SS.ffffff`.
-fn push_time(out: &mut Vec<u8>, t: Time) {
-    push_digits(out, u32::from(t.hour()), 2);
-    out.push(b':');
-    push_digits(out, u32::from(t.minute()), 2);
-    out.push(b':');
-    push_digits(out, u32::from(t.second()), 2);
-    out.push(b'.');
-    push_digits(out, t.microsecond(), 6);
-}
-
-/// The decimal a big-endian two's-complement unscaled value stands for at `scale`, exactly.
-pub fn decimal_text(bytes: &[u8], scale: usize) -> String {
-    let negative = bytes.first().is_some_and(|b| b & 0x80 != 0);
-    // Magnitude: the two's complement of a negative value.
-    let mut magnitude: Vec<u8> = if negative {
-        let mut m: Vec<u8> = bytes.iter().map(|b| !b).collect();
-        for b in m.iter_mut().rev() {
-            let (v, carry) = b.overflowing_add(1);
-            *b = v;
-            if !carry {
-                break;
-            }
-        }
-        m
-    } else {
-        bytes.to_vec()
-    };
-    // Decimal digits by repeated division by 10 (values are at most 32 bytes: BIGNUMERIC).
-    let mut digits = Vec::new();
-    while magnitude.iter().any(|&b| b != 0) {
-        let mut rest = 0u32;
-        for b in magnitude.iter_mut() {
-            let cur = (rest << 8) | u32::from(*b);
-            *b = (cur / 10) as u8;
-            rest = cur % 10;
-        }
-        digits.push(b'0' + rest as u8);
-    }
-    while digits.len() <= scale {
-        digits.push(b'0');
-    }
-    digits.reverse();
-    let (int, frac) = digits.split_at(digits.len() - scale);
-    let mut text = String::with_capacity(digits.len() + 2);
-    if negative {
-        text.push('-');
-    }
-    text.push_str(std::str::from_utf8(int).unwrap_or("0"));
-    if scale > 0 {
-        text.push('.');
-        text.push_str(std::str::from_utf8(frac).unwrap_or("0"));
-    }
-    text
 }

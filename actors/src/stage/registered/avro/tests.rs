@@ -1,7 +1,7 @@
 use apache_avro::types::Value;
 use serde_json::json;
 
-use super::wire;
+use super::super::wire;
 use super::*;
 
 const SCHEMA: &str = r#"{
@@ -154,7 +154,7 @@ fn a_schema_that_is_not_a_record_or_not_avro_is_named() {
 
 #[test]
 fn decimals_are_exact_at_any_scale_and_size() {
-    use super::json::decimal_text;
+    use super::super::text::decimal_text;
     assert_eq!(decimal_text(&[0x01, 0xe2, 0x40], 2), "1234.56");
     assert_eq!(decimal_text(&[0xfe, 0x1d, 0xc0], 2), "-1234.56");
     assert_eq!(decimal_text(&[0x05], 3), "0.005");
