@@ -210,8 +210,8 @@ fn run(storage: bool) {
     if storage {
         use_storage_write(&mut config, &sink);
         config.bigquery.delivery = bqsink_actors::config::Delivery::ExactlyOnce;
-        // The table as a user creates it for these records (bqsink does not yet create it from
-        // the registry's schema; insertAll's run above creates it from the rows).
+        // The table as a user creates it for these records (with auto_create_tables bqsink
+        // creates it from the registry's schema: tests/registry_formats.rs).
         sink.manage_tables();
         sink.create_table("ds.members_avro", table_fields());
     }

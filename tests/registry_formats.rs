@@ -432,3 +432,140 @@ fn run(storage: bool) {
         "{violation}"
     );
 }
+
+/// The type of column `path` (dotted) in a table definition's schema.
+fn column_type(def: &Value, path: &str) -> Option<String> {
+    let mut fields = def["schema"]["fields"].as_array()?.clone();
+    let mut found = None;
+    for part in path.split('.') {
+        let f = fields.iter().find(|f| f["name"] == part)?.clone();
+        fields = f["fields"].as_array().cloned().unwrap_or_default();
+        found = Some(f["type"].as_str()?.to_owned());
+    }
+    found
+}
+
+/// `auto_create_tables` creates the table from the registry's schema (a Timestamp is a TIMESTAMP
+/// column, where rows alone would make it STRING); a version that adds a field patches the table
+/// (`allow_new_fields`); a version that changes a field's type stops the table: its records are
+/// not written, dead-lettered or committed, and the failure names the field.
+#[test]
+fn tables_are_created_and_extended_from_the_registry_and_an_incompatible_change_stops_them() {
+    const T: &str = "members-proto-tables";
+    let registry = Registry::start().unwrap();
+    registry.register_subject("address-proto", 1, "PROTOBUF", ADDRESS_PROTO);
+    let refs = [("common/address.proto", "address-proto", 1)];
+    registry.register_with_references(11, "PROTOBUF", MEMBER_PROTO, &refs);
+    registry.register_with_references(12, "PROTOBUF", &member_proto_v2(), &refs);
+    let v3 = member_proto_v2().replace("int64 member_id = 2;", "string member_id = 2;");
+    registry.register_with_references(13, "PROTOBUF", &v3, &refs);
+    let (v1, v2) = (descriptor(MEMBER_PROTO), descriptor(&member_proto_v2()));
+
+    let (cluster, bootstrap) = cluster(T, 1);
+    cluster.create_topic(DLQ, 1, 1).unwrap();
+    let first: Vec<Vec<u8>> = (0..10).map(|i| proto_member(&v1, 11, i, 1)).collect();
+    produce_to_partition(&bootstrap, T, 0, &first);
+    let sink = Sink::start(SinkOptions {
+        keep_rows: true,
+        id_pointer: Some("/event_id".into()),
+        ..SinkOptions::default()
+    })
+    .unwrap();
+    sink.manage_tables();
+    sink.create_dataset("ds");
+    let mut config = config(&bootstrap, "g-reg-tables", T, sink.url());
+    config.kafka.formats = [(T.to_owned(), ValueFormat::Protobuf)]
+        .into_iter()
+        .collect();
+    config.registry.url = registry.url.clone();
+    config.bigquery.auto_create_tables = true;
+    config.bigquery.allow_new_fields = true;
+    config.errors.tolerance = Tolerance::All;
+    config.errors.deadletterqueue.topic_name = DLQ.into();
+    config.validate().unwrap();
+    let pipeline = start(&config);
+    let table = "ds.members_proto_tables";
+    wait_until(Duration::from_secs(30), "the first rows", || {
+        sink.rows(table).len() == 10
+    });
+    let def = sink.table(table).expect("the table was created");
+    for (path, t) in [
+        ("joined", "TIMESTAMP"),
+        ("member_id", "INTEGER"),
+        ("contact_0.email", "STRING"),
+        ("scores.value", "INTEGER"),
+        ("address.zip", "INTEGER"),
+        ("_kafka_offset", "INTEGER"),
+    ] {
+        assert_eq!(
+            column_type(&def, path).as_deref(),
+            Some(t),
+            "{path} in {def}"
+        );
+    }
+    assert_eq!(column_type(&def, "note"), None);
+
+    // A version that adds a field: the table gets it, the rows carry it.
+    let second: Vec<Vec<u8>> = (10..20).map(|i| proto_member(&v2, 12, i, 2)).collect();
+    produce_to_partition(&bootstrap, T, 0, &second);
+    wait_until(Duration::from_secs(30), "the second rows", || {
+        sink.rows(table).len() == 20
+    });
+    let def = sink.table(table).unwrap();
+    assert_eq!(
+        column_type(&def, "note").as_deref(),
+        Some("STRING"),
+        "{def}"
+    );
+    wait_fully_committed(&bootstrap, "g-reg-tables", T, 1, Duration::from_secs(30));
+
+    // A version that changes member_id's type: the table stops.
+    let v3d = descriptor(&v3);
+    let mut m = DynamicMessage::new(v3d.clone());
+    m.set_field_by_name("event_id", Proto::String("p-x".into()));
+    m.set_field_by_name("member_id", Proto::String("x1".into()));
+    let mut body = wire::encode_indexes(&[0]);
+    m.encode(&mut body).unwrap();
+    produce_to_partition(&bootstrap, T, 0, &[wire::encode(13, &body)]);
+    wait_until(Duration::from_secs(30), "the table to stop", || {
+        pipeline
+            .stats
+            .health
+            .snapshot()
+            .iter()
+            .any(|s| s.last_error.contains("member_id"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let sinks = pipeline.stats.health.snapshot();
+    let state = sinks
+        .iter()
+        .find(|s| s.last_error.contains("member_id"))
+        .unwrap();
+    assert!(
+        state.last_error.contains("schema id 13")
+            && state
+                .last_error
+                .contains("from NULLABLE INTEGER to NULLABLE STRING"),
+        "{state:?}"
+    );
+    assert_eq!(
+        sink.rows(table).len(),
+        20,
+        "nothing of the conflicting version written"
+    );
+    assert_eq!(
+        watermarks(&bootstrap, DLQ, 1)[0].1,
+        0,
+        "nothing dead-lettered"
+    );
+    assert_eq!(
+        committed(&bootstrap, "g-reg-tables", T, 1)[0],
+        Some(20),
+        "not committed past it"
+    );
+    assert_eq!(
+        column_type(&sink.table(table).unwrap(), "member_id").as_deref(),
+        Some("INTEGER")
+    );
+    drop(pipeline);
+}

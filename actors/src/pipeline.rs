@@ -29,6 +29,7 @@ use crate::stage::dedup::Deduplicator;
 use crate::stage::transform::Transformer;
 use crate::stats::Stats;
 use crate::supervisor::{SupervisorActor, SupervisorSettings};
+use crate::tables::registered::RegistryColumns;
 use crate::transformer::TransformActor;
 use crate::writer::{WriterActor, WriterSettings};
 
@@ -65,8 +66,30 @@ pub fn start_with_registry(
 ) -> Addr<SupervisorActor> {
     let config = config.clone();
     let workers = config.workers();
-    // Table auto-creation, new fields and insert options from `[bigquery]` (see tables.rs).
-    let bq: Arc<dyn BigQuery> = Arc::new(crate::tables::Managed::new(bq, &config));
+    // Registry topics (`avro`, `protobuf`, `json_schema`): a resolver fetches their schemas
+    // before their records reach a converter.
+    let registry_formats: BTreeMap<String, ValueFormat> = config
+        .kafka
+        .formats
+        .iter()
+        .filter(|(_, f)| f.uses_registry())
+        .map(|(t, f)| (t.clone(), *f))
+        .collect();
+    if !registry_formats.is_empty() && registry.is_none() {
+        tracing::error!(topics = ?registry_formats.keys().collect::<Vec<_>>(), "registry topics without a schema registry: their records fail");
+    }
+    let registered = (!registry_formats.is_empty()).then(|| RegistryTopics {
+        formats: registry_formats,
+        schemas: Arc::new(SchemaCache::default()),
+    });
+    // Table auto-creation, new fields and insert options from `[bigquery]` (see tables.rs); for
+    // registry topics, with the columns their schemas give the tables.
+    let registry_columns = Arc::new(RegistryColumns::default());
+    let mut managed = crate::tables::Managed::new(bq, &config);
+    if registered.is_some() {
+        managed = managed.with_registry_columns(Arc::clone(&registry_columns));
+    }
+    let bq: Arc<dyn BigQuery> = Arc::new(managed);
     // On the Storage Write API path rows are encoded as protobuf by the transform workers.
     let formats = bq.row_formats();
     let delivery_backoff = DeliveryBackoff {
@@ -129,26 +152,15 @@ pub fn start_with_registry(
         writer.do_send(SettledVia(dedup.clone().recipient()));
 
         let (t_config, t_errors, t_dedup) = (config.clone(), errors.clone(), dedup.clone());
+        let t_registered = registered
+            .clone()
+            .map(|r| (r, Arc::clone(&registry_columns)));
         let transformer = SyncArbiter::start(workers, move || TransformActor {
             transformer: Transformer::new(&t_config).with_formats(formats.clone()),
             dedup: t_dedup.clone(),
             errors: t_errors.clone(),
-        });
-        // Registry topics (`avro`, `protobuf`, `json_schema`): a resolver fetches their schemas
-        // before their records reach a converter.
-        let registry_formats: BTreeMap<String, ValueFormat> = config
-            .kafka
-            .formats
-            .iter()
-            .filter(|(_, f)| f.uses_registry())
-            .map(|(t, f)| (t.clone(), *f))
-            .collect();
-        if !registry_formats.is_empty() && registry.is_none() {
-            tracing::error!(topics = ?registry_formats.keys().collect::<Vec<_>>(), "registry topics without a schema registry: their records fail");
-        }
-        let registered = (!registry_formats.is_empty()).then(|| RegistryTopics {
-            formats: registry_formats,
-            schemas: Arc::new(SchemaCache::default()),
+            registered: t_registered.clone(),
+            noted: Default::default(),
         });
         let c_registered = registered.clone();
         let converter = SyncArbiter::start(workers, move || ConvertActor {

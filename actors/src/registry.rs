@@ -17,7 +17,8 @@ use crate::stage::convert::{ConvertError, JsonObject};
 use crate::stage::registered::avro::{self, AvroError, AvroSchema};
 use crate::stage::registered::json_schema::{self, JsonSchema, JsonSchemaError};
 use crate::stage::registered::protobuf::{self, ProtoError, ProtoSchema};
-use crate::stage::registered::wire;
+use crate::stage::registered::{columns, wire};
+use crate::stage::schema::FieldSchema;
 
 /// Fetches schemas by id (the `bqsink` crate implements it over HTTP; tests plug in fakes).
 pub trait SchemaRegistry: Send + Sync + 'static {
@@ -236,6 +237,25 @@ impl SchemaCache {
                 })
             }
         })
+    }
+}
+
+impl SchemaCache {
+    /// The BigQuery columns of the schema a value in the wire format names (its message's, for
+    /// Protobuf): its id and the columns, or why it has none; `None` when the value names no known
+    /// usable schema.
+    pub fn columns(&self, payload: &[u8]) -> Option<(u32, Result<Vec<FieldSchema>, String>)> {
+        let framed = wire::frame(payload).ok()?;
+        let schema = self.get(framed.schema_id)?.ok()?;
+        let columns = match &*schema {
+            Schema::Avro(s) => columns::avro(s),
+            Schema::Json(s) => columns::json_schema(s),
+            Schema::Protobuf(s) => {
+                let (indexes, _) = wire::message_indexes(framed.body).ok()?;
+                columns::protobuf(&s.message(&indexes)?)
+            }
+        };
+        Some((framed.schema_id, columns))
     }
 }
 

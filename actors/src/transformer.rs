@@ -1,21 +1,61 @@
 //! The transformer: `[transform]`, table routing, dedup key and row encoding, on a pool of sync
 //! threads.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
+use crate::converter::RegistryTopics;
 use crate::deduplicator::DedupActor;
 use crate::error_report::ErrorReportActor;
 use crate::messages::{ConvertedRecord, Dedup, Failed, Failure, Row, Stage, Transform};
+use crate::model::TableRef;
 use crate::stage::guard::guarded;
+use crate::stage::registered::wire;
 use crate::stage::transform::{TransformError, Transformer};
+use crate::tables::registered::RegistryColumns;
 use crate::telemetry;
 
 pub struct TransformActor {
     pub transformer: Transformer,
     pub dedup: Addr<DedupActor>,
     pub errors: Addr<ErrorReportActor>,
+    /// Registry topics: the schemas, and the columns they give each table (noted once per table
+    /// and schema id, for table creation and new fields).
+    pub registered: Option<(RegistryTopics, Arc<RegistryColumns>)>,
+    /// (table, schema id) pairs this worker has noted.
+    pub noted: HashSet<(Arc<TableRef>, u32)>,
+}
+
+impl TransformActor {
+    /// Notes the columns of the schema `payload` names for `table`, the first time this worker
+    /// sees the pair.
+    fn note_columns(&mut self, table: &Arc<TableRef>, payload: Option<&[u8]>) {
+        let Some((topics, columns)) = &self.registered else {
+            return;
+        };
+        let Some(id) = payload
+            .and_then(|p| wire::frame(p).ok())
+            .map(|f| f.schema_id)
+        else {
+            return;
+        };
+        if self.noted.contains(&(Arc::clone(table), id)) {
+            return;
+        }
+        self.noted.insert((Arc::clone(table), id));
+        if columns.knows(table, id) {
+            return;
+        }
+        match payload.and_then(|p| topics.schemas.columns(p)) {
+            Some((id, Ok(fields))) => columns.note(table, id, &fields),
+            Some((id, Err(e))) => {
+                tracing::warn!(table = %table, schema_id = id, error = %e, "no BigQuery columns for this schema: the table's columns are inferred from its rows")
+            }
+            None => {}
+        }
+    }
 }
 
 impl Actor for TransformActor {
@@ -31,6 +71,10 @@ impl Handler<Transform> for TransformActor {
                 .entered();
         let mut rows = Vec::with_capacity(msg.records.len());
         let mut failures = Vec::new();
+        let is_registered = self
+            .registered
+            .as_ref()
+            .is_some_and(|(r, _)| r.formats.contains_key(&*msg.origin.tp.topic));
         for rec in msg.records {
             let ConvertedRecord {
                 source,
@@ -42,14 +86,19 @@ impl Handler<Transform> for TransformActor {
                     .apply_object(&msg.origin.tp, &source, &value)
             };
             match guarded(work, TransformError::class) {
-                Ok(t) => rows.push(Row {
-                    origin: Arc::clone(&msg.origin),
-                    source,
-                    table: t.table,
-                    dedup_hash: t.dedup_hash,
-                    body: t.body,
-                    trace,
-                }),
+                Ok(t) => {
+                    if is_registered {
+                        self.note_columns(&t.table, source.payload.as_deref());
+                    }
+                    rows.push(Row {
+                        origin: Arc::clone(&msg.origin),
+                        source,
+                        table: t.table,
+                        dedup_hash: t.dedup_hash,
+                        body: t.body,
+                        trace,
+                    })
+                }
                 Err((class, error)) => failures.push(Failure::new(
                     Arc::clone(&msg.origin),
                     source,

@@ -199,6 +199,12 @@ pub enum BqError {
     /// A gRPC call of the Storage Write API failed: its status code (`UNAVAILABLE`, …) and message.
     #[error("{code} from the BigQuery Storage Write API: {message}")]
     Grpc { code: GrpcCode, message: String },
+    /// The table's registered schemas disagree on a column's type
+    /// ([`RegistryColumns`](crate::tables::registered::RegistryColumns)): not sent.
+    #[error(
+        "the table's registered schemas conflict: {0}; migrate the table, then restart bqsink"
+    )]
+    SchemaConflict(String),
 }
 
 /// The gRPC status codes a Storage Write API call can end with (google.rpc.Code).
@@ -314,7 +320,7 @@ impl BqError {
     pub fn is_retryable(&self) -> bool {
         match self {
             BqError::Timeout | BqError::Transport(_) | BqError::Decode(_) => true,
-            BqError::Unsupported(_) => false,
+            BqError::Unsupported(_) | BqError::SchemaConflict(_) => false,
             BqError::Grpc { code, .. } => code.is_transient(),
             BqError::Auth { retryable, .. } => *retryable,
             BqError::Http { status, reason, .. } => {
@@ -333,6 +339,7 @@ impl BqError {
             BqError::Auth { .. } => "auth",
             BqError::Unsupported(_) => "unsupported",
             BqError::Grpc { .. } => "grpc",
+            BqError::SchemaConflict(_) => "schema_conflict",
         }
     }
 

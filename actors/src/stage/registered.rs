@@ -10,11 +10,13 @@
 //! | [`protobuf`] | `.proto` schemas (compiled by protox) and messages (prost-reflect) |
 //! | [`json_schema`] | JSON Schema (validated by the jsonschema crate) |
 //! | [`text`] | BigQuery's JSON text for typed values, shared by the Avro and Protobuf writers |
+//! | [`columns`] | a registered schema as BigQuery columns (table creation, new fields) |
 //!
 //! The schemas come from [`crate::registry`], which fetches each once; which format a topic is
 //! read in is `kafka.formats`.
 
 pub mod avro;
+pub mod columns;
 pub mod json_schema;
 pub mod protobuf;
 pub mod text;

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 
-use super::definition::{row_objects, TableDefinition, TableManager};
+use super::definition::{TableDefinition, TableManager};
+use super::registered::RegistryColumns;
 use crate::bigquery::client::{BigQuery, BqError, CommitHook, InsertAllResponse};
 use crate::config::Config;
 use crate::model::{TableRef, Tp};
@@ -89,8 +90,7 @@ impl TableManager {
                 format!("table {table} disappeared while adding fields"),
             )
         })?;
-        let rows = row_objects(rows);
-        let inferred = schema::infer(rows.iter(), &self.hints(self.spec(table)));
+        let inferred = self.row_fields(table, rows);
         let (merged, added) = schema::merge_missing(&current, &inferred);
         if !added.is_empty() {
             bq.patch_schema(table, merged).await?;
@@ -114,6 +114,19 @@ impl Managed {
             tables: TableManager::new(&config.bigquery, &config.kafka.topics),
         }
     }
+
+    /// With the columns the registry's schemas give tables: missing tables are created with their
+    /// types, and a table whose schemas conflict is not written (a sink failure).
+    pub fn with_registry_columns(mut self, columns: Arc<RegistryColumns>) -> Self {
+        self.tables.registry_columns = Some(columns);
+        self
+    }
+
+    /// The sink failure of writing to `table` while its schemas conflict.
+    fn conflict(&self, table: &TableRef) -> Option<BqError> {
+        let columns = self.tables.registry_columns.as_ref()?;
+        columns.conflict(table).map(BqError::SchemaConflict)
+    }
 }
 
 impl BigQuery for Managed {
@@ -122,6 +135,9 @@ impl BigQuery for Managed {
         table: &TableRef,
         body: Vec<u8>,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
+        if let Some(e) = self.conflict(table) {
+            return Box::pin(futures::future::ready(Err(e)));
+        }
         self.inner.insert_all(table, body)
     }
 
@@ -132,6 +148,9 @@ impl BigQuery for Managed {
         sources: &[(Tp, i64)],
         options: InsertOptions,
     ) -> BoxFuture<'static, Result<InsertAllResponse, BqError>> {
+        if let Some(e) = self.conflict(table) {
+            return Box::pin(futures::future::ready(Err(e)));
+        }
         self.inner.write_rows(table, rows, sources, options)
     }
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Map, Value};
 
+use super::registered::{typed, RegistryColumns};
 use crate::config::{BigQueryConfig, PartitionType};
 use crate::model::{sanitize_table_name, TableRef};
 use crate::stage::batch::InsertOptions;
@@ -60,6 +61,8 @@ pub struct TableManager {
     locks: Mutex<HashMap<TableRef, Arc<tokio::sync::Mutex<()>>>>,
     /// Datasets created (or found) by this process.
     pub(super) datasets: Mutex<std::collections::HashSet<String>>,
+    /// The columns the registry's schemas give tables (registry topics only).
+    pub(super) registry_columns: Option<Arc<RegistryColumns>>,
 }
 
 impl TableManager {
@@ -114,6 +117,7 @@ impl TableManager {
             topic_tables,
             locks: Mutex::new(HashMap::new()),
             datasets: Mutex::new(std::collections::HashSet::new()),
+            registry_columns: None,
         }
     }
 
@@ -147,15 +151,26 @@ impl TableManager {
         hints
     }
 
-    /// The definition `table` is created with: its configured schema, or one inferred from `rows`
-    /// (encoded insertAll entries), with the configured partitioning and clustering.
+    /// Fields inferred from `rows` (encoded insertAll entries), typed by the registry's columns of
+    /// `table` where it has them.
+    pub(super) fn row_fields(&self, table: &TableRef, rows: &[&[u8]]) -> Vec<FieldSchema> {
+        let rows = row_objects(rows);
+        let inferred = schema::infer(rows.iter(), &self.hints(self.spec(table)));
+        match self.registry_columns.as_ref().and_then(|r| r.fields(table)) {
+            Some(columns) => typed(&columns, inferred),
+            None => inferred,
+        }
+    }
+
+    /// The definition `table` is created with: its configured schema, or the registry's columns
+    /// and those inferred from `rows` (encoded insertAll entries), with the configured
+    /// partitioning and clustering.
     pub fn definition(&self, table: &TableRef, rows: &[&[u8]]) -> TableDefinition {
         let spec = self.spec(table);
         let schema = match spec {
             Some(s) if !s.schema.is_empty() => s.schema.clone(),
             _ => {
-                let rows = row_objects(rows);
-                let mut schema = schema::infer(rows.iter(), &self.hints(spec));
+                let mut schema = self.row_fields(table, rows);
                 // Partitioning and clustering columns must exist: ones no row had are added.
                 let partition = spec
                     .and_then(|s| s.time_partitioning.as_ref())

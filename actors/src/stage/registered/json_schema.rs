@@ -23,6 +23,9 @@ use crate::stage::json::{object_members, NotAnObject};
 /// A registered JSON Schema, compiled once.
 pub struct JsonSchema {
     validator: Validator,
+    /// The schema and its references, for its columns ([`super::columns`]).
+    pub(crate) schema: Value,
+    references: HashMap<String, Value>,
 }
 
 impl std::fmt::Debug for JsonSchema {
@@ -97,12 +100,37 @@ impl JsonSchema {
                 serde_json::from_str(text).map_err(|e| bad(format!("reference {name}: {e}")))?;
             refs.insert(name.clone(), value);
         }
-        let mut options = jsonschema::options().with_retriever(References(refs));
+        let mut options = jsonschema::options().with_retriever(References(refs.clone()));
         if schema.get("$schema").is_none() {
             options = options.with_draft(jsonschema::Draft::Draft7);
         }
         let validator = options.build(&schema).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { validator })
+        Ok(Self {
+            validator,
+            schema,
+            references: refs,
+        })
+    }
+
+    /// `v`, or the subschema its `$ref` names (in this schema, `#/…`, or in a reference,
+    /// `name#/…`), followed a few times; `v` itself when a `$ref` leads nowhere.
+    pub(crate) fn resolve<'a>(&'a self, mut v: &'a Value) -> &'a Value {
+        for _ in 0..16 {
+            let Some(target) = v.get("$ref").and_then(Value::as_str) else {
+                return v;
+            };
+            let (name, pointer) = target.split_once('#').unwrap_or((target, ""));
+            let document = if name.is_empty() {
+                Some(&self.schema)
+            } else {
+                self.references.get(name)
+            };
+            match document.and_then(|d| d.pointer(pointer)) {
+                Some(next) => v = next,
+                None => return v,
+            }
+        }
+        v
     }
 }
 

@@ -76,7 +76,10 @@ fn within(e: AvroError, segment: impl std::fmt::Display) -> AvroError {
 }
 
 /// `schema`, or the named type it refers to.
-fn resolve<'s>(root: &'s AvroSchema, schema: &'s Schema) -> Result<&'s Schema, AvroError> {
+pub(crate) fn resolve<'s>(
+    root: &'s AvroSchema,
+    schema: &'s Schema,
+) -> Result<&'s Schema, AvroError> {
     match schema {
         Schema::Ref { name } => root
             .named(name)
@@ -251,7 +254,7 @@ impl Writer<'_> {
 }
 
 /// Kafka Connect's name for a union branch: the named type's name, else the Avro type's.
-fn branch_name(schema: &Schema) -> String {
+pub(crate) fn branch_name(schema: &Schema) -> String {
     match schema.name() {
         Some(Name { name, .. }) => name.clone(),
         None => format!("{:?}", apache_avro::schema::SchemaKind::from(schema)).to_lowercase(),
