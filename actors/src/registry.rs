@@ -104,7 +104,7 @@ pub enum Schema {
 }
 
 impl Schema {
-    fn compile(id: u32, registered: &RegisteredSchema) -> Result<Self, SchemaError> {
+    fn compile(id: u32, registered: &RegisteredSchema) -> Result<Self, FormatError> {
         let RegisteredSchema {
             kind,
             text,
@@ -129,11 +129,9 @@ impl Schema {
 /// What the cache knows of one schema id.
 pub type Known = Result<Arc<Schema>, Arc<SchemaError>>;
 
-/// Why the records naming a schema id fail (record failures, all).
+/// A format's own error: a schema that does not compile, or a value that does not decode with it.
 #[derive(Debug, thiserror::Error)]
-pub enum SchemaError {
-    #[error(transparent)]
-    Registry(RegistryError),
+pub enum FormatError {
     #[error(transparent)]
     Avro(#[from] AvroError),
     #[error(transparent)]
@@ -142,15 +140,33 @@ pub enum SchemaError {
     Json(#[from] JsonSchemaError),
 }
 
+impl FormatError {
+    /// Short class for logs and dead-letter headers.
+    pub fn class(&self) -> &'static str {
+        match self {
+            FormatError::Avro(e) => e.class(),
+            FormatError::Protobuf(e) => e.class(),
+            FormatError::Json(e) => e.class(),
+        }
+    }
+}
+
+/// Why the records naming a schema id fail (record failures, all).
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(transparent)]
+    Registry(RegistryError),
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
 impl SchemaError {
     /// Short class for logs and dead-letter headers.
     pub fn class(&self) -> &'static str {
         match self {
             SchemaError::Registry(RegistryError::NotFound { .. }) => "unknown_schema_id",
             SchemaError::Registry(_) => "wrong_schema_type",
-            SchemaError::Avro(e) => e.class(),
-            SchemaError::Protobuf(e) => e.class(),
-            SchemaError::Json(e) => e.class(),
+            SchemaError::Format(e) => e.class(),
         }
     }
 }
@@ -176,7 +192,7 @@ impl SchemaCache {
         let known: Known = match answer {
             Ok(registered) => Schema::compile(id, &registered)
                 .map(Arc::new)
-                .map_err(Arc::new),
+                .map_err(|e| Arc::new(SchemaError::Format(e))),
             Err(e) => Err(Arc::new(SchemaError::Registry(e))),
         };
         let mut map = self.known.write().unwrap_or_else(|e| e.into_inner());
@@ -226,9 +242,15 @@ impl SchemaCache {
             }
         };
         Ok(match (&*schema, format) {
-            (Schema::Avro(s), ValueFormat::Avro) => avro::decode(id, s, bytes)?,
-            (Schema::Protobuf(s), ValueFormat::Protobuf) => protobuf::decode(id, s, bytes)?,
-            (Schema::Json(s), ValueFormat::JsonSchema) => json_schema::decode(id, s, bytes)?,
+            (Schema::Avro(s), ValueFormat::Avro) => {
+                avro::decode(id, s, bytes).map_err(FormatError::from)?
+            }
+            (Schema::Protobuf(s), ValueFormat::Protobuf) => {
+                protobuf::decode(id, s, bytes).map_err(FormatError::from)?
+            }
+            (Schema::Json(s), ValueFormat::JsonSchema) => {
+                json_schema::decode(id, s, bytes).map_err(FormatError::from)?
+            }
             (schema, format) => {
                 return Err(RecordError::WrongKind {
                     id,
@@ -275,11 +297,7 @@ pub enum RecordError {
         format: ValueFormat,
     },
     #[error(transparent)]
-    Avro(#[from] AvroError),
-    #[error(transparent)]
-    Protobuf(#[from] ProtoError),
-    #[error(transparent)]
-    Json(#[from] JsonSchemaError),
+    Format(#[from] FormatError),
 }
 
 impl RecordError {
@@ -290,9 +308,7 @@ impl RecordError {
             RecordError::Wire(e) => e.class(),
             RecordError::Schema(e) => e.class(),
             RecordError::WrongKind { .. } => "wrong_schema_type",
-            RecordError::Avro(e) => e.class(),
-            RecordError::Protobuf(e) => e.class(),
-            RecordError::Json(e) => e.class(),
+            RecordError::Format(e) => e.class(),
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::stage::convert::JsonObject;
 
 pub mod json;
 
+use super::text::Misfit;
 use super::wire;
 
 /// A schema from the registry, parsed once and shared by every record written with it.
@@ -76,8 +77,8 @@ pub enum AvroError {
     Mismatch { id: u32, error: String },
     #[error("Avro schema {id} is not a record (it is {kind}): a row needs named fields")]
     NotARecord { id: u32, kind: String },
-    #[error("value does not fit its Avro schema at {path}: {error}")]
-    Value { path: String, error: String },
+    #[error("value does not fit its Avro schema {0}")]
+    Value(Misfit),
 }
 
 impl AvroError {
@@ -85,7 +86,7 @@ impl AvroError {
     pub fn class(&self) -> &'static str {
         match self {
             AvroError::BadSchema { .. } => "bad_schema",
-            AvroError::Mismatch { .. } | AvroError::Value { .. } => "avro_mismatch",
+            AvroError::Mismatch { .. } | AvroError::Value(_) => "avro_mismatch",
             AvroError::NotARecord { .. } => "not_a_record",
         }
     }

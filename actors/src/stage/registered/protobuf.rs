@@ -41,6 +41,7 @@ use std::collections::HashMap;
 use prost_reflect::{DescriptorPool, DynamicMessage, FileDescriptor, MessageDescriptor};
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
+use super::text::Misfit;
 use super::wire;
 use crate::stage::convert::JsonObject;
 
@@ -70,8 +71,8 @@ pub enum ProtoError {
         message: String,
         error: String,
     },
-    #[error("value does not fit its Protobuf schema at {path}: {error}")]
-    Value { path: String, error: String },
+    #[error("value does not fit its Protobuf schema {0}")]
+    Value(Misfit),
 }
 
 impl ProtoError {
@@ -81,7 +82,7 @@ impl ProtoError {
             ProtoError::BadSchema { .. } => "bad_schema",
             ProtoError::NoSuchMessage { .. }
             | ProtoError::Mismatch { .. }
-            | ProtoError::Value { .. } => "protobuf_mismatch",
+            | ProtoError::Value(_) => "protobuf_mismatch",
         }
     }
 }

@@ -7,6 +7,49 @@ use std::io::Write;
 
 use time::{Date, Duration, OffsetDateTime, Time};
 
+/// A value that does not fit its schema, and where. Made where it fails with an empty path; each
+/// level adds its segment as the error unwinds ([`Misfit::within`]), so the path costs nothing
+/// unless a value fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Misfit {
+    pub path: String,
+    pub error: String,
+}
+
+impl Misfit {
+    pub fn new(error: impl Into<String>) -> Self {
+        Self {
+            path: String::new(),
+            error: error.into(),
+        }
+    }
+
+    /// This misfit, one level down `segment`.
+    pub fn within(self, segment: impl std::fmt::Display) -> Self {
+        let path = if self.path.is_empty() {
+            segment.to_string()
+        } else {
+            format!("{segment}.{}", self.path)
+        };
+        Self { path, ..self }
+    }
+
+    /// Where: the path, or "the record" for the record itself.
+    pub fn at(&self) -> &str {
+        if self.path.is_empty() {
+            "the record"
+        } else {
+            &self.path
+        }
+    }
+}
+
+impl std::fmt::Display for Misfit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "at {}: {}", self.at(), self.error)
+    }
+}
+
 /// A JSON string (serde_json escapes as JSON requires; writing into a Vec cannot fail).
 pub fn string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);

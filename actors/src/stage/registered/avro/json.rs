@@ -9,7 +9,7 @@ use apache_avro::types::Value;
 use apache_avro::Schema;
 use base64::Engine;
 
-use super::super::text;
+use super::super::text::{self, Misfit};
 use super::{AvroError, AvroSchema};
 use crate::stage::json::{Member, Span};
 
@@ -23,20 +23,14 @@ pub fn write(
     out: &mut Vec<u8>,
 ) -> Result<Vec<Member>, AvroError> {
     let mut w = Writer { root, out };
-    let written = match (value, resolve(root, schema)?) {
+    let written = match (value, resolve(root, schema).map_err(AvroError::Value)?) {
         (Value::Record(fields), Schema::Record(r)) => {
             let mut members = Vec::with_capacity(fields.len());
             w.record(fields, r, Some(&mut members)).map(|()| members)
         }
         _ => w.value(value, schema).map(|()| Vec::new()),
     };
-    written.map_err(|e| match e {
-        AvroError::Value { path, error } if path.is_empty() => AvroError::Value {
-            path: "the record".into(),
-            error,
-        },
-        other => other,
-    })
+    written.map_err(AvroError::Value)
 }
 
 fn span(start: usize, end: usize) -> Span {
@@ -51,39 +45,12 @@ struct Writer<'a> {
     out: &'a mut Vec<u8>,
 }
 
-/// A value that does not fit, at the current place (callers name the place as it unwinds: the
-/// path costs nothing unless a value fails).
-fn error(error: impl Into<String>) -> AvroError {
-    AvroError::Value {
-        path: String::new(),
-        error: error.into(),
-    }
-}
-
-/// `e`, one level down `segment`.
-fn within(e: AvroError, segment: impl std::fmt::Display) -> AvroError {
-    match e {
-        AvroError::Value { path, error } if path.is_empty() => AvroError::Value {
-            path: segment.to_string(),
-            error,
-        },
-        AvroError::Value { path, error } => AvroError::Value {
-            path: format!("{segment}.{path}"),
-            error,
-        },
-        other => other,
-    }
-}
-
 /// `schema`, or the named type it refers to.
-pub(crate) fn resolve<'s>(
-    root: &'s AvroSchema,
-    schema: &'s Schema,
-) -> Result<&'s Schema, AvroError> {
+pub(crate) fn resolve<'s>(root: &'s AvroSchema, schema: &'s Schema) -> Result<&'s Schema, Misfit> {
     match schema {
         Schema::Ref { name } => root
             .named(name)
-            .ok_or_else(|| error(format!("unknown named type {}", name.fullname(None)))),
+            .ok_or_else(|| Misfit::new(format!("unknown named type {}", name.fullname(None)))),
         other => Ok(other),
     }
 }
@@ -93,7 +60,7 @@ impl Writer<'_> {
         text::string(self.out, s);
     }
 
-    fn value(&mut self, value: &Value, schema: &Schema) -> Result<(), AvroError> {
+    fn value(&mut self, value: &Value, schema: &Schema) -> Result<(), Misfit> {
         let schema = resolve(self.root, schema)?;
         match (value, schema) {
             (Value::Null, _) => self.out.extend_from_slice(b"null"),
@@ -124,7 +91,7 @@ impl Writer<'_> {
                     if n > 0 {
                         self.out.push(b',');
                     }
-                    self.value(item, &a.items).map_err(|e| within(e, n))?;
+                    self.value(item, &a.items).map_err(|e| e.within(n))?;
                 }
                 self.out.push(b']');
             }
@@ -139,15 +106,15 @@ impl Writer<'_> {
                     self.out.extend_from_slice(b"{\"key\":");
                     self.string(k);
                     self.out.extend_from_slice(b",\"value\":");
-                    self.value(v, &m.types).map_err(|e| within(e, k))?;
+                    self.value(v, &m.types).map_err(|e| e.within(k))?;
                     self.out.push(b'}');
                 }
                 self.out.push(b']');
             }
             (Value::Record(fields), Schema::Record(r)) => self.record(fields, r, None)?,
             (Value::Date(days), _) => {
-                let date =
-                    text::date(*days).ok_or_else(|| error(format!("date {days} out of range")))?;
+                let date = text::date(*days)
+                    .ok_or_else(|| Misfit::new(format!("date {days} out of range")))?;
                 text::quoted_date(self.out, date);
             }
             (Value::TimeMillis(ms), _) => self.time(i64::from(*ms) * 1_000)?,
@@ -163,7 +130,7 @@ impl Writer<'_> {
                 self.timestamp(i128::from(*ns) / 1_000, false)?
             }
             (Value::Decimal(d), Schema::Decimal(s)) => {
-                let bytes = <Vec<u8>>::try_from(d).map_err(|e| error(e.to_string()))?;
+                let bytes = <Vec<u8>>::try_from(d).map_err(|e| Misfit::new(e.to_string()))?;
                 self.string(&text::decimal_text(&bytes, s.scale));
             }
             (Value::BigDecimal(d), _) => self.string(&d.to_plain_string()),
@@ -179,7 +146,7 @@ impl Writer<'_> {
                 );
             }
             (v, s) => {
-                return Err(error(format!(
+                return Err(Misfit::new(format!(
                     "a {:?} value for a {:?} schema",
                     apache_avro::types::ValueKind::from(v),
                     apache_avro::schema::SchemaKind::from(s)
@@ -196,7 +163,7 @@ impl Writer<'_> {
         fields: &[(String, Value)],
         r: &apache_avro::schema::RecordSchema,
         mut members: Option<&mut Vec<Member>>,
-    ) -> Result<(), AvroError> {
+    ) -> Result<(), Misfit> {
         self.out.push(b'{');
         for (n, ((name, v), field)) in fields.iter().zip(&r.fields).enumerate() {
             if n > 0 {
@@ -207,7 +174,7 @@ impl Writer<'_> {
             self.out.extend_from_slice(name.as_bytes());
             self.out.extend_from_slice(b"\":");
             let start = self.out.len();
-            self.value(v, &field.schema).map_err(|e| within(e, name))?;
+            self.value(v, &field.schema).map_err(|e| e.within(name))?;
             if let Some(members) = members.as_deref_mut() {
                 members.push(Member {
                     key,
@@ -222,11 +189,11 @@ impl Writer<'_> {
 
     /// A union of null and one type is that type, nullable; any other union is an object with one
     /// member named after the branch's type (Kafka Connect's mapping).
-    fn union(&mut self, index: usize, inner: &Value, union: &UnionSchema) -> Result<(), AvroError> {
+    fn union(&mut self, index: usize, inner: &Value, union: &UnionSchema) -> Result<(), Misfit> {
         let variants = union.variants();
         let branch = variants
             .get(index)
-            .ok_or_else(|| error(format!("union branch {index} of {}", variants.len())))?;
+            .ok_or_else(|| Misfit::new(format!("union branch {index} of {}", variants.len())))?;
         let non_null = variants.iter().filter(|s| **s != Schema::Null).count();
         if matches!(inner, Value::Null) || non_null <= 1 {
             return self.value(inner, branch);
@@ -235,7 +202,7 @@ impl Writer<'_> {
         self.out.push(b'{');
         self.string(&name);
         self.out.push(b':');
-        self.value(inner, branch).map_err(|e| within(e, &name))?;
+        self.value(inner, branch).map_err(|e| e.within(&name))?;
         self.out.push(b'}');
         Ok(())
     }
@@ -244,12 +211,12 @@ impl Writer<'_> {
         text::float(self.out, f);
     }
 
-    fn time(&mut self, micros: i64) -> Result<(), AvroError> {
-        text::time(self.out, micros).map_err(error)
+    fn time(&mut self, micros: i64) -> Result<(), Misfit> {
+        text::time(self.out, micros).map_err(Misfit::new)
     }
 
-    fn timestamp(&mut self, micros: i128, utc: bool) -> Result<(), AvroError> {
-        text::timestamp(self.out, micros, utc).map_err(error)
+    fn timestamp(&mut self, micros: i128, utc: bool) -> Result<(), Misfit> {
+        text::timestamp(self.out, micros, utc).map_err(Misfit::new)
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use base64::Engine;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, ReflectMessage, Value};
 
-use super::super::text;
+use super::super::text::{self, Misfit};
 use super::ProtoError;
 use crate::stage::json::{Member, Span};
 
@@ -16,41 +16,12 @@ pub fn write(message: &DynamicMessage, out: &mut Vec<u8>) -> Result<Vec<Member>,
     let mut members = Vec::new();
     let mut w = Writer { out };
     w.message(message, Some(&mut members))
-        .map_err(|e| match e {
-            ProtoError::Value { path, error } if path.is_empty() => ProtoError::Value {
-                path: "the record".into(),
-                error,
-            },
-            other => other,
-        })?;
+        .map_err(ProtoError::Value)?;
     Ok(members)
 }
 
 struct Writer<'a> {
     out: &'a mut Vec<u8>,
-}
-
-/// A value that does not fit, at the current place (callers name the place as it unwinds).
-fn error(error: impl Into<String>) -> ProtoError {
-    ProtoError::Value {
-        path: String::new(),
-        error: error.into(),
-    }
-}
-
-/// `e`, one level down `segment`.
-fn within(e: ProtoError, segment: impl std::fmt::Display) -> ProtoError {
-    match e {
-        ProtoError::Value { path, error } if path.is_empty() => ProtoError::Value {
-            path: segment.to_string(),
-            error,
-        },
-        ProtoError::Value { path, error } => ProtoError::Value {
-            path: format!("{segment}.{path}"),
-            error,
-        },
-        other => other,
-    }
 }
 
 impl Writer<'_> {
@@ -61,8 +32,8 @@ impl Writer<'_> {
         first: &mut bool,
         name: &str,
         members: &mut Option<&mut Vec<Member>>,
-        value: impl FnOnce(&mut Self) -> Result<(), ProtoError>,
-    ) -> Result<(), ProtoError> {
+        value: impl FnOnce(&mut Self) -> Result<(), Misfit>,
+    ) -> Result<(), Misfit> {
         if !std::mem::take(first) {
             self.out.push(b',');
         }
@@ -71,7 +42,7 @@ impl Writer<'_> {
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
         let start = self.out.len();
-        value(self).map_err(|e| within(e, name))?;
+        value(self).map_err(|e| e.within(name))?;
         if let Some(members) = members.as_deref_mut() {
             members.push(Member {
                 key,
@@ -88,7 +59,7 @@ impl Writer<'_> {
         &mut self,
         message: &DynamicMessage,
         mut members: Option<&mut Vec<Member>>,
-    ) -> Result<(), ProtoError> {
+    ) -> Result<(), Misfit> {
         let descriptor = message.descriptor();
         self.out.push(b'{');
         let mut first = true;
@@ -128,11 +99,7 @@ impl Writer<'_> {
 
     /// A field's value: null for a message or proto3 `optional` field not set, else its value
     /// (its default when not set).
-    fn field(
-        &mut self,
-        message: &DynamicMessage,
-        field: &FieldDescriptor,
-    ) -> Result<(), ProtoError> {
+    fn field(&mut self, message: &DynamicMessage, field: &FieldDescriptor) -> Result<(), Misfit> {
         let optional = field.containing_oneof().is_some_and(|o| o.is_synthetic())
             || (matches!(field.kind(), Kind::Message(_)) && !field.is_list() && !field.is_map());
         if optional && !message.has_field(field) {
@@ -142,10 +109,10 @@ impl Writer<'_> {
         let value = message.get_field(field);
         if field.is_map() {
             let Kind::Message(entry) = field.kind() else {
-                return Err(error("a map field without an entry type"));
+                return Err(Misfit::new("a map field without an entry type"));
             };
             let Value::Map(map) = value.as_ref() else {
-                return Err(error("a map field without a map value"));
+                return Err(Misfit::new("a map field without a map value"));
             };
             let value_kind = entry.map_entry_value_field().kind();
             let mut entries: Vec<_> = map.iter().collect();
@@ -158,7 +125,7 @@ impl Writer<'_> {
                 self.out.extend_from_slice(b"{\"key\":");
                 self.map_key(k);
                 self.out.extend_from_slice(b",\"value\":");
-                self.value(v, &value_kind).map_err(|e| within(e, n))?;
+                self.value(v, &value_kind).map_err(|e| e.within(n))?;
                 self.out.push(b'}');
             }
             self.out.push(b']');
@@ -180,7 +147,7 @@ impl Writer<'_> {
         }
     }
 
-    fn value(&mut self, value: &Value, kind: &Kind) -> Result<(), ProtoError> {
+    fn value(&mut self, value: &Value, kind: &Kind) -> Result<(), Misfit> {
         match value {
             Value::Bool(b) => self
                 .out
@@ -210,18 +177,18 @@ impl Writer<'_> {
                     if n > 0 {
                         self.out.push(b',');
                     }
-                    self.value(item, kind).map_err(|e| within(e, n))?;
+                    self.value(item, kind).map_err(|e| e.within(n))?;
                 }
                 self.out.push(b']');
             }
-            Value::Map(_) => return Err(error("a map value outside a map field")),
+            Value::Map(_) => return Err(Misfit::new("a map value outside a map field")),
         }
         Ok(())
     }
 
     /// A message inside the record: the logical types Confluent's converter knows by name, else
     /// an object.
-    fn nested(&mut self, m: &DynamicMessage) -> Result<(), ProtoError> {
+    fn nested(&mut self, m: &DynamicMessage) -> Result<(), Misfit> {
         let int = |name: &str| -> i64 {
             match m.get_field_by_name(name).as_deref() {
                 Some(Value::I32(i)) => i64::from(*i),
@@ -234,7 +201,7 @@ impl Writer<'_> {
             "google.protobuf.Timestamp" => {
                 let micros =
                     i128::from(int("seconds")) * 1_000_000 + i128::from(int("nanos")) / 1_000;
-                text::timestamp(self.out, micros, true).map_err(error)
+                text::timestamp(self.out, micros, true).map_err(Misfit::new)
             }
             "google.type.Date" => {
                 let (y, mo, d) = (int("year"), int("month"), int("day"));
@@ -247,27 +214,32 @@ impl Writer<'_> {
                     )
                     .and_then(|(y, mo)| time::Date::from_calendar_date(y, mo, d as u8).ok())
                     .filter(|_| (1..=31).contains(&d))
-                    .ok_or_else(|| error(format!("date {y}-{mo}-{d} is not a calendar date")))?;
+                    .ok_or_else(|| {
+                        Misfit::new(format!("date {y}-{mo}-{d} is not a calendar date"))
+                    })?;
                 text::quoted_date(self.out, date);
                 Ok(())
             }
             "google.type.TimeOfDay" => {
                 let (h, mi, s, n) = (int("hours"), int("minutes"), int("seconds"), int("nanos"));
                 if !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..60).contains(&s) {
-                    return Err(error(format!("time of day {h}:{mi}:{s} out of range")));
+                    return Err(Misfit::new(format!(
+                        "time of day {h}:{mi}:{s} out of range"
+                    )));
                 }
                 let micros = ((h * 60 + mi) * 60 + s) * 1_000_000 + n / 1_000;
-                text::time(self.out, micros).map_err(error)
+                text::time(self.out, micros).map_err(Misfit::new)
             }
             "confluent.type.Decimal" => {
                 let bytes = match m.get_field_by_name("value").as_deref() {
                     Some(Value::Bytes(b)) => b.to_vec(),
                     _ => Vec::new(),
                 };
-                let scale = usize::try_from(int("scale"))
-                    .map_err(|_| error(format!("decimal scale {} is negative", int("scale"))))?;
+                let scale = usize::try_from(int("scale")).map_err(|_| {
+                    Misfit::new(format!("decimal scale {} is negative", int("scale")))
+                })?;
                 if bytes.len() > 32 {
-                    return Err(error("decimal wider than BIGNUMERIC's 32 bytes"));
+                    return Err(Misfit::new("decimal wider than BIGNUMERIC's 32 bytes"));
                 }
                 text::string(self.out, &text::decimal_text(&bytes, scale));
                 Ok(())
