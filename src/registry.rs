@@ -36,8 +36,34 @@ pub struct HttpRegistry {
 
 /// Errors setting up the client.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot build the Schema Registry's HTTP client")]
-pub struct RegistrySetupError(#[source] reqwest::Error);
+pub enum RegistrySetupError {
+    #[error("cannot read registry.{key} {path}")]
+    Read {
+        key: &'static str,
+        path: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("registry.{key} {path} holds no usable PEM {what}")]
+    Pem {
+        key: &'static str,
+        path: String,
+        what: &'static str,
+        #[source]
+        error: reqwest::Error,
+    },
+    #[error("cannot build the Schema Registry's HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// The PEM text of `registry.<key>` (`path`).
+fn read_pem(key: &'static str, path: &str) -> Result<Vec<u8>, RegistrySetupError> {
+    std::fs::read(path).map_err(|error| RegistrySetupError::Read {
+        key,
+        path: path.to_owned(),
+        error,
+    })
+}
 
 /// A schema lookup's answer (`GET /schemas/ids/{id}`, `GET /subjects/{s}/versions/{v}`).
 #[derive(Debug, Deserialize)]
@@ -71,10 +97,38 @@ impl HttpRegistry {
         if config.url.is_empty() {
             return Ok(None);
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(config.timeout_ms))
-            .build()
-            .map_err(RegistrySetupError)?;
+        let mut builder =
+            reqwest::Client::builder().timeout(Duration::from_millis(config.timeout_ms));
+        if !config.ca_file.is_empty() {
+            let pem = read_pem("ca_file", &config.ca_file)?;
+            let bad = |error| RegistrySetupError::Pem {
+                key: "ca_file",
+                path: config.ca_file.clone(),
+                what: "certificate",
+                error,
+            };
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(bad)?;
+            if roots.is_empty() {
+                return Err(RegistrySetupError::Read {
+                    key: "ca_file",
+                    path: config.ca_file.clone(),
+                    error: std::io::Error::other("no PEM certificate in it"),
+                });
+            }
+            builder = builder.tls_certs_only(roots);
+        }
+        if !config.identity_file.is_empty() {
+            let pem = read_pem("identity_file", &config.identity_file)?;
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|error| RegistrySetupError::Pem {
+                    key: "identity_file",
+                    path: config.identity_file.clone(),
+                    what: "certificate and private key",
+                    error,
+                })?;
+            builder = builder.identity(identity);
+        }
+        let client = builder.build().map_err(RegistrySetupError::Client)?;
         Ok(Some(Self {
             client,
             base: config.url.trim_end_matches('/').to_owned(),

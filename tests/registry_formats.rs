@@ -569,3 +569,113 @@ fn tables_are_created_and_extended_from_the_registry_and_an_incompatible_change_
     );
     drop(pipeline);
 }
+
+/// An https registry behind a private CA that asks for a client certificate: with
+/// `registry.ca_file` and `registry.identity_file` the schema is read; without the CA, or without
+/// the client certificate, the lookup fails as a sink failure (the records would wait, never fail);
+/// a CA file that holds no certificate is a start-up error naming the key.
+#[test]
+fn an_https_registry_behind_a_private_ca_with_client_certificates() {
+    use bqsink::registry::HttpRegistry;
+    use bqsink_actors::config::RegistryConfig;
+    use bqsink_actors::registry::{RegistryError, SchemaRegistry};
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let signed = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert, key)
+    };
+    let (server_cert, server_key) = signed("localhost");
+    let (client_cert, client_key) = signed("bqsink");
+
+    // The registry: TLS that asks for a client certificate signed by the CA, one answer.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![server_cert.der().clone()], key_der)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = r#"{"schema":"{\"type\":\"record\",\"name\":\"R\",\"fields\":[]}"}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let ca_file = write("ca.pem", ca.pem());
+    let identity_file = write(
+        "client.pem",
+        client_cert.pem() + &client_key.serialize_pem(),
+    );
+    let fetch = |config: &RegistryConfig| {
+        let registry = HttpRegistry::from_config(config).unwrap().unwrap();
+        runtime.block_on(registry.fetch(1))
+    };
+    let mut config = RegistryConfig {
+        url: format!("https://localhost:{port}"),
+        timeout_ms: 5_000,
+        ..RegistryConfig::default()
+    };
+    // The system's roots do not know the CA.
+    assert!(matches!(fetch(&config), Err(RegistryError::Unavailable(_))));
+    // The CA, but no client certificate: the registry refuses the handshake.
+    config.ca_file = ca_file.clone();
+    assert!(matches!(fetch(&config), Err(RegistryError::Unavailable(_))));
+    // Both: the schema.
+    config.identity_file = identity_file;
+    let schema = fetch(&config).expect("the schema over mutual TLS");
+    assert!(schema.text.contains("\"name\":\"R\""), "{schema:?}");
+    // A CA file without a certificate is a start-up error naming the key.
+    config.ca_file = write("empty.pem", "not a certificate\n".into());
+    let e = HttpRegistry::from_config(&config).err().expect("refused");
+    assert!(e.to_string().contains("registry.ca_file"), "{e}");
+}

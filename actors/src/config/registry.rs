@@ -9,7 +9,7 @@ use super::Secret;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistryConfig {
-    /// Base URL, e.g. `https://registry:8081` (https uses the system's root certificates). Default
+    /// Base URL, e.g. `https://registry:8081` (https checks the system's roots, or `ca_file`). Default
     /// empty: no registry (then no topic may be `avro` in `kafka.formats`).
     pub url: String,
     /// Basic authentication user (Confluent Cloud: the API key). Default empty: none.
@@ -23,6 +23,13 @@ pub struct RegistryConfig {
     /// failure: the records wait (their partitions pause) and the lookup is retried, as
     /// `errors.sink_failure` says; it never fails a record.
     pub timeout_ms: u64,
+    /// PEM file of the certificate authorities an `https` registry's certificate is checked
+    /// against, instead of the system's roots (a registry behind a private CA). Default empty: the
+    /// system's roots.
+    pub ca_file: String,
+    /// PEM file of a client certificate and its private key, for a registry that asks for one
+    /// (mutual TLS). Default empty: none.
+    pub identity_file: String,
 }
 
 impl Default for RegistryConfig {
@@ -33,6 +40,8 @@ impl Default for RegistryConfig {
             password: None,
             token: None,
             timeout_ms: 10_000,
+            ca_file: String::new(),
+            identity_file: String::new(),
         }
     }
 }
