@@ -161,6 +161,7 @@ pub fn start_with_registry(
             errors: t_errors.clone(),
             registered: t_registered.clone(),
             noted: Default::default(),
+            last_noted: None,
         });
         let c_registered = registered.clone();
         let converter = SyncArbiter::start(workers, move || ConvertActor {

@@ -24,8 +24,10 @@ pub struct TransformActor {
     /// Registry topics: the schemas, and the columns they give each table (noted once per table
     /// and schema id, for table creation and new fields).
     pub registered: Option<(RegistryTopics, Arc<RegistryColumns>)>,
-    /// (table, schema id) pairs this worker has noted.
+    /// (table, schema id) pairs this worker has noted, and the last one (most chunks have one
+    /// table and one schema: compared by pointer, without hashing).
     pub noted: HashSet<(Arc<TableRef>, u32)>,
+    pub last_noted: Option<(Arc<TableRef>, u32)>,
 }
 
 impl TransformActor {
@@ -41,11 +43,15 @@ impl TransformActor {
         else {
             return;
         };
-        if self.noted.contains(&(Arc::clone(table), id)) {
+        if self
+            .last_noted
+            .as_ref()
+            .is_some_and(|(t, i)| *i == id && Arc::ptr_eq(t, table))
+        {
             return;
         }
-        self.noted.insert((Arc::clone(table), id));
-        if columns.knows(table, id) {
+        self.last_noted = Some((Arc::clone(table), id));
+        if !self.noted.insert((Arc::clone(table), id)) || columns.knows(table, id) {
             return;
         }
         match payload.and_then(|p| topics.schemas.columns(p)) {
