@@ -3,15 +3,13 @@
 //! schema into a JSON object first ([`SchemaCache::convert`]); the resolver saw to it that the
 //! schema is known.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::config::ValueFormat;
 use crate::error_report::ErrorReportActor;
 use crate::messages::{Convert, ConvertedRecord, Failed, Failure, Stage, Transform};
-use crate::registry::{RecordError, SchemaCache};
+use crate::registry::{RecordError, RegistryTopics};
 use crate::stage::convert::{parse_object, ConvertError};
 use crate::stage::guard::guarded;
 use crate::telemetry;
@@ -23,13 +21,6 @@ pub struct ConvertActor {
     /// Topics read through the Schema Registry, and their schemas (`kafka.formats`); `None` when
     /// every topic is JSON.
     pub registered: Option<RegistryTopics>,
-}
-
-/// The registry topics, their formats, and the schemas the resolver fetched for them.
-#[derive(Clone)]
-pub struct RegistryTopics {
-    pub formats: BTreeMap<String, ValueFormat>,
-    pub schemas: Arc<SchemaCache>,
 }
 
 impl Actor for ConvertActor {

@@ -17,13 +17,13 @@ use actix::prelude::*;
 
 use crate::bigquery::{BigQuery, RetryPolicy};
 use crate::config::{Config, SinkFailure, Tolerance, ValueFormat};
-use crate::converter::{ConvertActor, RegistryTopics};
+use crate::converter::ConvertActor;
 use crate::deduplicator::DedupActor;
 use crate::destinations::{DeliveryBackoff, ErrorDestination, SinkFailurePolicy};
 use crate::error_report::ErrorReportActor;
 use crate::kafka::KafkaControl;
 use crate::messages::{Convert, SettledVia};
-use crate::registry::{SchemaCache, SchemaRegistry};
+use crate::registry::{RegistryTopics, SchemaCache, SchemaRegistry};
 use crate::resolver::ResolverActor;
 use crate::stage::dedup::Deduplicator;
 use crate::stage::transform::Transformer;

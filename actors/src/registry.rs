@@ -7,7 +7,7 @@
 //! [`resolver`](crate::resolver) holds the records and retries, and never turns them into record
 //! failures. Each schema is fetched once per process, never per record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
@@ -169,6 +169,13 @@ impl SchemaError {
             SchemaError::Format(e) => e.class(),
         }
     }
+}
+
+/// The registry topics, their formats, and the schemas the resolver fetched for them.
+#[derive(Clone)]
+pub struct RegistryTopics {
+    pub formats: BTreeMap<String, ValueFormat>,
+    pub schemas: Arc<SchemaCache>,
 }
 
 /// Unusable schema ids remembered at most (each costs one registry lookup once forgotten); usable

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use crate::converter::RegistryTopics;
 use crate::deduplicator::DedupActor;
 use crate::error_report::ErrorReportActor;
 use crate::messages::{ConvertedRecord, Dedup, Failed, Failure, Row, Stage, Transform};
 use crate::model::TableRef;
+use crate::registry::RegistryTopics;
 use crate::stage::guard::guarded;
 use crate::stage::registered::wire;
 use crate::stage::transform::{TransformError, Transformer};
