@@ -27,10 +27,11 @@ use bqsink_actors::registry::{RegisteredSchema, RegistryError, SchemaKind, Schem
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-/// The registry over HTTP.
+/// The registry over HTTP (cheap to clone: the client is shared).
+#[derive(Clone)]
 pub struct HttpRegistry {
     client: reqwest::Client,
-    base: String,
+    base: reqwest::Url,
     config: RegistryConfig,
 }
 
@@ -52,6 +53,8 @@ pub enum RegistrySetupError {
         #[source]
         error: reqwest::Error,
     },
+    #[error("registry.url {url} is not a URL: {error}")]
+    Url { url: String, error: String },
     #[error("cannot build the Schema Registry's HTTP client")]
     Client(#[source] reqwest::Error),
 }
@@ -129,9 +132,14 @@ impl HttpRegistry {
             builder = builder.identity(identity);
         }
         let client = builder.build().map_err(RegistrySetupError::Client)?;
+        let url = config.url.trim_end_matches('/');
+        let base = reqwest::Url::parse(url).map_err(|e| RegistrySetupError::Url {
+            url: url.to_owned(),
+            error: e.to_string(),
+        })?;
         Ok(Some(Self {
             client,
-            base: config.url.trim_end_matches('/').to_owned(),
+            base,
             config: config.clone(),
         }))
     }
@@ -155,10 +163,7 @@ impl HttpRegistry {
         &self,
         segments: &[&str],
     ) -> BoxFuture<'static, Result<(u16, bytes::Bytes), reqwest::Error>> {
-        let mut url = match reqwest::Url::parse(&self.base) {
-            Ok(url) => url,
-            Err(_) => reqwest::Url::parse("http://invalid.invalid").expect("a valid URL"),
-        };
+        let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
@@ -184,11 +189,7 @@ impl SchemaRegistry for HttpRegistry {
     /// `GET /schemas/ids/{id}`, then `GET /subjects/{subject}/versions/{version}` for each schema
     /// it references, transitively.
     fn fetch(&self, id: u32) -> BoxFuture<'static, Result<RegisteredSchema, RegistryError>> {
-        let this = HttpRegistry {
-            client: self.client.clone(),
-            base: self.base.clone(),
-            config: self.config.clone(),
-        };
+        let this = self.clone();
         Box::pin(async move {
             let unavailable = |e: reqwest::Error| {
                 RegistryError::Unavailable(format!("schema id {id}: {}", e.without_url()))
@@ -234,7 +235,10 @@ impl SchemaRegistry for HttpRegistry {
     }
 
     fn name(&self) -> String {
-        format!("schema registry {}", self.base)
+        format!(
+            "schema registry {}",
+            self.base.as_str().trim_end_matches('/')
+        )
     }
 }
 
