@@ -50,6 +50,32 @@ impl std::fmt::Display for Misfit {
     }
 }
 
+/// A map as BigQuery's REPEATED RECORD (`key`, `value`): `[{"key":…,"value":…},…]`, entries
+/// sorted by key. The writer `w` writes each key and value (`out` reaches its buffer); `value` is
+/// given the entry's index and key, to name the entry in a [`Misfit`].
+pub fn key_value_array<W, K: Ord, V>(
+    w: &mut W,
+    out: fn(&mut W) -> &mut Vec<u8>,
+    mut entries: Vec<(K, V)>,
+    mut key: impl FnMut(&mut W, &K),
+    mut value: impl FnMut(&mut W, usize, &K, V) -> Result<(), Misfit>,
+) -> Result<(), Misfit> {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    out(w).push(b'[');
+    for (n, (k, v)) in entries.into_iter().enumerate() {
+        if n > 0 {
+            out(w).push(b',');
+        }
+        out(w).extend_from_slice(b"{\"key\":");
+        key(w, &k);
+        out(w).extend_from_slice(b",\"value\":");
+        value(w, n, &k, v)?;
+        out(w).push(b'}');
+    }
+    out(w).push(b']');
+    Ok(())
+}
+
 /// A JSON string (serde_json escapes as JSON requires; writing into a Vec cannot fail).
 pub fn string(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);

@@ -95,22 +95,13 @@ impl Writer<'_> {
                 }
                 self.out.push(b']');
             }
-            (Value::Map(map), Schema::Map(m)) => {
-                let mut entries: Vec<_> = map.iter().collect();
-                entries.sort_by(|a, b| a.0.cmp(b.0));
-                self.out.push(b'[');
-                for (n, (k, v)) in entries.into_iter().enumerate() {
-                    if n > 0 {
-                        self.out.push(b',');
-                    }
-                    self.out.extend_from_slice(b"{\"key\":");
-                    self.string(k);
-                    self.out.extend_from_slice(b",\"value\":");
-                    self.value(v, &m.types).map_err(|e| e.within(k))?;
-                    self.out.push(b'}');
-                }
-                self.out.push(b']');
-            }
+            (Value::Map(map), Schema::Map(m)) => text::key_value_array(
+                self,
+                |w| &mut *w.out,
+                map.iter().collect(),
+                |w, k| w.string(k),
+                |w, _, k, v| w.value(v, &m.types).map_err(|e| e.within(k)),
+            )?,
             (Value::Record(fields), Schema::Record(r)) => self.record(fields, r, None)?,
             (Value::Date(days), _) => {
                 let date = text::date(*days)

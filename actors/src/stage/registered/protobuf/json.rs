@@ -115,21 +115,13 @@ impl Writer<'_> {
                 return Err(Misfit::new("a map field without a map value"));
             };
             let value_kind = entry.map_entry_value_field().kind();
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            self.out.push(b'[');
-            for (n, (k, v)) in entries.into_iter().enumerate() {
-                if n > 0 {
-                    self.out.push(b',');
-                }
-                self.out.extend_from_slice(b"{\"key\":");
-                self.map_key(k);
-                self.out.extend_from_slice(b",\"value\":");
-                self.value(v, &value_kind).map_err(|e| e.within(n))?;
-                self.out.push(b'}');
-            }
-            self.out.push(b']');
-            return Ok(());
+            return text::key_value_array(
+                self,
+                |w| &mut *w.out,
+                map.iter().collect(),
+                |w, k| w.map_key(k),
+                |w, n, _, v| w.value(v, &value_kind).map_err(|e| e.within(n)),
+            );
         }
         self.value(value.as_ref(), &field.kind())
     }
