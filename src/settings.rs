@@ -385,6 +385,16 @@ mod tests {
         assert!(e.contains("registry.url"), "{e}");
         let e = err("[kafka.formats]\nt = \"protobuf\"\n");
         assert!(e.contains("protobuf"), "{e}");
+        let e = err("[kafka.key_formats]\nu = \"json_schema\"\n");
+        assert!(
+            e.contains("registry.url") && e.contains("kafka.key_formats"),
+            "{e}"
+        );
+        let e = err("[kafka.key_formats]\nx = \"avro\"\n[registry]\nurl = \"http://r:8081\"\n");
+        assert!(
+            e.contains("kafka.key_formats") && e.contains("\"x\""),
+            "{e}"
+        );
         let c = from_toml(&format!(
             "{base}[kafka.formats]\nt = \"avro\"\n[registry]\nurl = \"https://r:8081\"\n\
              username = \"key\"\npassword = \"12345\"\n"

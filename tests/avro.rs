@@ -3,7 +3,8 @@
 //! mapped as kafka-connect-bigquery maps it, checked by content on the BigQuery fake; bad input is
 //! a record failure with its original bytes in the dead-letter topic; a registry outage is a sink
 //! failure — nothing is written, dead-lettered or committed until it answers again, then every row
-//! arrives.
+//! arrives. Keys in Avro (`kafka.key_formats`) are decoded into `_kafka_key` and the `kafka_key`
+//! dedup.
 
 mod common;
 
@@ -348,4 +349,143 @@ fn a_registry_down_past_the_retry_timeout_stops_the_pipeline_under_stop() {
         held.iter().all(|c| c.unwrap_or(0) == 0),
         "nothing committed: {held:?}"
     );
+}
+
+const KEY: &str = r#"{"type": "record", "name": "MemberKey", "namespace": "example",
+  "fields": [{"name": "member_id", "type": "long"}]}"#;
+
+fn keyed(
+    p: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    key: Option<&[u8]>,
+    value: &[u8],
+) {
+    let mut record = rdkafka::producer::BaseRecord::<[u8], [u8]>::to(KEYED).payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    p.send(record).map_err(|(e, _)| e).unwrap();
+}
+
+const KEYED: &str = "members-avro-keys";
+
+/// Avro keys (`kafka.key_formats`): `_kafka_key` holds the decoded key (a record key's JSON, a
+/// string key's characters) and `dedup.key = "kafka_key"` compares decoded keys, so the same key
+/// under another schema id (the key schema registered again) is a duplicate although its bytes
+/// differ. A key that does not decode is a record failure with the original key bytes in the
+/// dead-letter topic.
+#[test]
+fn avro_keys_are_decoded_into_the_kafka_key_column_and_dedup() {
+    let registry = Registry::start().unwrap();
+    registry.register(1, V1);
+    // The same key schema under two ids (as after it is registered under a second subject).
+    registry.register(11, KEY);
+    registry.register(12, KEY);
+    registry.register(13, r#""string""#);
+    let (value_schema, key_schema) = (
+        Schema::parse_str(V1).unwrap(),
+        Schema::parse_str(KEY).unwrap(),
+    );
+    let string_schema = Schema::parse_str(r#""string""#).unwrap();
+    let member_key = |id: u32, member: i64| {
+        wire(
+            id,
+            &key_schema,
+            Avro::Record(vec![("member_id".into(), Avro::Long(member))]),
+        )
+    };
+
+    let (cluster, bootstrap) = cluster(KEYED, 1);
+    cluster.create_topic(DLQ, 1, 1).unwrap();
+    let p = bqsink_devtools::kafka::producer(&bootstrap).unwrap();
+    let value = |i: i64| wire(1, &value_schema, member(i, 1));
+    for i in 0..30 {
+        keyed(&p, Some(&member_key(11, i)), &value(i));
+    }
+    // The same members' keys again under id 12: duplicates by key, whatever their values.
+    for i in 0..10 {
+        keyed(&p, Some(&member_key(12, i)), &value(100 + i));
+    }
+    for i in 0..5 {
+        let key = wire(13, &string_schema, Avro::String(format!("s-{i}")));
+        keyed(&p, Some(&key), &value(200 + i));
+    }
+    keyed(&p, None, &value(300));
+    // Keys that do not decode: not in the wire format, an unknown id.
+    let bad_keys = [b"member-1".to_vec(), member_key(98, 1)];
+    for (n, key) in bad_keys.iter().enumerate() {
+        keyed(&p, Some(key), &value(400 + n as i64));
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(30)).unwrap();
+
+    let sink = Sink::start(SinkOptions {
+        keep_rows: true,
+        ..SinkOptions::default()
+    })
+    .unwrap();
+    let group = "g-avro-keys";
+    let mut config = config(&bootstrap, group, KEYED, sink.url());
+    config.kafka.formats = [(KEYED.to_owned(), ValueFormat::Avro)]
+        .into_iter()
+        .collect();
+    config.kafka.key_formats = [(KEYED.to_owned(), ValueFormat::Avro)]
+        .into_iter()
+        .collect();
+    config.registry.url = registry.url.clone();
+    config.transform.metadata.key = true;
+    config.dedup.key = bqsink_actors::config::DedupKey::KafkaKey;
+    config.errors.tolerance = Tolerance::All;
+    config.errors.deadletterqueue.topic_name = DLQ.into();
+    config.validate().unwrap();
+    let pipeline = start(&config);
+    wait_fully_committed(&bootstrap, group, KEYED, 1, Duration::from_secs(60));
+    assert_eq!(pipeline.shutdown().unwrap(), 0);
+
+    let rows = sink.rows("ds.members_avro_keys");
+    let keys: HashMap<String, Value> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["event_id"].as_str().unwrap().to_owned(),
+                r["_kafka_key"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows.len(),
+        36,
+        "30 member keys, 5 string keys, 1 without a key: {keys:?}"
+    );
+    assert_eq!(keys.len(), 36, "no duplicate rows");
+    for i in 0..30 {
+        assert_eq!(
+            keys[&format!("m-{i}")],
+            json!(format!("{{\"member_id\":{i}}}"))
+        );
+    }
+    for i in 0..5 {
+        assert_eq!(keys[&format!("m-{}", 200 + i)], json!(format!("s-{i}")));
+    }
+    assert_eq!(keys["m-300"], Value::Null);
+    assert!(
+        (100..110).all(|i| !keys.contains_key(&format!("m-{i}"))),
+        "the same keys under id 12 are duplicates"
+    );
+
+    let dead = read_topic(&bootstrap, DLQ);
+    let classes: Vec<String> = dead
+        .iter()
+        .map(|r| {
+            r.header("__connect.errors.exception.class.name")
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(classes, ["not_wire_format", "unknown_schema_id"]);
+    for (d, key) in dead.iter().zip(&bad_keys) {
+        assert_eq!(d.key.as_deref(), Some(key.as_slice()), "the original key");
+        let message = d
+            .header("__connect.errors.exception.message")
+            .unwrap_or_default();
+        assert!(message.starts_with("record key: "), "{message}");
+    }
+    assert_eq!(registry.lookups(12), 1, "each key schema fetched once");
 }

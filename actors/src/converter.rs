@@ -1,7 +1,7 @@
 //! The converter: bytes → JSON objects, on a pool of sync threads (CPU work off the actor thread).
 //! Values of registry topics (`avro`, `protobuf`, `json_schema`) are decoded with their registered
-//! schema into a JSON object first ([`SchemaCache::convert`]); the resolver saw to it that the
-//! schema is known.
+//! schema into a JSON object first, and keys in those formats decoded beside it
+//! ([`RegistryTopics::read`]); the resolver saw to it that the schemas are known.
 
 use std::sync::Arc;
 
@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use crate::error_report::ErrorReportActor;
 use crate::messages::{Convert, ConvertedRecord, Failed, Failure, Stage, Transform};
-use crate::registry::{RecordError, RegistryTopics};
+use crate::registry::{RecordError, RegistryTopics, TopicFormats};
 use crate::stage::convert::{parse_object, ConvertError};
 use crate::stage::guard::guarded;
 use crate::telemetry;
@@ -37,13 +37,13 @@ impl Handler<Convert> for ConvertActor {
         let mut records = Vec::with_capacity(msg.records.len());
         let mut failures = Vec::new();
         let registered = self.registered.as_ref().and_then(|r| {
-            let format = r.formats.get(&*msg.origin.tp.topic)?;
-            Some((&r.schemas, *format))
+            let formats = r.of(&msg.origin.tp.topic);
+            (formats != TopicFormats::default()).then_some((r, formats))
         });
         for source in msg.records {
             let converted = match registered {
-                Some((schemas, format)) => guarded(
-                    || schemas.convert(format, source.payload.as_deref()),
+                Some((registered, formats)) => guarded(
+                    || registered.read(formats, source.key.as_deref(), source.payload.as_deref()),
                     RecordError::class,
                 ),
                 None => guarded(

@@ -9,21 +9,20 @@
 //! The supervisor, the partition consumers and the error report share the system's thread; the CPU
 //! stages run on `SyncArbiter` threads, dedup and the writer on arbiters of their own.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use crate::bigquery::{BigQuery, RetryPolicy};
-use crate::config::{Config, SinkFailure, Tolerance, ValueFormat};
+use crate::config::{Config, SinkFailure, Tolerance};
 use crate::converter::ConvertActor;
 use crate::deduplicator::DedupActor;
 use crate::destinations::{DeliveryBackoff, ErrorDestination, SinkFailurePolicy};
 use crate::error_report::ErrorReportActor;
 use crate::kafka::KafkaControl;
 use crate::messages::{Convert, SettledVia};
-use crate::registry::{RegistryTopics, SchemaCache, SchemaRegistry};
+use crate::registry::{RegistryTopics, SchemaRegistry};
 use crate::resolver::ResolverActor;
 use crate::stage::dedup::Deduplicator;
 use crate::stage::transform::Transformer;
@@ -66,22 +65,12 @@ pub fn start_with_registry(
 ) -> Addr<SupervisorActor> {
     let config = config.clone();
     let workers = config.workers();
-    // Registry topics (`avro`, `protobuf`, `json_schema`): a resolver fetches their schemas
-    // before their records reach a converter.
-    let registry_formats: BTreeMap<String, ValueFormat> = config
-        .kafka
-        .formats
-        .iter()
-        .filter(|(_, f)| f.uses_registry())
-        .map(|(t, f)| (t.clone(), *f))
-        .collect();
-    if !registry_formats.is_empty() && registry.is_none() {
-        tracing::error!(topics = ?registry_formats.keys().collect::<Vec<_>>(), "registry topics without a schema registry: their records fail");
+    // Registry topics (`avro`, `protobuf`, `json_schema` values or keys): a resolver fetches their
+    // schemas before their records reach a converter.
+    let registered = RegistryTopics::new(&config.kafka.formats, &config.kafka.key_formats);
+    if let (Some(registered), None) = (&registered, &registry) {
+        tracing::error!(topics = ?registered.topics(), "registry topics without a schema registry: their records fail");
     }
-    let registered = (!registry_formats.is_empty()).then(|| RegistryTopics {
-        formats: registry_formats,
-        schemas: Arc::new(SchemaCache::default()),
-    });
     // Table auto-creation, new fields and insert options from `[bigquery]` (see tables.rs); for
     // registry topics, with the columns their schemas give the tables.
     let registry_columns = Arc::new(RegistryColumns::default());
@@ -172,8 +161,7 @@ pub fn start_with_registry(
         let converter: Recipient<Convert> = match (registered, registry) {
             (Some(registered), Some(registry)) => ResolverActor::new(
                 registry,
-                registered.schemas,
-                registered.formats.into_keys().collect(),
+                registered,
                 converter.recipient(),
                 ctx.address().recipient(),
                 Arc::clone(&stats),

@@ -7,13 +7,13 @@
 //! [`resolver`](crate::resolver) holds the records and retries, and never turns them into record
 //! failures. Each schema is fetched once per process, never per record.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 
 use crate::config::ValueFormat;
-use crate::stage::convert::{ConvertError, JsonObject};
+use crate::stage::convert::{parse_object, ConvertError, JsonObject};
 use crate::stage::registered::avro::{self, AvroError, AvroSchema};
 use crate::stage::registered::json_schema::{self, JsonSchema, JsonSchemaError};
 use crate::stage::registered::protobuf::{self, ProtoError, ProtoSchema};
@@ -171,11 +171,97 @@ impl SchemaError {
     }
 }
 
-/// The registry topics, their formats, and the schemas the resolver fetched for them.
+/// The registry topics (their values or keys in a registry format), their formats, and the
+/// schemas the resolver fetched for them.
 #[derive(Clone)]
 pub struct RegistryTopics {
+    /// Topics whose values are in a registry format (`kafka.formats`; JSON topics left out).
     pub formats: BTreeMap<String, ValueFormat>,
+    /// Topics whose keys are in a registry format (`kafka.key_formats`; byte keys left out).
+    pub key_formats: BTreeMap<String, ValueFormat>,
     pub schemas: Arc<SchemaCache>,
+}
+
+/// How one topic's records are read: the registry format of its values and of its keys (`None`:
+/// a JSON value, a key's bytes as they are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicFormats {
+    pub value: Option<ValueFormat>,
+    pub key: Option<ValueFormat>,
+}
+
+impl RegistryTopics {
+    /// The topics of `kafka.formats` and `kafka.key_formats` in a registry format, with an empty
+    /// cache; `None` when there is none.
+    pub fn new(
+        formats: &BTreeMap<String, ValueFormat>,
+        key_formats: &BTreeMap<String, ValueFormat>,
+    ) -> Option<Self> {
+        let registered = |formats: &BTreeMap<String, ValueFormat>| -> BTreeMap<_, _> {
+            formats
+                .iter()
+                .filter(|(_, f)| f.uses_registry())
+                .map(|(t, f)| (t.clone(), *f))
+                .collect()
+        };
+        let topics = Self {
+            formats: registered(formats),
+            key_formats: registered(key_formats),
+            schemas: Arc::new(SchemaCache::default()),
+        };
+        (!topics.formats.is_empty() || !topics.key_formats.is_empty()).then_some(topics)
+    }
+
+    /// Every registry topic.
+    pub fn topics(&self) -> BTreeSet<String> {
+        self.formats
+            .keys()
+            .chain(self.key_formats.keys())
+            .cloned()
+            .collect()
+    }
+
+    pub fn of(&self, topic: &str) -> TopicFormats {
+        TopicFormats {
+            value: self.formats.get(topic).copied(),
+            key: self.key_formats.get(topic).copied(),
+        }
+    }
+
+    /// The schema ids not known yet that records of `topic`, given as (key, value), name.
+    pub fn missing<'a>(
+        &self,
+        topic: &str,
+        records: impl Iterator<Item = (Option<&'a [u8]>, Option<&'a [u8]>)>,
+    ) -> Vec<u32> {
+        let formats = self.of(topic);
+        self.schemas.missing(records.flat_map(|(key, value)| {
+            [
+                key.filter(|_| formats.key.is_some()),
+                value.filter(|_| formats.value.is_some()),
+            ]
+        }))
+    }
+
+    /// Reads one record of `topic`: its value into a JSON object (JSON, or decoded with its
+    /// schema), and its key decoded when the topic's keys are in a registry format. The schemas
+    /// must be known ([`Self::missing`] is empty for it).
+    pub fn read(
+        &self,
+        formats: TopicFormats,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<JsonObject, RecordError> {
+        let mut object = match formats.value {
+            Some(format) => self.schemas.convert(format, value)?,
+            None => parse_object(value)?,
+        };
+        if let (Some(format), Some(key)) = (formats.key, key) {
+            let decoded = self.schemas.convert_key(format, key);
+            object.key = Some(decoded.map_err(|e| RecordError::Key(Box::new(e)))?);
+        }
+        Ok(object)
+    }
 }
 
 /// Unusable schema ids remembered at most (each costs one registry lookup once forgotten); usable
@@ -235,19 +321,7 @@ impl SchemaCache {
         payload: Option<&[u8]>,
     ) -> Result<JsonObject, RecordError> {
         let bytes = payload.ok_or(ConvertError::Tombstone)?;
-        let id = wire::frame(bytes)?.schema_id;
-        let schema = match self.get(id) {
-            Some(known) => known.map_err(RecordError::Schema)?,
-            // Not resolved (a bug upstream): a record failure that says so, never a panic.
-            None => {
-                return Err(RecordError::Schema(Arc::new(SchemaError::Registry(
-                    RegistryError::NotFound {
-                        id,
-                        detail: "not looked up before conversion".into(),
-                    },
-                ))))
-            }
-        };
+        let (id, schema) = self.schema_of(bytes)?;
         Ok(match (&*schema, format) {
             (Schema::Avro(s), ValueFormat::Avro) => {
                 avro::decode(id, s, bytes).map_err(FormatError::from)?
@@ -258,14 +332,66 @@ impl SchemaCache {
             (Schema::Json(s), ValueFormat::JsonSchema) => {
                 json_schema::decode(id, s, bytes).map_err(FormatError::from)?
             }
-            (schema, format) => {
-                return Err(RecordError::WrongKind {
-                    id,
-                    kind: schema.kind(),
-                    format,
-                })
-            }
+            (schema, format) => return Err(wrong_kind(id, schema, format)),
         })
+    }
+
+    /// Decodes a key in the wire format of a topic whose keys are read as `format` into its text:
+    /// a string key's characters, any other key's compact JSON (keys need not be records). Its
+    /// schema must be known, as for [`Self::convert`].
+    pub fn convert_key(&self, format: ValueFormat, key: &[u8]) -> Result<Vec<u8>, RecordError> {
+        let (id, schema) = self.schema_of(key)?;
+        let json = match (&*schema, format) {
+            (Schema::Avro(s), ValueFormat::Avro) => {
+                avro::decode_any(id, s, key).map_err(FormatError::from)?.0
+            }
+            (Schema::Protobuf(s), ValueFormat::Protobuf) => protobuf::decode(id, s, key)
+                .map_err(FormatError::from)?
+                .text
+                .unwrap_or_default(),
+            (Schema::Json(s), ValueFormat::JsonSchema) => {
+                json_schema::decode_any(id, s, key).map_err(FormatError::from)?
+            }
+            (schema, format) => return Err(wrong_kind(id, schema, format)),
+        };
+        Ok(key_text(json))
+    }
+
+    /// The schema a value in the wire format names, known or a record failure.
+    fn schema_of(&self, bytes: &[u8]) -> Result<(u32, Arc<Schema>), RecordError> {
+        let id = wire::frame(bytes)?.schema_id;
+        match self.get(id) {
+            Some(known) => Ok((id, known.map_err(RecordError::Schema)?)),
+            // Not resolved (a bug upstream): a record failure that says so, never a panic.
+            None => Err(RecordError::Schema(Arc::new(SchemaError::Registry(
+                RegistryError::NotFound {
+                    id,
+                    detail: "not looked up before conversion".into(),
+                },
+            )))),
+        }
+    }
+}
+
+/// A decoded key's JSON text as `_kafka_key` and `kafka_key` dedup take it: a string's
+/// characters, anything else compact (a JSON Schema key is the producer's text, spaces and all).
+fn key_text(json: Vec<u8>) -> Vec<u8> {
+    let compact = !json.iter().any(u8::is_ascii_whitespace);
+    if compact && json.first() != Some(&b'"') {
+        return json;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&json) {
+        Ok(serde_json::Value::String(s)) => s.into_bytes(),
+        Ok(value) => value.to_string().into_bytes(),
+        Err(_) => json,
+    }
+}
+
+fn wrong_kind(id: u32, schema: &Schema, format: ValueFormat) -> RecordError {
+    RecordError::WrongKind {
+        id,
+        kind: schema.kind(),
+        format,
     }
 }
 
@@ -297,7 +423,7 @@ pub enum RecordError {
     Wire(#[from] wire::WireError),
     #[error(transparent)]
     Schema(Arc<SchemaError>),
-    #[error("schema id {id} is a {kind:?} schema; this topic is read as {format} (kafka.formats)")]
+    #[error("schema id {id} is a {kind:?} schema; this topic is read as {format} (kafka.formats, kafka.key_formats)")]
     WrongKind {
         id: u32,
         kind: SchemaKind,
@@ -305,6 +431,9 @@ pub enum RecordError {
     },
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// The record's key failed to decode (`kafka.key_formats`).
+    #[error("record key: {0}")]
+    Key(Box<RecordError>),
 }
 
 impl RecordError {
@@ -316,73 +445,10 @@ impl RecordError {
             RecordError::Schema(e) => e.class(),
             RecordError::WrongKind { .. } => "wrong_schema_type",
             RecordError::Format(e) => e.class(),
+            RecordError::Key(e) => e.class(),
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn answers_are_remembered_and_classed() {
-        let cache = SchemaCache::default();
-        let avro = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"}]}"#;
-        let payloads = [
-            Some(wire::encode(1, b"x")),
-            Some(wire::encode(2, b"y")),
-            Some(wire::encode(1, b"z")),
-            Some(b"{}".to_vec()),
-            None,
-        ];
-        let missing = |c: &SchemaCache| c.missing(payloads.iter().map(|p| p.as_deref()));
-        assert_eq!(missing(&cache), vec![1, 2]);
-        assert!(cache.insert(1, Ok(RegisteredSchema::avro(avro))).is_ok());
-        let e = cache
-            .insert(
-                2,
-                Err(RegistryError::NotFound {
-                    id: 2,
-                    detail: "40403".into(),
-                }),
-            )
-            .unwrap_err();
-        assert_eq!(e.class(), "unknown_schema_id");
-        assert_eq!(missing(&cache), Vec::<u32>::new());
-        let e = cache
-            .insert(3, Ok(RegisteredSchema::avro("\"string\"")))
-            .unwrap_err();
-        assert_eq!(e.class(), "not_a_record");
-        assert!(cache.get(1).unwrap().is_ok());
-    }
-
-    #[test]
-    fn a_schema_of_another_type_than_the_topic_is_a_record_failure() {
-        let cache = SchemaCache::default();
-        let json = RegisteredSchema {
-            kind: SchemaKind::Json,
-            text: r#"{"type":"object"}"#.into(),
-            references: Vec::new(),
-        };
-        assert!(cache.insert(1, Ok(json)).is_ok());
-        let framed = wire::encode(1, b"{\"a\":1}");
-        let e = cache.convert(ValueFormat::Avro, Some(&framed)).unwrap_err();
-        assert_eq!(e.class(), "wrong_schema_type");
-        assert!(e.to_string().contains("read as avro"), "{e}");
-        assert!(cache
-            .convert(ValueFormat::JsonSchema, Some(&framed))
-            .is_ok());
-        let e = cache
-            .convert(ValueFormat::Protobuf, Some(b"{}"))
-            .unwrap_err();
-        assert_eq!(e.class(), "not_wire_format");
-        let unknown = RegistryError::UnknownType {
-            id: 2,
-            kind: "THRIFT".into(),
-        };
-        assert_eq!(
-            cache.insert(2, Err(unknown)).unwrap_err().class(),
-            "wrong_schema_type"
-        );
-    }
-}
+mod tests;

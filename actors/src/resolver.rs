@@ -1,7 +1,7 @@
 //! The schema resolver: between the partition consumers and the converters, for registry topics
-//! (`avro`, `protobuf`, `json_schema` in `kafka.formats`).
-//! A chunk goes on to the converters once every schema id its records name is in the
-//! [`SchemaCache`]; chunks of other topics go on at once.
+//! (`avro`, `protobuf`, `json_schema` in `kafka.formats` or `kafka.key_formats`).
+//! A chunk goes on to the converters once every schema id its records' values and keys name is in
+//! the [`SchemaCache`]; chunks of other topics go on at once.
 //!
 //! Chunks wait in arrival order (so a partition's records stay in order) while the missing ids are
 //! fetched, one lookup at a time. The records stay in flight meanwhile, so a registry outage holds
@@ -20,13 +20,13 @@ use actix::prelude::*;
 
 use crate::destinations::{DeliveryBackoff, Incident, SinkFailurePolicy, Verdict};
 use crate::messages::{Convert, Fatal, Tp};
-use crate::registry::{RegistryError, SchemaCache, SchemaRegistry};
+use crate::registry::{RegistryError, RegistryTopics, SchemaCache, SchemaRegistry};
 use crate::stats::Stats;
 
 pub struct ResolverActor {
     registry: Arc<dyn SchemaRegistry>,
-    cache: Arc<SchemaCache>,
-    /// Topics read through the registry.
+    /// Topics read through the registry, and the cache this actor fills.
+    registered: RegistryTopics,
     topics: BTreeSet<String>,
     next: Recipient<Convert>,
     fatal: Recipient<Fatal>,
@@ -41,8 +41,7 @@ impl ResolverActor {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         registry: Arc<dyn SchemaRegistry>,
-        cache: Arc<SchemaCache>,
-        topics: BTreeSet<String>,
+        registered: RegistryTopics,
         next: Recipient<Convert>,
         fatal: Recipient<Fatal>,
         stats: Arc<Stats>,
@@ -51,8 +50,8 @@ impl ResolverActor {
     ) -> Self {
         Self {
             registry,
-            cache,
-            topics,
+            topics: registered.topics(),
+            registered,
             next,
             fatal,
             stats,
@@ -64,8 +63,11 @@ impl ResolverActor {
     }
 
     fn missing(&self, chunk: &Convert) -> Vec<u32> {
-        self.cache
-            .missing(chunk.records.iter().map(|r| r.payload.as_deref()))
+        let records = chunk.records.iter();
+        self.registered.missing(
+            &chunk.origin.tp.topic,
+            records.map(|r| (r.key.as_deref(), r.payload.as_deref())),
+        )
     }
 
     /// Passes on every waiting chunk whose schemas are known; fetches the first one's missing ids.
@@ -86,7 +88,7 @@ impl ResolverActor {
                 self.fetching = true;
                 let fetch = fetch_all(
                     Arc::clone(&self.registry),
-                    Arc::clone(&self.cache),
+                    Arc::clone(&self.registered.schemas),
                     missing,
                     self.waiting_partitions(),
                     Arc::clone(&self.stats),

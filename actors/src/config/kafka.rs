@@ -33,11 +33,17 @@ pub struct KafkaConfig {
     pub revoke_timeout_ms: u64,
     /// The format of each topic's record values, by topic: `json` (the default for a topic not
     /// listed), or `avro`, `protobuf` or `json_schema` (the Schema Registry's wire format; needs
-    /// `registry.url`). Keys are read as bytes whatever the format.
+    /// `registry.url`).
     pub formats: BTreeMap<String, ValueFormat>,
+    /// The format of each topic's record keys, by topic: `json` (the default for a topic not
+    /// listed: the key's bytes as they are), or `avro`, `protobuf` or `json_schema` (decoded with
+    /// their registered schema, as Confluent's key deserializers do; needs `registry.url`). A
+    /// decoded key is what `_kafka_key` holds and what `dedup.key = "kafka_key"` compares: a
+    /// string key its characters, any other key its compact JSON text.
+    pub key_formats: BTreeMap<String, ValueFormat>,
 }
 
-/// The format of a topic's record values (`kafka.formats`).
+/// The format of a topic's record values (`kafka.formats`) or keys (`kafka.key_formats`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ValueFormat {
@@ -89,6 +95,7 @@ impl Default for KafkaConfig {
             properties: BTreeMap::new(),
             revoke_timeout_ms: 10_000,
             formats: BTreeMap::new(),
+            key_formats: BTreeMap::new(),
         }
     }
 }

@@ -125,15 +125,21 @@ impl Config {
         if self.pipeline.max_total_inflight_bytes == 0 {
             return bad("pipeline.max_total_inflight_bytes", "must be > 0");
         }
-        for (topic, format) in &self.kafka.formats {
-            if !self.kafka.topics.contains(topic) {
-                return bad("kafka.formats", format!("{topic:?} is not in kafka.topics"));
-            }
-            if format.uses_registry() && self.registry.url.is_empty() {
-                return bad(
-                    "registry.url",
-                    format!("must be set: topic {topic:?} is {format} (kafka.formats)"),
-                );
+        let formats = [
+            ("kafka.formats", &self.kafka.formats),
+            ("kafka.key_formats", &self.kafka.key_formats),
+        ];
+        for (key, formats) in formats {
+            for (topic, format) in formats {
+                if !self.kafka.topics.contains(topic) {
+                    return bad(key, format!("{topic:?} is not in kafka.topics"));
+                }
+                if format.uses_registry() && self.registry.url.is_empty() {
+                    return bad(
+                        "registry.url",
+                        format!("must be set: topic {topic:?} is {format} ({key})"),
+                    );
+                }
             }
         }
         let url = &self.registry.url;

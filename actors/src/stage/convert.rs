@@ -52,6 +52,10 @@ pub struct JsonObject {
     /// JSON, [`crate::stage::registered`]); `members` are spans of it then. The payload stays the original
     /// bytes, for the error destinations.
     pub text: Option<Vec<u8>>,
+    /// The record's key decoded, for a topic whose keys are in a registry format
+    /// (`kafka.key_formats`): a string key's characters, any other key's compact JSON text. `None`:
+    /// the key's own bytes (or no key).
+    pub key: Option<Vec<u8>>,
 }
 
 /// Checks that a payload is a JSON object and finds its members, without building values.
@@ -61,6 +65,7 @@ pub fn parse_object(payload: Option<&[u8]>) -> Result<JsonObject, ConvertError> 
         Ok(members) => Ok(JsonObject {
             members,
             text: None,
+            key: None,
         }),
         Err(NotAnObject::Invalid(e)) => Err(ConvertError::InvalidJson(e)),
         Err(NotAnObject::Kind(kind)) => Err(ConvertError::NotAnObject(kind)),

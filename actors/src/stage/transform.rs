@@ -26,11 +26,13 @@ mod encode;
 mod key;
 mod protobuf;
 mod route;
+mod source;
 
 use encode::{write_json, write_timestamp};
 use key::{dedup_key, insert_id_text, scoped_key_hash, split_pointer};
 use protobuf::KnownFormats;
 use route::{table_from_field, FieldRoute};
+use source::Source;
 
 /// Why a record could not be made into a row.
 #[derive(Debug, thiserror::Error)]
@@ -252,7 +254,7 @@ impl Transformer {
     ) -> Result<Transformed, TransformError> {
         let text = serde_json::to_vec(&value).expect("a JSON map serializes into memory");
         let members = object_members(&text).expect("a serialized JSON map reads as an object");
-        self.encode(tp, source, &text, &members)
+        self.encode(tp, Source::new(source, None), &text, &members)
     }
 
     /// Turns a record whose payload [`parse_object`](crate::stage::convert::parse_object) read
@@ -267,7 +269,7 @@ impl Transformer {
             Some(text) => text.as_slice(),
             None => source.payload.as_deref().unwrap_or_default(),
         };
-        self.encode(tp, source, text, &object.members)
+        self.encode(tp, Source::new(source, Some(object)), text, &object.members)
     }
 
     /// Names each member as it will be in the row: drop, rename, then metadata columns replace
@@ -334,7 +336,7 @@ impl Transformer {
     fn encode(
         &mut self,
         tp: &Tp,
-        source: &RawRecord,
+        source: Source<'_>,
         text: &[u8],
         members: &[Member],
     ) -> Result<Transformed, TransformError> {
@@ -368,7 +370,7 @@ impl Transformer {
     fn encode_sanitized(
         &mut self,
         tp: &Tp,
-        source: &RawRecord,
+        source: Source<'_>,
         text: &[u8],
         members: &[Member],
         table: Arc<TableRef>,
@@ -415,10 +417,10 @@ impl Transformer {
 
     /// Writes `{"insertId":…,"json":{members…, metadata columns}}`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn write_entry(
+    fn write_entry(
         &mut self,
         tp: &Tp,
-        source: &RawRecord,
+        source: Source<'_>,
         text: &[u8],
         members: &[Member],
         table: Arc<TableRef>,
@@ -430,8 +432,7 @@ impl Transformer {
         // Rows wait in memory until BigQuery has them: allocate what this one needs (the text, the
         // insertId, the metadata columns), so that it rarely grows and wastes little.
         let key_len = key.as_ref().map_or(0, |k| k.len().min(128) + 16);
-        let meta_len =
-            route.meta_prefix.len() + 80 + source.key.as_ref().map_or(0, |k| k.len() + 20);
+        let meta_len = route.meta_prefix.len() + 80 + source.key.map_or(0, |k| k.len() + 20);
         let mut entry = Vec::with_capacity(text.len() + key_len + meta_len + 16);
         entry.push(b'{');
         if let (InsertIdMode::DedupKey, Some(key)) = (self.insert_id, &key) {
@@ -473,7 +474,7 @@ impl Transformer {
         if meta.key {
             separate(&mut entry);
             let _ = write!(entry, "\"{META_KEY}\":");
-            match source.key.as_deref() {
+            match source.key {
                 Some(k) => write_json(&mut entry, &*String::from_utf8_lossy(k)),
                 None => entry.extend_from_slice(b"null"),
             }

@@ -114,13 +114,6 @@ impl AvroSchema {
             .iter()
             .map(|(n, s)| (n.clone(), (*s).clone()))
             .collect();
-        if !matches!(schema, Schema::Record(_)) {
-            return Err(AvroError::NotARecord {
-                id,
-                kind: format!("{:?}", apache_avro::schema::SchemaKind::from(&schema))
-                    .to_lowercase(),
-            });
-        }
         let reader =
             GenericSingleObjectReader::new_with_header_builder(schema.clone(), WireHeader(id))
                 .map_err(bad)?;
@@ -141,6 +134,31 @@ impl AvroSchema {
 /// the JSON text of an object, with its members found as
 /// [`parse_object`](crate::stage::convert::parse_object) would find them.
 pub fn decode(id: u32, schema: &AvroSchema, framed: &[u8]) -> Result<JsonObject, AvroError> {
+    if !matches!(schema.schema, Schema::Record(_)) {
+        return Err(AvroError::NotARecord {
+            id,
+            kind: format!(
+                "{:?}",
+                apache_avro::schema::SchemaKind::from(&schema.schema)
+            )
+            .to_lowercase(),
+        });
+    }
+    let (text, members) = decode_any(id, schema, framed)?;
+    Ok(JsonObject {
+        members,
+        text: Some(text),
+        key: None,
+    })
+}
+
+/// Decodes a value of any Avro type in the wire format into its JSON text (a record key, or a
+/// plain string or long: keys need not be records); for a record, also its members.
+pub fn decode_any(
+    id: u32,
+    schema: &AvroSchema,
+    framed: &[u8],
+) -> Result<(Vec<u8>, Vec<crate::stage::json::Member>), AvroError> {
     let mut body = framed;
     let value = schema
         .reader
@@ -152,15 +170,12 @@ pub fn decode(id: u32, schema: &AvroSchema, framed: &[u8]) -> Result<JsonObject,
     if !body.is_empty() {
         return Err(AvroError::Mismatch {
             id,
-            error: format!("{} bytes left after the record", body.len()),
+            error: format!("{} bytes left after the value", body.len()),
         });
     }
     let mut out = Vec::with_capacity(64 + 2 * framed.len());
     let members = json::write(&value, &schema.schema, schema, &mut out)?;
-    Ok(JsonObject {
-        members,
-        text: Some(out),
-    })
+    Ok((out, members))
 }
 
 #[cfg(test)]

@@ -143,25 +143,40 @@ pub fn decode(id: u32, schema: &JsonSchema, framed: &[u8]) -> Result<JsonObject,
         NotAnObject::Invalid(e) => JsonSchemaError::InvalidJson(e),
         NotAnObject::Kind(kind) => JsonSchemaError::NotAnObject(kind),
     })?;
-    let value: Value = serde_json::from_slice(body).map_err(JsonSchemaError::InvalidJson)?;
-    let mut errors = schema.validator.iter_errors(&value).peekable();
-    if errors.peek().is_some() {
-        let listed: Vec<String> = errors
-            .take(MAX_LISTED)
-            .map(|e| {
-                let at = e.instance_path().to_string();
-                let at = if at.is_empty() { "/".to_owned() } else { at };
-                format!("at {at}: {e}")
-            })
-            .collect();
-        return Err(JsonSchemaError::Violation {
-            id,
-            violations: listed.join("; "),
-        });
-    }
+    validate(id, schema, body)?;
     Ok(JsonObject {
         members,
         text: Some(body.to_vec()),
+        key: None,
+    })
+}
+
+/// Checks a JSON value of any type in the wire format (a key: a string or number will do) against
+/// its schema and returns its body.
+pub fn decode_any(id: u32, schema: &JsonSchema, framed: &[u8]) -> Result<Vec<u8>, JsonSchemaError> {
+    let body = wire::frame(framed).map(|f| f.body).unwrap_or_default();
+    validate(id, schema, body)?;
+    Ok(body.to_vec())
+}
+
+/// Checks `body` (JSON text) against `schema`; a violation names the first few and where.
+fn validate(id: u32, schema: &JsonSchema, body: &[u8]) -> Result<(), JsonSchemaError> {
+    let value: Value = serde_json::from_slice(body).map_err(JsonSchemaError::InvalidJson)?;
+    let mut errors = schema.validator.iter_errors(&value).peekable();
+    if errors.peek().is_none() {
+        return Ok(());
+    }
+    let listed: Vec<String> = errors
+        .take(MAX_LISTED)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let at = if at.is_empty() { "/".to_owned() } else { at };
+            format!("at {at}: {e}")
+        })
+        .collect();
+    Err(JsonSchemaError::Violation {
+        id,
+        violations: listed.join("; "),
     })
 }
 

@@ -172,6 +172,7 @@ pub fn decode(id: u32, schema: &ProtoSchema, framed: &[u8]) -> Result<JsonObject
     Ok(JsonObject {
         members,
         text: Some(out),
+        key: None,
     })
 }
 

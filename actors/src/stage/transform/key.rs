@@ -10,9 +10,10 @@ use serde_json::Value;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::DedupKey;
-use crate::messages::RawRecord;
 use crate::model::TableRef;
 use crate::stage::json::{lookup, Member};
+
+use super::Source;
 
 /// An RFC 6901 pointer as its first token (unescaped) and the rest.
 pub(super) fn split_pointer(pointer: &str) -> Option<(String, String)> {
@@ -27,18 +28,18 @@ pub(super) fn dedup_key<'a>(
     pointer: Option<&(String, String)>,
     text: &'a [u8],
     members: &[Member],
-    source: &RawRecord,
+    source: Source<'_>,
 ) -> Option<Cow<'a, str>> {
     let payload_hash = || {
         Cow::Owned(format!(
             "{:032x}",
-            xxh3_128(source.payload.as_deref().unwrap_or_default())
+            xxh3_128(source.payload.unwrap_or_default())
         ))
     };
     match key {
         DedupKey::None => None,
         DedupKey::PayloadHash => Some(payload_hash()),
-        DedupKey::KafkaKey => Some(match source.key.as_deref() {
+        DedupKey::KafkaKey => Some(match source.key {
             Some(k) => match std::str::from_utf8(k) {
                 Ok(s) => Cow::Owned(s.to_owned()),
                 Err(_) => Cow::Owned(format!("{:032x}", xxh3_128(k))),

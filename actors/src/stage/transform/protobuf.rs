@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::encode::write_timestamp;
 use std::borrow::Cow;
 
-use super::{Member, Name, RawRecord, TableRef, Tp, TransformError, Transformed, Transformer};
+use super::{Member, Name, Source, TableRef, Tp, TransformError, Transformed, Transformer};
 use super::{META_KEY, META_OFFSET, META_PARTITION, META_TIMESTAMP, META_TOPIC};
 use crate::stage::proto::{FieldError, ProtoRow, RowBody, RowFormat, RowFormats};
 
@@ -54,7 +54,7 @@ impl Transformer {
         &mut self,
         format: &RowFormat,
         tp: &Tp,
-        source: &RawRecord,
+        source: Source<'_>,
         text: &[u8],
         members: &[Member],
     ) -> Result<Vec<u8>, FieldError> {
@@ -103,7 +103,7 @@ impl Transformer {
             }
         }
         if meta.key {
-            match source.key.as_deref() {
+            match source.key {
                 Some(k) => row.string(META_KEY, &String::from_utf8_lossy(k), &mut out)?,
                 None => row.member(META_KEY, "null", &mut out)?,
             }
@@ -119,7 +119,7 @@ impl Transformer {
     pub(super) fn write_row(
         &mut self,
         tp: &Tp,
-        source: &RawRecord,
+        source: Source<'_>,
         text: &[u8],
         members: &[Member],
         table: Arc<TableRef>,

@@ -332,3 +332,61 @@ fn rows_of_a_table_with_a_known_format_are_protobuf_as_their_entry_would_encode(
         );
     }
 }
+
+#[test]
+fn a_decoded_key_is_the_kafka_key_column_and_the_kafka_key_dedup() {
+    use crate::stage::convert::parse_object;
+    use crate::stage::proto::RowFormat;
+    use crate::stage::schema::FieldSchema;
+
+    let mut c = config();
+    c.transform.metadata.key = true;
+    c.dedup.key = DedupKey::KafkaKey;
+    let tp = Tp::new("t", 2);
+    let decoded = br#"{"member_id":7}"#;
+    // The record's own key is its wire format (schema id 9): bytes that differ per schema id.
+    let mut rec = record(1, r#"{"event_id":"e1"}"#);
+    rec.key = Some(vec![0, 0, 0, 0, 9, 14]);
+    let mut object = parse_object(rec.payload.as_deref()).unwrap();
+    object.key = Some(decoded.to_vec());
+    let mut t = Transformer::new(&c);
+    let row = t.apply_object(&tp, &rec, &object).unwrap();
+    let entry: Value = serde_json::from_slice(&row.body.json()).unwrap();
+    assert_eq!(entry["json"]["_kafka_key"], r#"{"member_id":7}"#);
+    // The same key under another schema id (other bytes) is the same dedup key; the raw bytes
+    // are not what is compared.
+    let mut same = rec.clone();
+    same.key = Some(vec![0, 0, 0, 0, 10, 14]);
+    let again = t.apply_object(&tp, &same, &object).unwrap();
+    assert_eq!(again.dedup_hash, row.dedup_hash);
+    let mut plain = rec.clone();
+    plain.key = Some(decoded.to_vec());
+    let (by_bytes, _) = run(&mut t, "t", &plain).unwrap();
+    assert_eq!(by_bytes.dedup_hash, row.dedup_hash);
+    let undecoded = parse_object(rec.payload.as_deref()).unwrap();
+    let raw = t.apply_object(&tp, &rec, &undecoded).unwrap();
+    assert_ne!(raw.dedup_hash, row.dedup_hash);
+
+    // On the Storage Write API path, the same column.
+    let schema = [
+        ("event_id", "STRING", "NULLABLE"),
+        ("_kafka_topic", "STRING", "NULLABLE"),
+        ("_kafka_partition", "INTEGER", "NULLABLE"),
+        ("_kafka_offset", "INTEGER", "NULLABLE"),
+        ("_kafka_timestamp", "TIMESTAMP", "NULLABLE"),
+        ("_kafka_key", "STRING", "NULLABLE"),
+    ]
+    .map(|(name, t, mode)| FieldSchema::new(name, t, mode));
+    let format = Arc::new(RowFormat::new(&schema).unwrap());
+    let formats = RowFormats::default();
+    formats.set(&t.table_for(&tp.topic), Some(Arc::clone(&format)));
+    let mut proto = Transformer::new(&c).with_formats(Some(formats));
+    let RowBody::Proto(p) = proto.apply_object(&tp, &rec, &object).unwrap().body else {
+        panic!("not protobuf");
+    };
+    let mut expected = Vec::new();
+    format
+        .encode_entry(&row.body.into_json(), &mut expected)
+        .unwrap();
+    assert_eq!(&p.bytes[..], &expected[..]);
+}

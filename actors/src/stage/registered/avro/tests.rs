@@ -145,8 +145,15 @@ fn bytes_that_do_not_match_the_schema_are_a_record_failure() {
 
 #[test]
 fn a_schema_that_is_not_a_record_or_not_avro_is_named() {
-    let e = AvroSchema::parse(3, r#""string""#).unwrap_err();
+    // A plain type is a schema (keys are often strings), but a value of it is no row.
+    let schema = AvroSchema::parse(3, r#""string""#).unwrap();
+    let framed = wire::encode(
+        3,
+        &apache_avro::to_avro_datum(&schema.schema, Value::String("k-1".into())).unwrap(),
+    );
+    let e = decode(3, &schema, &framed).unwrap_err();
     assert_eq!(e.class(), "not_a_record");
+    assert_eq!(decode_any(3, &schema, &framed).unwrap().0, b"\"k-1\"");
     let e = AvroSchema::parse(4, r#"{"type": "recrd"}"#).unwrap_err();
     assert_eq!(e.class(), "bad_schema");
     assert!(e.to_string().contains("schema 4"), "{e}");

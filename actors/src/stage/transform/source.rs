@@ -1,0 +1,29 @@
+//! What a row takes from its Kafka record beside the value's members: the metadata columns'
+//! values, and what `dedup.key = "kafka_key"` or `"payload_hash"` reads.
+
+use crate::messages::RawRecord;
+use crate::stage::convert::JsonObject;
+
+/// A record as the transform reads it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Source<'a> {
+    pub offset: i64,
+    pub timestamp_ms: Option<i64>,
+    /// The key as `_kafka_key` holds it and `kafka_key` dedup compares it: decoded when the topic's
+    /// keys are in a registry format ([`JsonObject::key`]), else the record's own bytes.
+    pub key: Option<&'a [u8]>,
+    /// The value's original bytes (what `payload_hash` hashes, whatever the format).
+    pub payload: Option<&'a [u8]>,
+}
+
+impl<'a> Source<'a> {
+    pub fn new(record: &'a RawRecord, object: Option<&'a JsonObject>) -> Self {
+        let decoded = object.and_then(|o| o.key.as_deref());
+        Self {
+            offset: record.offset,
+            timestamp_ms: record.timestamp_ms,
+            key: decoded.or(record.key.as_deref()),
+            payload: record.payload.as_deref(),
+        }
+    }
+}
