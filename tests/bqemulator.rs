@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use bqsink_actors::config::WriteApi;
+use bqsink_actors::config::{ValueFormat, WriteApi};
 use bqsink_devtools::generator::{Counts, Generator, Mix};
 use common::*;
 use serde_json::{json, Value};
@@ -133,14 +133,21 @@ fn rows_land_in_the_emulator_exactly_once_through_the_storage_write_api() {
 /// Storage Write API: decoded rows land once each, RECORD and TIMESTAMP columns included.
 #[test]
 fn avro_rows_land_in_the_emulator_exactly_once_through_the_storage_write_api() {
-    rows_land(WriteApi::Storage, true);
+    rows_land(WriteApi::Storage, ValueFormat::Avro);
+}
+
+/// The same events as Protobuf and as JSON Schema records, checked the same way.
+#[test]
+fn protobuf_and_json_schema_rows_land_in_the_emulator_exactly_once() {
+    rows_land(WriteApi::Storage, ValueFormat::Protobuf);
+    rows_land(WriteApi::InsertAll, ValueFormat::JsonSchema);
 }
 
 fn rows_land_once(write_api: WriteApi) {
-    rows_land(write_api, false);
+    rows_land(write_api, ValueFormat::Json);
 }
 
-fn rows_land(write_api: WriteApi, avro: bool) {
+fn rows_land(write_api: WriteApi, format: ValueFormat) {
     let emulator = Emulator::start();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -166,23 +173,22 @@ fn rows_land(write_api: WriteApi, avro: bool) {
     .take(2_000)
     .inspect(|e| counts.add(e.kind))
     .collect();
-    let registry = avro.then(|| {
+    // A registry format: the same events encoded with their registered schema.
+    let encoder = bqsink_devtools::registered::Encoder::new(format, 1);
+    let registry = encoder.as_ref().map(|encoder| {
         let registry = bqsink_devtools::registry::Registry::start().unwrap();
-        registry.register(1, bqsink_devtools::avro::MEMBER_EVENTS_SCHEMA);
+        encoder.register(&registry);
         registry
     });
-    let events = if avro {
-        let schema = bqsink_devtools::avro::member_events_schema();
-        events
-            .into_iter()
-            .map(|mut e| {
-                e.payload = bqsink_devtools::avro::member_event(&schema, 1, &e.payload).unwrap();
-                e
-            })
-            .collect()
-    } else {
-        events
-    };
+    let events: Vec<_> = events
+        .into_iter()
+        .map(|mut e| {
+            if let Some(encoder) = &encoder {
+                e.payload = encoder.encode(&e.payload).unwrap();
+            }
+            e
+        })
+        .collect();
     produce(&bootstrap, TOPIC, &events);
 
     let mut config = config(&bootstrap, "g-emu", TOPIC, &emulator.url);
@@ -196,9 +202,7 @@ fn rows_land(write_api: WriteApi, avro: bool) {
     config.bigquery.write_api = write_api;
     config.bigquery.storage_endpoint = emulator.grpc_url();
     if let Some(registry) = &registry {
-        config.kafka.formats = [(TOPIC.to_owned(), bqsink_actors::config::ValueFormat::Avro)]
-            .into_iter()
-            .collect();
+        config.kafka.formats = [(TOPIC.to_owned(), format)].into_iter().collect();
         config.registry.url = registry.url.clone();
     }
     let pipeline = start(&config);

@@ -4,7 +4,8 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`json`] | an Avro value and its schema as BigQuery-ready JSON text |
+//! | [`plan`] | a registered schema compiled for decoding: named types resolved, labels written |
+//! | `json` | Avro binary read with the plan, written as BigQuery-ready JSON text (no value tree) |
 //! | this file | [`AvroSchema`] (a registered schema, parsed once) and [`decode`] |
 //!
 //! The value mapping is kafka-connect-bigquery's (through Kafka Connect's Avro converter):
@@ -29,26 +30,24 @@
 
 use std::collections::HashMap;
 
-use apache_avro::headers::HeaderBuilder;
 use apache_avro::schema::Name;
-use apache_avro::{GenericSingleObjectReader, Schema};
+use apache_avro::Schema;
 
 use crate::stage::convert::JsonObject;
 
-pub mod json;
+mod json;
+pub mod plan;
 
-use super::text::Misfit;
 use super::wire;
+use plan::Plan;
 
 /// A schema from the registry, parsed once and shared by every record written with it.
 pub struct AvroSchema {
     pub schema: Schema,
     /// Named types by full name, for the `Ref`s inside `schema`.
     names: HashMap<Name, Schema>,
-    /// apache-avro's reader with the schema resolved once (its plain datum reading resolves the
-    /// schema again for every value: a fifth of the decoding cost). Its "single object" header is
-    /// the wire format's own: magic byte and schema id.
-    reader: GenericSingleObjectReader,
+    /// The schema compiled for decoding values ([`json`] reads them with it).
+    plan: Plan,
 }
 
 impl std::fmt::Debug for AvroSchema {
@@ -56,15 +55,6 @@ impl std::fmt::Debug for AvroSchema {
         f.debug_struct("AvroSchema")
             .field("schema", &self.schema)
             .finish_non_exhaustive()
-    }
-}
-
-/// The wire format's header for one schema id, as apache-avro's single-object header.
-struct WireHeader(u32);
-
-impl HeaderBuilder for WireHeader {
-    fn build_header(&self) -> Vec<u8> {
-        wire::encode(self.0, &[])
     }
 }
 
@@ -77,8 +67,6 @@ pub enum AvroError {
     Mismatch { id: u32, error: String },
     #[error("Avro schema {id} is not a record (it is {kind}): a row needs named fields")]
     NotARecord { id: u32, kind: String },
-    #[error("value does not fit its Avro schema {0}")]
-    Value(Misfit),
 }
 
 impl AvroError {
@@ -86,42 +74,39 @@ impl AvroError {
     pub fn class(&self) -> &'static str {
         match self {
             AvroError::BadSchema { .. } => "bad_schema",
-            AvroError::Mismatch { .. } | AvroError::Value(_) => "avro_mismatch",
+            AvroError::Mismatch { .. } => "avro_mismatch",
             AvroError::NotARecord { .. } => "not_a_record",
         }
     }
 }
 
-/// The most apache-avro allocates for one string, bytes or block length read from a value
-/// (its default: 512 MiB). A record of a few bytes can claim any length: without this bound a bad
-/// record could make each converter thread allocate half a gigabyte. No row can be larger than
+/// The longest string, bytes or block a value may claim (apache-avro's default for its own reader:
+/// 512 MiB). A record of a few bytes can claim any length: the claim is checked against this bound
+/// (and against the bytes there are) before anything is read. No row can be larger than
 /// BigQuery's 10 MB row limit anyway.
 pub const MAX_ALLOCATION_BYTES: usize = 16 << 20;
 
 impl AvroSchema {
     /// Parses the registry's schema text (JSON).
     pub fn parse(id: u32, text: &str) -> Result<Self, AvroError> {
-        // Process-wide and set once (apache-avro keeps the first value).
+        // Process-wide and set once (apache-avro keeps the first value); bounds the tests' and
+        // tools' use of apache-avro's own reader.
         apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
-        let bad = |e: apache_avro::Error| AvroError::BadSchema {
-            id,
-            error: e.to_string(),
-        };
-        let schema = Schema::parse_str(text).map_err(bad)?;
+        let bad = |error: String| AvroError::BadSchema { id, error };
+        let schema = Schema::parse_str(text).map_err(|e| bad(e.to_string()))?;
         let names = apache_avro::schema::ResolvedSchema::try_from(&schema)
-            .map_err(bad)?
+            .map_err(|e| bad(e.to_string()))?
             .get_names()
             .iter()
             .map(|(n, s)| (n.clone(), (*s).clone()))
             .collect();
-        let reader =
-            GenericSingleObjectReader::new_with_header_builder(schema.clone(), WireHeader(id))
-                .map_err(bad)?;
-        Ok(Self {
+        let mut parsed = Self {
             schema,
             names,
-            reader,
-        })
+            plan: Plan { nodes: Vec::new() },
+        };
+        parsed.plan = Plan::new(&parsed).map_err(|e| bad(e.to_string()))?;
+        Ok(parsed)
     }
 
     /// The named type `name` refers to.
@@ -159,22 +144,18 @@ pub fn decode_any(
     schema: &AvroSchema,
     framed: &[u8],
 ) -> Result<(Vec<u8>, Vec<crate::stage::json::Member>), AvroError> {
-    let mut body = framed;
-    let value = schema
-        .reader
-        .read_value(&mut body)
+    let body = wire::frame(framed)
+        .map(|f| f.body)
         .map_err(|e| AvroError::Mismatch {
             id,
             error: e.to_string(),
         })?;
-    if !body.is_empty() {
-        return Err(AvroError::Mismatch {
-            id,
-            error: format!("{} bytes left after the value", body.len()),
-        });
-    }
+    // A row's text is about twice its Avro (names, quotes, base64, timestamps as text).
     let mut out = Vec::with_capacity(64 + 2 * framed.len());
-    let members = json::write(&value, &schema.schema, schema, &mut out)?;
+    let members = json::write(&schema.plan, body, &mut out).map_err(|e| AvroError::Mismatch {
+        id,
+        error: e.to_string(),
+    })?;
     Ok((out, members))
 }
 

@@ -13,7 +13,7 @@ use apache_avro::Schema;
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::Value;
 
-use super::avro::json::{branch_name, resolve};
+use super::avro::plan::{branch_name, resolve};
 use super::avro::AvroSchema;
 use super::json_schema::JsonSchema;
 use crate::stage::schema::FieldSchema;

@@ -218,7 +218,113 @@ fn a_value_that_does_not_fit_names_its_path() {
             Value::Array(vec![Value::Date(0), Value::Date(i32::MAX)]),
         )]),
     )]);
-    let e = json::write(&value, &schema.schema, &schema, &mut Vec::new()).unwrap_err();
+    let body = apache_avro::to_avro_datum(&schema.schema, value).unwrap();
+    let e = decode(9, &schema, &wire::encode(9, &body)).unwrap_err();
     assert_eq!(e.class(), "avro_mismatch");
     assert!(e.to_string().contains("at inner.days.1: date"), "{e}");
+}
+
+/// The rest of the logical types, a recursive record, and the encodings apache-avro's writer does
+/// not produce (blocks with a negative count and their size) but other writers may.
+#[test]
+fn other_logical_types_recursion_and_block_forms_decode() {
+    let schema = AvroSchema::parse(
+        10,
+        r#"{"type":"record","name":"R","fields":[
+          {"name":"tm","type":{"type":"int","logicalType":"time-millis"}},
+          {"name":"tn","type":{"type":"long","logicalType":"timestamp-nanos"}},
+          {"name":"lm","type":{"type":"long","logicalType":"local-timestamp-millis"}},
+          {"name":"ln","type":{"type":"long","logicalType":"local-timestamp-nanos"}},
+          {"name":"df","type":{"type":"fixed","name":"D","size":3,"logicalType":"decimal","precision":6,"scale":3}},
+          {"name":"big","type":{"type":"bytes","logicalType":"big-decimal"}},
+          {"name":"dur","type":{"type":"fixed","name":"Dur","size":12,"logicalType":"duration"}},
+          {"name":"next","type":["null","R"]}]}"#,
+    )
+    .unwrap();
+    let record = |next: Value| {
+        Value::Record(vec![
+            ("tm".into(), Value::TimeMillis(3_600_001)),
+            ("tn".into(), Value::TimestampNanos(1_500)),
+            ("lm".into(), Value::LocalTimestampMillis(-1)),
+            ("ln".into(), Value::LocalTimestampNanos(2_000)),
+            (
+                "df".into(),
+                Value::Decimal(apache_avro::Decimal::from(vec![0xff, 0xff, 0xfe])),
+            ),
+            ("big".into(), Value::BigDecimal("-12.5000".parse().unwrap())),
+            (
+                "dur".into(),
+                Value::Duration(apache_avro::Duration::new(
+                    apache_avro::Months::new(1),
+                    apache_avro::Days::new(2),
+                    apache_avro::Millis::new(3),
+                )),
+            ),
+            ("next".into(), next),
+        ])
+    };
+    let inner = record(Value::Union(0, Box::new(Value::Null)));
+    let value = record(Value::Union(1, Box::new(inner)));
+    let body = apache_avro::to_avro_datum(&schema.schema, value).unwrap();
+    let object = decode(10, &schema, &wire::encode(10, &body)).unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&object.text.unwrap()).unwrap();
+    let fields = json!({
+        "tm": "01:00:00.001000", "tn": "1970-01-01T00:00:00.000001Z",
+        "lm": "1969-12-31T23:59:59.999000", "ln": "1970-01-01T00:00:00.000002",
+        "df": "-0.002", "big": "-12.5000",
+        "dur": {"months": 1, "days": 2, "milliseconds": 3},
+    });
+    let mut want = fields.clone();
+    want["next"] = fields.clone();
+    want["next"]["next"] = serde_json::Value::Null;
+    assert_eq!(got, want);
+
+    // An array and a map in two blocks each, the first with a negative count and its size.
+    let schema = AvroSchema::parse(
+        11,
+        r#"{"type":"record","name":"B","fields":[
+          {"name":"a","type":{"type":"array","items":"int"}},
+          {"name":"m","type":{"type":"map","values":"boolean"}}]}"#,
+    )
+    .unwrap();
+    let body = [
+        3, 4, 2, 4, 2, 6, 0, // a: block of -2 items (size 2 bytes): 1, 2; block of 1: 3; end
+        3, 4, 2, b'z', 1, 2, b'a', 0,
+        0, // m: block of -2 entries (size 2): z=true, a=false; end
+    ];
+    let object = decode(11, &schema, &wire::encode(11, &body)).unwrap();
+    assert_eq!(
+        String::from_utf8(object.text.unwrap()).unwrap(),
+        r#"{"a":[1,2,3],"m":[{"key":"a","value":false},{"key":"z","value":true}]}"#
+    );
+}
+
+#[test]
+fn malformed_bytes_are_named() {
+    let schema = AvroSchema::parse(
+        12,
+        r#"{"type":"record","name":"M","fields":[
+          {"name":"s","type":"string"},
+          {"name":"b","type":"boolean"},
+          {"name":"e","type":{"type":"enum","name":"E","symbols":["A"]}},
+          {"name":"u","type":["null","long"]}]}"#,
+    )
+    .unwrap();
+    let fails = |body: &[u8], says: &str| {
+        let e = decode(12, &schema, &wire::encode(12, body)).unwrap_err();
+        assert_eq!(e.class(), "avro_mismatch");
+        assert!(e.to_string().contains(says), "{e} (wanted {says:?})");
+    };
+    fails(&[2, 0xff, 1, 0, 2, 2], "at s: a string");
+    fails(&[2, b'x', 2, 0, 2, 2], "at b: a boolean byte 2");
+    fails(&[2, b'x', 1, 2, 2, 2], "at e: enum symbol 1 of 1");
+    fails(&[2, b'x', 1, 0, 4], "at u: union branch 2 of 2");
+    fails(&[2, b'x', 1, 0, 2], "at u: the value ends early");
+    fails(
+        &[0xff; 11],
+        "at s: a variable-length integer longer than 10 bytes",
+    );
+    fails(&[1], "at s: length -1 is not between 0");
+    let ok = decode(12, &schema, &wire::encode(12, &[2, b'x', 1, 0, 2, 3])).unwrap();
+    assert_eq!(ok.text.unwrap(), br#"{"s":"x","b":true,"e":"A","u":-2}"#);
 }
