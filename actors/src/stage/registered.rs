@@ -6,14 +6,14 @@
 //! | module | holds |
 //! |---|---|
 //! | [`wire`] | the header, and a Protobuf value's message indexes |
-//! | [`avro`] | Avro schemas and values (apache-avro) |
-//! | [`protobuf`] | `.proto` schemas (compiled by protox) and messages (prost-reflect) |
+//! | [`avro`] | Avro schemas (parsed by apache-avro) and a decoder from their values' bytes to JSON text |
+//! | [`protobuf`] | `.proto` schemas (compiled by protox, described by prost-reflect) and a decoder from messages' bytes to JSON text |
 //! | [`json_schema`] | JSON Schema (validated by the jsonschema crate) |
 //! | [`text`] | BigQuery's JSON text for typed values, shared by the Avro and Protobuf writers |
 //! | [`columns`] | a registered schema as BigQuery columns (table creation, new fields) |
 //!
-//! The schemas come from [`crate::registry`], which fetches each once; which format a topic is
-//! read in is `kafka.formats`.
+//! The schemas come from [`crate::registry`], which fetches each once; which format a topic's
+//! values and keys are read in is `kafka.formats` and `kafka.key_formats`.
 
 pub mod avro;
 pub mod columns;

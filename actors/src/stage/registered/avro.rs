@@ -4,7 +4,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`plan`] | a registered schema compiled for decoding: named types resolved, labels written |
+//! | `plan` | a registered schema compiled for decoding: named types resolved, labels written |
 //! | `json` | Avro binary read with the plan, written as BigQuery-ready JSON text (no value tree) |
 //! | this file | [`AvroSchema`] (a registered schema, parsed once) and [`decode`] |
 //!
@@ -36,7 +36,7 @@ use apache_avro::Schema;
 use crate::stage::convert::JsonObject;
 
 mod json;
-pub mod plan;
+pub(super) mod plan;
 
 use super::wire;
 use plan::Plan;
@@ -150,8 +150,8 @@ pub fn decode_any(
             id,
             error: e.to_string(),
         })?;
-    // A row's text is about twice its Avro (names, quotes, base64, timestamps as text).
-    let mut out = Vec::with_capacity(64 + 2 * framed.len());
+    // A row's text is about three times its Avro (names, quotes, base64, timestamps as text).
+    let mut out = Vec::with_capacity(128 + 3 * framed.len());
     let members = json::write(&schema.plan, body, &mut out).map_err(|e| AvroError::Mismatch {
         id,
         error: e.to_string(),

@@ -26,6 +26,7 @@ pub(super) fn write(plan: &Plan, bytes: &[u8], out: &mut Vec<u8>) -> Result<Vec<
         plan,
         input: bytes,
         out,
+        depth: 0,
     };
     let members = match &plan.nodes[0] {
         Node::Record(fields) => {
@@ -58,11 +59,17 @@ fn ends_early() -> Misfit {
     Misfit::new("the value ends early")
 }
 
+/// Records nested deeper than this fail (a recursive type could otherwise exhaust the stack: each
+/// level of a nullable recursive field costs one byte of input).
+const MAX_DEPTH: usize = 100;
+
 struct Writer<'a> {
     plan: &'a Plan,
     /// What is left to read.
     input: &'a [u8],
     out: &'a mut Vec<u8>,
+    /// Records open.
+    depth: usize,
 }
 
 /// Reading the binary encoding.
@@ -226,6 +233,7 @@ impl Writer<'_> {
                     plan,
                     input: self.bytes()?,
                     out: &mut Vec::new(),
+                    depth: 0,
                 };
                 let unscaled = inner.bytes()?;
                 let scale = inner.long()?;
@@ -285,6 +293,12 @@ impl Writer<'_> {
         fields: &[Field],
         mut members: Option<&mut Vec<Member>>,
     ) -> Result<(), Misfit> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Misfit::new(format!(
+                "records nested more than {MAX_DEPTH} deep"
+            )));
+        }
         self.out.push(b'{');
         for (n, field) in fields.iter().enumerate() {
             if n > 0 {
@@ -305,6 +319,7 @@ impl Writer<'_> {
             }
         }
         self.out.push(b'}');
+        self.depth -= 1;
         Ok(())
     }
 

@@ -328,3 +328,22 @@ fn malformed_bytes_are_named() {
     let ok = decode(12, &schema, &wire::encode(12, &[2, b'x', 1, 0, 2, 3])).unwrap();
     assert_eq!(ok.text.unwrap(), br#"{"s":"x","b":true,"e":"A","u":-2}"#);
 }
+
+#[test]
+fn a_recursive_value_nested_too_deep_fails_without_exhausting_the_stack() {
+    let schema = AvroSchema::parse(
+        13,
+        r#"{"type":"record","name":"L","fields":[{"name":"next","type":["null","L"]}]}"#,
+    )
+    .unwrap();
+    // Each level is one byte (branch 1: zigzag 2); the innermost is null (branch 0).
+    let nested = |depth: usize| {
+        let mut body = vec![2; depth];
+        body.push(0);
+        decode(13, &schema, &wire::encode(13, &body))
+    };
+    assert!(nested(50).is_ok());
+    let e = nested(100_000).unwrap_err();
+    assert_eq!(e.class(), "avro_mismatch");
+    assert!(e.to_string().contains("nested more than 100 deep"), "{e}");
+}

@@ -257,3 +257,110 @@ fn schemas_that_do_not_compile_are_named() {
     let e = ProtoSchema::parse(9, "syntax = \"proto3\"; enum E { A = 0; }", &[]).unwrap_err();
     assert!(e.to_string().contains("no message"), "{e}");
 }
+
+const WIRE: &str = r#"syntax = "proto3";
+package w;
+message M {
+  repeated int32 packed = 1;
+  repeated sint64 zig = 2;
+  int64 last = 3;
+  Inner inner = 4;
+  oneof choice {
+    string a = 5;
+    int32 b = 6;
+  }
+  map<int32, Inner> by_id = 7;
+  fixed32 f32 = 8;
+  sfixed64 sf64 = 9;
+  float fl = 10;
+  bool flag = 11;
+  M self = 12;
+}
+message Inner {
+  string x = 1;
+  int32 y = 2;
+}
+"#;
+
+/// Bytes as protobuf's parsing rules allow other writers to put them: repeated scalars packed and
+/// not, a singular field twice (the last wins), a singular message twice (merged), two members of a
+/// oneof (the last wins), unknown fields, a map key twice (the last wins), an entry without its
+/// value.
+#[test]
+fn the_wire_forms_protobuf_allows_decode_as_its_parsers_do() {
+    let s = ProtoSchema::parse(7, WIRE, &[]).unwrap();
+    let mut b = wire::encode_indexes(&[0]);
+    b.extend_from_slice(&[0x0a, 2, 1, 2]); // packed = [1, 2] (packed)
+    b.extend_from_slice(&[0x08, 3]); // packed += 3 (not packed)
+    b.extend_from_slice(&[0x10, 3, 0x10, 4]); // zig = [-2, 2]
+    b.extend_from_slice(&[0x18, 1, 0x18, 9]); // last = 1, then 9
+    b.extend_from_slice(&[0x22, 3, 0x0a, 1, b'p']); // inner = {x: "p"}
+    b.extend_from_slice(&[0x22, 2, 0x10, 5]); // inner merged with {y: 5}
+    b.extend_from_slice(&[0x2a, 1, b'a', 0x30, 7]); // a = "a", then b = 7: b is set
+    b.extend_from_slice(&[0xf8, 0x07, 1]); // field 127, unknown: skipped
+    b.extend_from_slice(&[0x3a, 6, 0x08, 2, 0x12, 2, 0x10, 1]); // by_id[2] = {y: 1}
+    b.extend_from_slice(&[0x3a, 6, 0x08, 1, 0x12, 2, 0x10, 8]); // by_id[1] = {y: 8}
+    b.extend_from_slice(&[0x3a, 6, 0x08, 2, 0x12, 2, 0x10, 3]); // by_id[2] = {y: 3}: replaces
+    b.extend_from_slice(&[0x3a, 2, 0x08, 4]); // by_id[4] without a value
+    b.extend_from_slice(&[0x45, 0xff, 0xff, 0xff, 0xff]); // f32 = 4294967295
+    b.extend_from_slice(&[0x49, 0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]); // sf64 = -2
+    b.extend_from_slice(&[0x55, 0, 0, 0xc0, 0x3f]); // fl = 1.5
+    b.extend_from_slice(&[0x58, 2]); // flag: any non-zero varint is true
+    assert_eq!(
+        decoded(&s, &wire::encode(7, &b)),
+        json!({
+            "choice_0": {"b": 7},
+            "packed": [1, 2, 3], "zig": [-2, 2], "last": 9,
+            "inner": {"x": "p", "y": 5},
+            "by_id": [
+                {"key": 1, "value": {"x": "", "y": 8}},
+                {"key": 2, "value": {"x": "", "y": 3}},
+                {"key": 4, "value": {"x": "", "y": 0}}
+            ],
+            "f32": 4294967295u64, "sf64": -2, "fl": 1.5, "flag": true, "self": null
+        })
+    );
+    // The same message read by prost-reflect agrees on what it holds.
+    let reference = DynamicMessage::decode(s.message(&[0]).unwrap(), &b[1..]).unwrap();
+    assert_eq!(
+        reference.get_field_by_name("last").unwrap().as_i64(),
+        Some(9)
+    );
+    assert!(reference.has_field_by_name("b") && !reference.has_field_by_name("a"));
+}
+
+#[test]
+fn malformed_messages_are_named_and_deep_recursion_fails() {
+    let s = ProtoSchema::parse(7, WIRE, &[]).unwrap();
+    let fails = |body: &[u8], says: &str| {
+        let mut b = wire::encode_indexes(&[0]);
+        b.extend_from_slice(body);
+        let e = decode(7, &s, &wire::encode(7, &b)).unwrap_err();
+        assert_eq!(e.class(), "protobuf_mismatch");
+        assert!(e.to_string().contains(says), "{e} (wanted {says:?})");
+        assert!(e.to_string().contains("message w.M"), "{e}");
+    };
+    fails(&[0x18, 0x80], "the message ends early");
+    fails(
+        &[0x1a, 1, 0],
+        "at last: a length-delimited value for a int64 field",
+    );
+    fails(&[0x2a, 2, 0xff, 0xfe], "at choice_0.a: a string");
+    fails(&[0x22, 1, 0x0a], "at inner: the message ends early");
+    fails(&[0x1b], "wire type 3");
+    fails(&[0x00], "field number 0");
+    // `self` nested 200 deep: each level is two bytes of tag and length around the next.
+    let mut deep: Vec<u8> = Vec::new();
+    for _ in 0..200 {
+        let mut outer = vec![0x62];
+        let mut n = deep.len();
+        while n >= 0x80 {
+            outer.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        outer.push(n as u8);
+        outer.extend_from_slice(&deep);
+        deep = outer;
+    }
+    fails(&deep, "nested more than 100 deep");
+}
