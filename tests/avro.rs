@@ -280,13 +280,7 @@ fn run(storage: bool) {
 
     // The dead letters: the original bytes, in order, each with its class.
     let dead = read_topic(&bootstrap, DLQ);
-    let classes: Vec<String> = dead
-        .iter()
-        .map(|r| {
-            r.header("__connect.errors.exception.class.name")
-                .unwrap_or_default()
-        })
-        .collect();
+    let classes: Vec<String> = dead.iter().map(ReadBack::class).collect();
     assert_eq!(
         classes,
         [
@@ -472,13 +466,7 @@ fn avro_keys_are_decoded_into_the_kafka_key_column_and_dedup() {
     );
 
     let dead = read_topic(&bootstrap, DLQ);
-    let classes: Vec<String> = dead
-        .iter()
-        .map(|r| {
-            r.header("__connect.errors.exception.class.name")
-                .unwrap_or_default()
-        })
-        .collect();
+    let classes: Vec<String> = dead.iter().map(ReadBack::class).collect();
     assert_eq!(classes, ["not_wire_format", "unknown_schema_id"]);
     for (d, key) in dead.iter().zip(&bad_keys) {
         assert_eq!(d.key.as_deref(), Some(key.as_slice()), "the original key");

@@ -399,12 +399,7 @@ fn run(storage: bool) {
     let dead = read_topic(&bootstrap, DLQ);
     let mut got: Vec<(String, Vec<u8>)> = dead
         .iter()
-        .map(|r| {
-            let class = r
-                .header("__connect.errors.exception.class.name")
-                .unwrap_or_default();
-            (class, r.value.clone().unwrap_or_default())
-        })
+        .map(|r| (r.class(), r.value.clone().unwrap_or_default()))
         .collect();
     let mut want: Vec<(String, Vec<u8>)> = [
         "protobuf_mismatch",

@@ -466,6 +466,11 @@ impl ReadBack {
             .and_then(|(_, v)| v.as_ref())
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
+    /// The failure class a dead letter carries (empty when it has none).
+    pub fn class(&self) -> String {
+        self.header("__connect.errors.exception.class.name")
+            .unwrap_or_default()
+    }
     pub fn own_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
         self.headers
             .iter()

@@ -50,30 +50,30 @@ impl std::fmt::Display for Misfit {
     }
 }
 
-/// A map as BigQuery's REPEATED RECORD (`key`, `value`): `[{"key":…,"value":…},…]`, entries
-/// sorted by key. The writer `w` writes each key and value (`out` reaches its buffer); `value` is
-/// given the entry's index and key, to name the entry in a [`Misfit`].
-pub fn key_value_array<W, K: Ord, V>(
-    w: &mut W,
-    out: fn(&mut W) -> &mut Vec<u8>,
-    mut entries: Vec<(K, V)>,
-    mut key: impl FnMut(&mut W, &K),
-    mut value: impl FnMut(&mut W, usize, &K, V) -> Result<(), Misfit>,
-) -> Result<(), Misfit> {
+/// A map as BigQuery's REPEATED RECORD (`key`, `value`): its entries, `{"key":…,"value":…}`, were
+/// written into `out` from `start` in the order read, each at the span given with its key (values
+/// must be read in order); they are put in key order inside `[…]`, and of equal keys the last read
+/// is kept (a map holds a key once).
+pub fn key_value_array<K: Ord>(
+    out: &mut Vec<u8>,
+    start: usize,
+    mut entries: Vec<(K, usize, usize)>,
+) {
+    let written = out.split_off(start);
+    // Stable: of equal keys, the last read stays last.
     entries.sort_by(|a, b| a.0.cmp(&b.0));
-    out(w).push(b'[');
-    for (n, (k, v)) in entries.into_iter().enumerate() {
-        if n > 0 {
-            out(w).push(b',');
+    out.push(b'[');
+    let mut first = true;
+    for (i, (key, from, to)) in entries.iter().enumerate() {
+        if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
+            continue;
         }
-        out(w).extend_from_slice(b"{\"key\":");
-        key(w, &k);
-        out(w).extend_from_slice(b",\"value\":");
-        value(w, n, &k, v)?;
-        out(w).push(b'}');
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        out.extend_from_slice(&written[from - start..to - start]);
     }
-    out(w).push(b']');
-    Ok(())
+    out.push(b']');
 }
 
 /// A JSON string (serde_json escapes as JSON requires; writing into a Vec cannot fail).

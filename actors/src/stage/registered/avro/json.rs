@@ -323,8 +323,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// A map as BigQuery's REPEATED RECORD (`key`, `value`), entries sorted by key: written in
-    /// the order read, then put in order (values must be read in order; maps are rare and small).
+    /// A map as BigQuery's REPEATED RECORD (`key`, `value`), entries sorted by key.
     fn map(&mut self, values: usize) -> Result<(), Misfit> {
         let start = self.out.len();
         let mut entries: Vec<(&str, usize, usize)> = Vec::new();
@@ -345,17 +344,7 @@ impl Writer<'_> {
                 self.bounded()?;
             }
         }
-        let written = self.out.split_off(start);
-        entries.sort_by(|a, b| a.0.cmp(b.0));
-        self.out.push(b'[');
-        for (n, (_, from, to)) in entries.iter().enumerate() {
-            if n > 0 {
-                self.out.push(b',');
-            }
-            self.out
-                .extend_from_slice(&written[from - start..to - start]);
-        }
-        self.out.push(b']');
+        text::key_value_array(self.out, start, entries);
         Ok(())
     }
 

@@ -314,7 +314,7 @@ impl Writer<'_, '_> {
     }
 
     /// A map as BigQuery's REPEATED RECORD (`key`, `value`), entries sorted by key (a key met
-    /// twice: the last entry): written in the order read, then put in order.
+    /// twice: the last entry).
     fn map(
         &mut self,
         key_kind: &FieldKind,
@@ -363,21 +363,7 @@ impl Writer<'_, '_> {
             self.out.push(b'}');
             written.push((key, at, self.out.len()));
         }
-        let text = self.out.split_off(start);
-        // Stable, so that of equal keys the last read is last, and kept.
-        written.sort_by(|a, b| a.0.cmp(&b.0));
-        self.out.push(b'[');
-        let mut first = true;
-        for (i, (key, from, to)) in written.iter().enumerate() {
-            if written.get(i + 1).is_some_and(|next| next.0 == *key) {
-                continue;
-            }
-            if !std::mem::take(&mut first) {
-                self.out.push(b',');
-            }
-            self.out.extend_from_slice(&text[from - start..to - start]);
-        }
-        self.out.push(b']');
+        text::key_value_array(self.out, start, written);
         Ok(())
     }
 
