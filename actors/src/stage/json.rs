@@ -21,6 +21,14 @@ pub struct Span {
 }
 
 impl Span {
+    /// The bytes `start..end` of a text (texts are under 4 GiB: rows are at most 10 MB).
+    pub fn new(start: usize, end: usize) -> Self {
+        Self {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+
     /// The spanned bytes of `text`.
     pub fn of<'a>(&self, text: &'a [u8]) -> &'a [u8] {
         &text[self.start as usize..self.end as usize]

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `plan` | the compiled file's messages planned for decoding: fields by number, defaults written |
 //! | `json` | Protobuf binary read with the plan, written as BigQuery-ready JSON text (no message object) |
+//! | `read` | protobuf's encoding: field keys, varints, fixed and length-delimited values |
 //! | [`known`] | the `.proto` files the registry's clients bundle instead of registering them |
 //! | this file | [`ProtoSchema`] (a registered `.proto`, compiled once) and [`decode`] |
 //!
@@ -49,6 +50,7 @@ use crate::stage::convert::JsonObject;
 mod json;
 pub mod known;
 mod plan;
+mod read;
 
 use plan::Plan;
 

@@ -48,13 +48,6 @@ pub(super) fn write(plan: &Plan, bytes: &[u8], out: &mut Vec<u8>) -> Result<Vec<
     Ok(members)
 }
 
-fn span(start: usize, end: usize) -> Span {
-    Span {
-        start: start as u32,
-        end: end as u32,
-    }
-}
-
 fn ends_early() -> Misfit {
     Misfit::new("the value ends early")
 }
@@ -305,7 +298,7 @@ impl Writer<'_> {
                 self.out.push(b',');
             }
             self.out.push(b'"');
-            let key = span(self.out.len(), self.out.len() + field.name.len());
+            let key = Span::new(self.out.len(), self.out.len() + field.name.len());
             self.out.extend_from_slice(field.name.as_bytes());
             self.out.extend_from_slice(b"\":");
             let start = self.out.len();
@@ -314,7 +307,7 @@ impl Writer<'_> {
                 members.push(Member {
                     key,
                     escaped: false,
-                    value: span(start, self.out.len()),
+                    value: Span::new(start, self.out.len()),
                 });
             }
         }

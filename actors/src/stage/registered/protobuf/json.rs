@@ -19,6 +19,7 @@ use base64::Engine;
 
 use super::super::text::{self, Misfit};
 use super::plan::{FieldKind, FieldPlan, Logical, MessagePlan, Out, Plan, Shape};
+use super::read::{fixed, len, next, utf8, varint, wrong_wire_type, Raw};
 use crate::stage::json::{Member, Span};
 
 /// Messages nested deeper than this fail (recursive types could otherwise exhaust the stack).
@@ -42,86 +43,12 @@ pub(super) fn write(
     Ok(members)
 }
 
-fn span(start: usize, end: usize) -> Span {
-    Span {
-        start: start as u32,
-        end: end as u32,
-    }
-}
-
-/// One value of a field as it is on the wire.
-#[derive(Debug, Clone, Copy)]
-enum Raw<'a> {
-    Varint(u64),
-    Fixed64(u64),
-    Len(&'a [u8]),
-    Fixed32(u32),
-}
-
 /// A value of a known field: its slot and place in the message.
 #[derive(Debug, Clone, Copy)]
 struct Occurrence<'a> {
     slot: u16,
     seq: u32,
     raw: Raw<'a>,
-}
-
-fn ends_early() -> Misfit {
-    Misfit::new("the message ends early")
-}
-
-fn varint(input: &mut &[u8]) -> Result<u64, Misfit> {
-    let mut value: u64 = 0;
-    for (i, &b) in input.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            *input = &input[i + 1..];
-            return Ok(value);
-        }
-    }
-    Err(if input.len() < 10 {
-        ends_early()
-    } else {
-        Misfit::new("a varint longer than 10 bytes")
-    })
-}
-
-fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], Misfit> {
-    if n > input.len() {
-        return Err(ends_early());
-    }
-    let (taken, rest) = input.split_at(n);
-    *input = rest;
-    Ok(taken)
-}
-
-fn fixed<const N: usize>(input: &mut &[u8]) -> Result<[u8; N], Misfit> {
-    let b = take(input, N)?;
-    b.try_into().map_err(|_| ends_early())
-}
-
-/// Reads the next field of a message: its number and value.
-fn next<'a>(input: &mut &'a [u8]) -> Result<(u32, Raw<'a>), Misfit> {
-    let key = varint(input)?;
-    let number = u32::try_from(key >> 3)
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| Misfit::new(format!("field number {}", key >> 3)))?;
-    let raw = match key & 7 {
-        0 => Raw::Varint(varint(input)?),
-        1 => Raw::Fixed64(u64::from_le_bytes(fixed(input)?)),
-        2 => {
-            let n = varint(input)?;
-            Raw::Len(take(input, usize::try_from(n).unwrap_or(usize::MAX))?)
-        }
-        5 => Raw::Fixed32(u32::from_le_bytes(fixed(input)?)),
-        w => {
-            return Err(Misfit::new(format!(
-                "field {number} has wire type {w} (groups are not read)"
-            )))
-        }
-    };
-    Ok((number, raw))
 }
 
 /// Where each slot's values are in a message's sorted occurrences.
@@ -229,7 +156,7 @@ impl Writer<'_, '_> {
             self.out.push(b',');
         }
         self.out.push(b'"');
-        let key = span(self.out.len(), self.out.len() + name.len());
+        let key = Span::new(self.out.len(), self.out.len() + name.len());
         self.out.extend_from_slice(name.as_bytes());
         self.out.extend_from_slice(b"\":");
         let start = self.out.len();
@@ -238,7 +165,7 @@ impl Writer<'_, '_> {
             members.push(Member {
                 key,
                 escaped: false,
-                value: span(start, self.out.len()),
+                value: Span::new(start, self.out.len()),
             });
         }
         Ok(())
@@ -531,30 +458,4 @@ enum MapKey<'a> {
     Bool(bool),
     Int(i128),
     Str(&'a str),
-}
-
-fn len<'a>(raw: Raw<'a>, kind: &FieldKind) -> Result<&'a [u8], Misfit> {
-    match raw {
-        Raw::Len(b) => Ok(b),
-        raw => Err(wrong_wire_type(kind, raw)),
-    }
-}
-
-fn utf8(b: &[u8]) -> Result<&str, Misfit> {
-    std::str::from_utf8(b).map_err(|e| Misfit::new(format!("a string: {e}")))
-}
-
-fn wrong_wire_type(kind: &FieldKind, raw: Raw<'_>) -> Misfit {
-    let wire = match raw {
-        Raw::Varint(_) => "a varint",
-        Raw::Fixed64(_) => "a 64-bit value",
-        Raw::Len(_) => "a length-delimited value",
-        Raw::Fixed32(_) => "a 32-bit value",
-    };
-    let kind = match kind {
-        FieldKind::Message(_) => "message".to_owned(),
-        FieldKind::Enum(_) => "enum".to_owned(),
-        other => format!("{other:?}").to_lowercase(),
-    };
-    Misfit::new(format!("{wire} for a {kind} field"))
 }
