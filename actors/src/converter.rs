@@ -9,7 +9,7 @@ use actix::prelude::*;
 
 use crate::error_report::ErrorReportActor;
 use crate::messages::{Convert, ConvertedRecord, Failed, Failure, Stage, Transform};
-use crate::registry::{RecordError, RegistryTopics, TopicFormats};
+use crate::registry::{RecordError, RegistryTopics};
 use crate::stage::convert::{parse_object, ConvertError};
 use crate::stage::guard::guarded;
 use crate::telemetry;
@@ -38,7 +38,7 @@ impl Handler<Convert> for ConvertActor {
         let mut failures = Vec::new();
         let registered = self.registered.as_ref().and_then(|r| {
             let formats = r.of(&msg.origin.tp.topic);
-            (formats != TopicFormats::default()).then_some((r, formats))
+            formats.uses_registry().then_some((r, formats))
         });
         for source in msg.records {
             let converted = match registered {

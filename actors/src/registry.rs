@@ -190,6 +190,13 @@ pub struct TopicFormats {
     pub key: Option<ValueFormat>,
 }
 
+impl TopicFormats {
+    /// Whether the topic's values or keys name schemas in the registry.
+    pub fn uses_registry(self) -> bool {
+        self.value.is_some() || self.key.is_some()
+    }
+}
+
 impl RegistryTopics {
     /// The topics of `kafka.formats` and `kafka.key_formats` in a registry format, with an empty
     /// cache; `None` when there is none.

@@ -27,7 +27,6 @@ pub struct ResolverActor {
     registry: Arc<dyn SchemaRegistry>,
     /// Topics read through the registry, and the cache this actor fills.
     registered: RegistryTopics,
-    topics: BTreeSet<String>,
     next: Recipient<Convert>,
     fatal: Recipient<Fatal>,
     stats: Arc<Stats>,
@@ -50,7 +49,6 @@ impl ResolverActor {
     ) -> Self {
         Self {
             registry,
-            topics: registered.topics(),
             registered,
             next,
             fatal,
@@ -177,7 +175,7 @@ impl Handler<Convert> for ResolverActor {
     type Result = ();
 
     fn handle(&mut self, chunk: Convert, ctx: &mut Self::Context) {
-        if !self.topics.contains(&*chunk.origin.tp.topic) {
+        if !self.registered.of(&chunk.origin.tp.topic).uses_registry() {
             self.next.do_send(chunk);
             return;
         }
