@@ -21,3 +21,36 @@ pub mod json_schema;
 pub mod protobuf;
 pub mod text;
 pub mod wire;
+
+/// `n` corruptions of a valid encoding, the same on every run: bytes overwritten, cut short,
+/// doubled. For tests that decoders fail on them as record failures, never by panicking.
+#[cfg(test)]
+fn mutations(valid: &[u8], n: usize) -> Vec<Vec<u8>> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below.max(1) as u64) as usize
+    };
+    (0..n)
+        .map(|i| {
+            let mut m = valid.to_vec();
+            match i % 3 {
+                0 => {
+                    for _ in 0..1 + next(3) {
+                        let at = next(m.len());
+                        m[at] = next(256) as u8;
+                    }
+                }
+                1 => m.truncate(next(m.len())),
+                _ => {
+                    let at = next(m.len());
+                    let tail = m[at..].to_vec();
+                    m.extend_from_slice(&tail);
+                }
+            }
+            m
+        })
+        .collect()
+}

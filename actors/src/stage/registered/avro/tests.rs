@@ -347,3 +347,17 @@ fn a_recursive_value_nested_too_deep_fails_without_exhausting_the_stack() {
     assert_eq!(e.class(), "avro_mismatch");
     assert!(e.to_string().contains("nested more than 100 deep"), "{e}");
 }
+
+#[test]
+fn corrupted_values_fail_as_record_failures_without_panicking() {
+    let schema = AvroSchema::parse(7, SCHEMA).unwrap();
+    let body = apache_avro::to_avro_datum(&schema.schema, member()).unwrap();
+    let mut failed = 0;
+    for bad in super::super::mutations(&body, 30_000) {
+        if let Err(e) = decode(7, &schema, &wire::encode(7, &bad)) {
+            assert_eq!(e.class(), "avro_mismatch", "{e}");
+            failed += 1;
+        }
+    }
+    assert!(failed > 10_000, "{failed}");
+}

@@ -364,3 +364,34 @@ fn malformed_messages_are_named_and_deep_recursion_fails() {
     }
     fails(&deep, "nested more than 100 deep");
 }
+
+#[test]
+fn corrupted_messages_fail_as_record_failures_without_panicking() {
+    let s = schema();
+    let d = s.message(&[0]).unwrap();
+    let mut m = DynamicMessage::new(d.clone());
+    set(&mut m, "event_id", Value::String("e1".into()));
+    set(&mut m, "tags", Value::List(vec![Value::String("a".into())]));
+    let mut address = child(&d, "address");
+    set(&mut address, "city", Value::String("Seoul".into()));
+    set(&mut m, "address", Value::Message(address));
+    let mut born = child(&d, "born");
+    set(&mut born, "year", Value::I32(2000));
+    set(&mut born, "month", Value::I32(1));
+    set(&mut born, "day", Value::I32(2));
+    set(&mut m, "born", Value::Message(born));
+    let scores = HashMap::from([(MapKey::String("k".into()), Value::I32(3))]);
+    set(&mut m, "scores", Value::Map(scores));
+    set(&mut m, "phone", Value::String("010".into()));
+    let valid = m.encode_to_vec();
+    let mut failed = 0;
+    for bad in super::super::mutations(&valid, 30_000) {
+        let mut body = wire::encode_indexes(&[0]);
+        body.extend_from_slice(&bad);
+        if let Err(e) = decode(7, &s, &wire::encode(7, &body)) {
+            assert_eq!(e.class(), "protobuf_mismatch", "{e}");
+            failed += 1;
+        }
+    }
+    assert!(failed > 5_000, "{failed}");
+}
