@@ -154,6 +154,15 @@ fn a_schema_that_is_not_a_record_or_not_avro_is_named() {
     let e = decode(3, &schema, &framed).unwrap_err();
     assert_eq!(e.class(), "not_a_record");
     assert_eq!(decode_any(3, &schema, &framed).unwrap().0, b"\"k-1\"");
+    // A uuid on a fixed(16): apache-avro would read it as a string, misreading its bytes.
+    let e = AvroSchema::parse(
+        5,
+        r#"{"type":"record","name":"R","fields":[{"name":"u","type":
+          {"type":"fixed","name":"U","size":16,"logicalType":"uuid"}}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.class(), "bad_schema");
+    assert!(e.to_string().contains("uuid on a fixed(16)"), "{e}");
     let e = AvroSchema::parse(4, r#"{"type": "recrd"}"#).unwrap_err();
     assert_eq!(e.class(), "bad_schema");
     assert!(e.to_string().contains("schema 4"), "{e}");
