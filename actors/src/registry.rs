@@ -228,6 +228,7 @@ impl RegistryTopics {
             .collect()
     }
 
+    /// How `topic`'s values and keys are read.
     pub fn of(&self, topic: &str) -> TopicFormats {
         TopicFormats {
             value: self.formats.get(topic).copied(),
@@ -250,9 +251,9 @@ impl RegistryTopics {
         }))
     }
 
-    /// Reads one record of `topic`: its value into a JSON object (JSON, or decoded with its
-    /// schema), and its key decoded when the topic's keys are in a registry format. The schemas
-    /// must be known ([`Self::missing`] is empty for it).
+    /// Reads one record of a topic read as `formats` ([`Self::of`]): its value into a JSON object
+    /// (JSON, or decoded with its schema), and its key decoded when the topic's keys are in a
+    /// registry format. The schemas must be known ([`Self::missing`] is empty for it).
     pub fn read(
         &self,
         formats: TopicFormats,
