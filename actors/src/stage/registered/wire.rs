@@ -70,15 +70,43 @@ pub fn message_indexes(body: &[u8]) -> Result<(Vec<usize>, &[u8]), WireError> {
 
 /// Reads one zigzag varint (at most 32 bits, as Kafka writes them).
 fn zigzag(rest: &mut &[u8]) -> Result<i64, WireError> {
-    let mut v: u64 = 0;
-    for (n, b) in rest.iter().enumerate().take(5) {
-        v |= u64::from(b & 0x7f) << (7 * n);
+    varint(rest, 5)
+        .map(unzigzag)
+        .map_err(|_| WireError::BadIndexes("truncated or overlong varint"))
+}
+
+/// Why a varint could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VarintError {
+    /// The bytes end inside it.
+    Ends,
+    /// It is longer than allowed.
+    TooLong,
+}
+
+/// Reads one base-128 varint of at most `max` bytes, low groups first: the integer encoding of
+/// Avro and protobuf, and of the message indexes.
+#[inline]
+pub fn varint(input: &mut &[u8], max: usize) -> Result<u64, VarintError> {
+    let mut value: u64 = 0;
+    for (i, &b) in input.iter().enumerate().take(max) {
+        value |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
-            *rest = &rest[n + 1..];
-            return Ok((v >> 1) as i64 ^ -((v & 1) as i64));
+            *input = &input[i + 1..];
+            return Ok(value);
         }
     }
-    Err(WireError::BadIndexes("truncated or overlong varint"))
+    Err(if input.len() < max {
+        VarintError::Ends
+    } else {
+        VarintError::TooLong
+    })
+}
+
+/// A zigzag-encoded integer's value (0, -1, 1, -2, … for 0, 1, 2, 3, …).
+#[inline]
+pub fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
 }
 
 /// `indexes` as [`message_indexes`] reads them (producers in tests, the demo).
@@ -110,6 +138,28 @@ pub fn encode(id: u32, body: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varints_and_zigzag_read_as_avro_and_protobuf_write_them() {
+        let read = |bytes: &[u8], max: usize| {
+            let mut input = bytes;
+            varint(&mut input, max).map(|v| (v, input.len()))
+        };
+        assert_eq!(read(&[0x96, 0x01, 9], 10), Ok((150, 1)));
+        assert_eq!(read(&[0xff; 10][..9], 10), Err(VarintError::Ends));
+        assert_eq!(read(&[0xff; 11], 10), Err(VarintError::TooLong));
+        assert_eq!(
+            read(&[0x80, 0x80, 0x80, 0x80, 0x80, 1], 5),
+            Err(VarintError::TooLong)
+        );
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(read(&max, 10), Ok((u64::MAX, 0)));
+        let zigzag: Vec<i64> = (0..5).map(unzigzag).collect();
+        assert_eq!(zigzag, [0, -1, 1, -2, 2]);
+        assert_eq!(unzigzag(u64::MAX), i64::MIN);
+        // sint32's zigzag over 32 bits, as the Protobuf writer reads it.
+        assert_eq!(unzigzag(u64::from(u32::MAX)) as i32, i32::MIN);
+    }
 
     #[test]
     fn the_header_gives_the_schema_id_and_bad_headers_are_named() {

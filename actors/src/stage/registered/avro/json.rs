@@ -14,6 +14,7 @@
 use base64::Engine;
 
 use super::super::text::{self, Misfit};
+use super::super::wire::{self, VarintError};
 use super::plan::{Branch, Field, Node, Plan};
 use super::MAX_ALLOCATION_BYTES;
 use crate::stage::json::{Member, Span};
@@ -69,19 +70,13 @@ struct Writer<'a> {
 impl<'a> Writer<'a> {
     /// A zigzag varint (int and long alike; at most 10 bytes).
     fn long(&mut self) -> Result<i64, Misfit> {
-        let mut raw: u64 = 0;
-        for (i, &b) in self.input.iter().enumerate().take(10) {
-            raw |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                self.input = &self.input[i + 1..];
-                return Ok((raw >> 1) as i64 ^ -((raw & 1) as i64));
-            }
+        match wire::varint(&mut self.input, 10) {
+            Ok(raw) => Ok(wire::unzigzag(raw)),
+            Err(VarintError::Ends) => Err(ends_early()),
+            Err(VarintError::TooLong) => Err(Misfit::new(
+                "a variable-length integer longer than 10 bytes",
+            )),
         }
-        Err(if self.input.len() < 10 {
-            ends_early()
-        } else {
-            Misfit::new("a variable-length integer longer than 10 bytes")
-        })
     }
 
     fn int(&mut self) -> Result<i32, Misfit> {

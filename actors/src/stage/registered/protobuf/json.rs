@@ -18,6 +18,7 @@
 use base64::Engine;
 
 use super::super::text::{self, Misfit};
+use super::super::wire::unzigzag;
 use super::plan::{FieldKind, FieldPlan, Logical, MessagePlan, Out, Plan, Shape};
 use super::read::{fixed, len, next, utf8, varint, wrong_wire_type, Raw};
 use crate::stage::json::{Member, Span};
@@ -396,15 +397,11 @@ impl Writer<'_, '_> {
             (FieldKind::Int64, Raw::Varint(v)) => number.format(v as i64).as_bytes(),
             (FieldKind::Uint32, Raw::Varint(v)) => number.format(v as u32).as_bytes(),
             (FieldKind::Uint64, Raw::Varint(v)) => number.format(v).as_bytes(),
-            (FieldKind::Sint32, Raw::Varint(v)) => {
-                let v = v as u32;
-                number
-                    .format((v >> 1) as i32 ^ -((v & 1) as i32))
-                    .as_bytes()
-            }
-            (FieldKind::Sint64, Raw::Varint(v)) => number
-                .format((v >> 1) as i64 ^ -((v & 1) as i64))
+            // sint32 is zigzag over its low 32 bits.
+            (FieldKind::Sint32, Raw::Varint(v)) => number
+                .format(unzigzag(u64::from(v as u32)) as i32)
                 .as_bytes(),
+            (FieldKind::Sint64, Raw::Varint(v)) => number.format(unzigzag(v)).as_bytes(),
             (FieldKind::Bool, Raw::Varint(v)) => {
                 if v != 0 {
                     b"true"

@@ -3,6 +3,7 @@
 //! mean is the writer's business (`json`).
 
 use super::super::text::Misfit;
+use super::super::wire::{self, VarintError};
 use super::plan::FieldKind;
 
 /// One value of a field as it is on the wire.
@@ -19,18 +20,9 @@ pub(super) fn ends_early() -> Misfit {
 }
 
 pub(super) fn varint(input: &mut &[u8]) -> Result<u64, Misfit> {
-    let mut value: u64 = 0;
-    for (i, &b) in input.iter().enumerate().take(10) {
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            *input = &input[i + 1..];
-            return Ok(value);
-        }
-    }
-    Err(if input.len() < 10 {
-        ends_early()
-    } else {
-        Misfit::new("a varint longer than 10 bytes")
+    wire::varint(input, 10).map_err(|e| match e {
+        VarintError::Ends => ends_early(),
+        VarintError::TooLong => Misfit::new("a varint longer than 10 bytes"),
     })
 }
 
