@@ -1,5 +1,6 @@
 //! The supervisor: starts a partition consumer for each assigned partition, collects their commit
-//! offsets and commits them every `kafka.commit_interval_ms`, hands final offsets to the poller when
+//! offsets and commits them every `kafka.commit_interval_ms` (and as soon as everything read has
+//! been handled: see [`SupervisorActor::commit_if_drained`]), hands final offsets to the poller when
 //! partitions are revoked, and runs the shutdown: stop reading, flush, wait for in-flight rows
 //! (bounded by `pipeline.shutdown_timeout_ms`), commit, leave the group, stop the system with the
 //! exit code (non-zero after a fatal failure).
@@ -92,6 +93,10 @@ pub struct SupervisorActor {
     partitions: HashMap<Tp, Partition>,
     next_epoch: u64,
     commit_running: bool,
+    /// When the last commit that had offsets to send started.
+    last_commit: Option<Instant>,
+    /// A drained pipeline waits for a fifth of the commit interval since the last commit.
+    drain_check_set: bool,
     state: PipelineState,
     exit_code: i32,
     stats: Arc<Stats>,
@@ -126,6 +131,8 @@ impl SupervisorActor {
             partitions: HashMap::new(),
             next_epoch: 0,
             commit_running: false,
+            last_commit: None,
+            drain_check_set: false,
             state: PipelineState::Running,
             exit_code: 0,
             stats,
@@ -155,6 +162,7 @@ impl SupervisorActor {
             return;
         }
         self.commit_running = true;
+        self.last_commit = Some(Instant::now());
         // Which incarnation each offset is of: a partition read again from an earlier offset
         // meanwhile must not take a later offset of its previous consumer as committed.
         let sent: Vec<(Tp, u64, i64)> = offsets
@@ -180,6 +188,32 @@ impl SupervisorActor {
                 then(act, ctx);
             }
         }));
+    }
+
+    /// Commits now if nothing read is in flight any more, instead of waiting up to
+    /// `commit_interval` for the tick, so the records that end a burst (or a quiet topic's few) are
+    /// committed, and with exactly once made visible, as soon as they are written. At most one such
+    /// commit per fifth of `commit_interval` (a drain sooner than that after the last commit is
+    /// committed when the fifth is over); a steady stream, where something is always in flight, is
+    /// committed at the interval as before.
+    fn commit_if_drained(&mut self, ctx: &mut Context<Self>) {
+        if self.state != PipelineState::Running || self.commit_running || self.drain_check_set {
+            return;
+        }
+        if self.partitions.values().any(|p| p.inflight_now() > 0) {
+            return;
+        }
+        let since = self.last_commit.map(|at| at.elapsed());
+        match since {
+            Some(since) if since < self.commit_interval / 5 => {
+                self.drain_check_set = true;
+                ctx.run_later(self.commit_interval / 5 - since, |act, ctx| {
+                    act.drain_check_set = false;
+                    act.commit_if_drained(ctx);
+                });
+            }
+            _ => self.commit(ctx, None),
+        }
     }
 
     fn begin_shutdown(&mut self, ctx: &mut Context<Self>) {
@@ -371,7 +405,7 @@ impl Handler<Revoked> for SupervisorActor {
 impl Handler<Progress> for SupervisorActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Progress, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Progress, ctx: &mut Self::Context) {
         if let Some(p) = self
             .partitions
             .get_mut(&msg.tp)
@@ -379,6 +413,9 @@ impl Handler<Progress> for SupervisorActor {
         {
             p.commit_offset = msg.commit_offset.or(p.commit_offset);
             p.inflight_records = msg.inflight_records;
+            if msg.inflight_records == 0 {
+                self.commit_if_drained(ctx);
+            }
         }
     }
 }

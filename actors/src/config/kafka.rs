@@ -16,7 +16,9 @@ pub struct KafkaConfig {
     pub topics: Vec<String>,
     /// Where a partition without a committed offset starts: `earliest` (default) or `latest`.
     pub auto_offset_reset: OffsetReset,
-    /// How often handled watermarks are committed, in ms. Default 250. With exactly-once delivery
+    /// How often handled watermarks are committed, in ms. Default 250. Also committed as soon as
+    /// everything read has been handled (at most every fifth of this interval), so the records
+    /// that end a burst do not wait for the interval. With exactly-once delivery
     /// (the default) rows become visible in BigQuery only with the commit that covers them (then
     /// `FlushRows`), so this bounds their latency, as Kafka Streams' `commit.interval.ms` (100 ms
     /// under exactly-once) does; each commit is one synchronous OffsetCommit to the group

@@ -420,3 +420,33 @@ fn per_partition_batches_go_one_at_a_time_per_partition_and_fill_the_slots_with_
     assert_eq!(counts.most_per_partition, 1, "one request per partition");
     assert_eq!(counts.most_partitions, 4, "four partitions at once");
 }
+
+#[test]
+fn records_are_committed_as_soon_as_everything_read_is_handled_not_at_the_next_interval() {
+    let system = System::new();
+    let kafka = Arc::new(FakeKafka::default());
+    let stats = Arc::new(Stats::default());
+    let mut config = config();
+    config.kafka.commit_interval_ms = 60_000;
+    let (k, s) = (Arc::clone(&kafka), Arc::clone(&stats));
+    let tp = Tp::new("t", 0);
+    let t = tp.clone();
+    let committed = system.block_on(async move {
+        let sup = crate::pipeline::start(&config, k.clone(), Arc::new(Recording::default()), s);
+        let routes = sup
+            .send(Assigned {
+                tps: vec![t.clone()],
+                warmup: vec![],
+            })
+            .await
+            .unwrap();
+        deliver(&routes[0], records(0..3, "e"));
+        // Far sooner than the 60 s interval.
+        wait_for(3_000, || k.last_commit(&t) == Some(3)).await
+    });
+    assert!(
+        committed,
+        "offset 3 committed once the 3 records were written"
+    );
+    assert_eq!(stats.snapshot().written, 3);
+}
