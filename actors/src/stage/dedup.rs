@@ -33,7 +33,7 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 pub use crate::model::Position;
 
 mod claims;
-pub use claims::{Admission, Claims, Released};
+pub use claims::{Admission, Claims, Decision, Released};
 
 /// What the deduplicator says about a record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

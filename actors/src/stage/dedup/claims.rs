@@ -47,6 +47,15 @@ pub enum Admission<T> {
     Held,
 }
 
+/// What [`Claims::decide`] says about an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Pass,
+    Duplicate,
+    /// To be handed over with [`Claims::hold`].
+    Hold,
+}
+
 /// Held items released by settled claims.
 #[derive(Debug)]
 pub struct Released<T> {
@@ -100,9 +109,23 @@ impl<T> Claims<T> {
 
     /// Decides about `item`, which carries `key` and sits at `at`; keeps it if it must wait.
     pub fn admit(&mut self, key: u64, at: Position, item: T) -> Admission<T> {
+        match self.decide(key, at) {
+            Decision::Pass => Admission::Pass(item),
+            Decision::Duplicate => Admission::Duplicate(item),
+            Decision::Hold => {
+                self.hold(key, at, item);
+                Admission::Held
+            }
+        }
+    }
+
+    /// [`Claims::admit`] without the item, for a caller that keeps its items where they are unless
+    /// they are held: after [`Decision::Hold`] it must hand the item over with [`Claims::hold`]
+    /// before anything else happens to `key`.
+    pub fn decide(&mut self, key: u64, at: Position) -> Decision {
         match self.keys.get(key) {
-            Some(first) if first == at.fingerprint() => return Admission::Pass(item),
-            Some(_) => return Admission::Duplicate(item),
+            Some(first) if first == at.fingerprint() => return Decision::Pass,
+            Some(_) => return Decision::Duplicate,
             None => {}
         }
         match self.pending.entry(key) {
@@ -112,19 +135,25 @@ impl<T> Claims<T> {
                     copies: 1,
                     held: Vec::new(),
                 });
-                Admission::Pass(item)
+                Decision::Pass
             }
             Entry::Occupied(mut e) => {
                 let claim = e.get_mut();
                 if claim.at == at {
                     claim.copies = claim.copies.saturating_add(1);
-                    Admission::Pass(item)
+                    Decision::Pass
                 } else {
-                    claim.held.push((at, item));
-                    self.held += 1;
-                    Admission::Held
+                    Decision::Hold
                 }
             }
+        }
+    }
+
+    /// Keeps `item` behind the pending claim on `key` that [`Claims::decide`] held it for.
+    pub fn hold(&mut self, key: u64, at: Position, item: T) {
+        if let Some(claim) = self.pending.get_mut(&key) {
+            claim.held.push((at, item));
+            self.held += 1;
         }
     }
 
