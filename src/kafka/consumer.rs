@@ -590,7 +590,9 @@ fn poll_loop(
                             })
                             .unwrap_or_default(),
                     };
-                    chunks.of(msg.topic(), msg.partition()).push(record);
+                    chunks
+                        .of(msg.topic_ptr() as usize, || msg.topic(), msg.partition())
+                        .push(record);
                     gathered += 1;
                 }
             }
@@ -667,13 +669,30 @@ fn pause_all(consumer: &BaseConsumer<SinkContext>) {
 #[derive(Default)]
 struct Chunks {
     chunks: Vec<(Arc<str>, i32, Vec<RawRecord>)>,
-    /// Index of the previous record's chunk.
+    /// Index of the previous record's chunk, and the librdkafka topic handle of its record.
     last: usize,
+    last_topic: usize,
 }
 
 impl Chunks {
-    /// The chunk of `topic`/`partition`, created empty if this round has none yet.
-    fn of(&mut self, topic: &str, partition: i32) -> &mut Vec<RawRecord> {
+    /// The chunk of `topic`/`partition`, created empty if this round has none yet. `handle`
+    /// identifies the topic (librdkafka's topic handle, shared by its records): a record of the
+    /// previous record's topic and partition, the usual case, is placed without reading the topic's
+    /// name (a C string, measured and UTF-8-checked by rdkafka on each call).
+    fn of<'a>(
+        &mut self,
+        handle: usize,
+        topic: impl FnOnce() -> &'a str,
+        partition: i32,
+    ) -> &mut Vec<RawRecord> {
+        if handle != 0
+            && handle == self.last_topic
+            && self.chunks.get(self.last).is_some_and(|c| c.1 == partition)
+        {
+            return &mut self.chunks[self.last].2;
+        }
+        let topic = topic();
+        self.last_topic = handle;
         let is = |(t, p, _): &(Arc<str>, i32, Vec<RawRecord>)| *p == partition && &**t == topic;
         if !self.chunks.get(self.last).is_some_and(is) {
             self.last = match self.chunks.iter().position(is) {
@@ -694,6 +713,7 @@ impl Chunks {
 
     fn drain(&mut self) -> std::vec::Drain<'_, (Arc<str>, i32, Vec<RawRecord>)> {
         self.last = 0;
+        self.last_topic = 0;
         self.chunks.drain(..)
     }
 }
@@ -764,4 +784,46 @@ fn lock_routes(
         .routes
         .lock()
         .unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(offset: i64) -> RawRecord {
+        RawRecord {
+            offset,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn chunks_place_records_by_topic_and_partition_whatever_the_handle_says() {
+        let mut chunks = Chunks::default();
+        // Two topics (handles 1 and 2), partitions interleaved; handle 0 means unknown.
+        let arrivals = [
+            (1, "a", 0, 0),
+            (1, "a", 0, 1),
+            (1, "a", 1, 0),
+            (2, "b", 1, 0),
+            (2, "b", 1, 1),
+            (1, "a", 0, 2),
+            (0, "a", 1, 1),
+        ];
+        for (handle, topic, partition, offset) in arrivals {
+            chunks.of(handle, || topic, partition).push(record(offset));
+        }
+        let got: Vec<(String, i32, Vec<i64>)> = chunks
+            .drain()
+            .map(|(t, p, r)| (t.to_string(), p, r.iter().map(|r| r.offset).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a".into(), 0, vec![0, 1, 2]),
+                ("a".into(), 1, vec![0, 1]),
+                ("b".into(), 1, vec![0, 1]),
+            ]
+        );
+    }
 }
