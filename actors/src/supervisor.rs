@@ -93,8 +93,8 @@ pub struct SupervisorActor {
     partitions: HashMap<Tp, Partition>,
     next_epoch: u64,
     commit_running: bool,
-    /// When the last commit that had offsets to send started.
-    last_commit: Option<Instant>,
+    /// When the last commit that had offsets to send started (at first: when the pipeline started).
+    last_commit: Instant,
     /// A drained pipeline waits for a fifth of the commit interval since the last commit.
     drain_check_set: bool,
     state: PipelineState,
@@ -131,7 +131,7 @@ impl SupervisorActor {
             partitions: HashMap::new(),
             next_epoch: 0,
             commit_running: false,
-            last_commit: None,
+            last_commit: Instant::now(),
             drain_check_set: false,
             state: PipelineState::Running,
             exit_code: 0,
@@ -162,7 +162,7 @@ impl SupervisorActor {
             return;
         }
         self.commit_running = true;
-        self.last_commit = Some(Instant::now());
+        self.last_commit = Instant::now();
         // Which incarnation each offset is of: a partition read again from an earlier offset
         // meanwhile must not take a later offset of its previous consumer as committed.
         let sent: Vec<(Tp, u64, i64)> = offsets
@@ -172,6 +172,7 @@ impl SupervisorActor {
         let fut = self.kafka.commit(offsets);
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
             act.commit_running = false;
+            let ok = result.is_ok();
             match result {
                 Ok(()) => {
                     Stats::add(&act.stats.commits, 1);
@@ -184,8 +185,12 @@ impl SupervisorActor {
                 }
                 Err(e) => tracing::warn!(error = %e, "offset commit failed; it is retried at the next interval"),
             }
-            if let Some(then) = then {
-                then(act, ctx);
+            match (then, ok) {
+                (Some(then), _) => then(act, ctx),
+                // What was handled while this commit ran need not wait for the interval either
+                // (a failed commit does wait for it).
+                (None, true) => act.commit_if_drained(ctx),
+                (None, false) => {}
             }
         }));
     }
@@ -193,9 +198,9 @@ impl SupervisorActor {
     /// Commits now if nothing read is in flight any more, instead of waiting up to
     /// `commit_interval` for the tick, so the records that end a burst (or a quiet topic's few) are
     /// committed, and with exactly once made visible, as soon as they are written. At most one such
-    /// commit per fifth of `commit_interval` (a drain sooner than that after the last commit is
-    /// committed when the fifth is over); a steady stream, where something is always in flight, is
-    /// committed at the interval as before.
+    /// commit per fifth of `commit_interval` counted from the last commit or the start (a drain
+    /// sooner than that is committed when the fifth is over); a steady stream, where something is
+    /// always in flight, is committed at the interval as before.
     fn commit_if_drained(&mut self, ctx: &mut Context<Self>) {
         if self.state != PipelineState::Running || self.commit_running || self.drain_check_set {
             return;
@@ -203,16 +208,15 @@ impl SupervisorActor {
         if self.partitions.values().any(|p| p.inflight_now() > 0) {
             return;
         }
-        let since = self.last_commit.map(|at| at.elapsed());
-        match since {
-            Some(since) if since < self.commit_interval / 5 => {
-                self.drain_check_set = true;
-                ctx.run_later(self.commit_interval / 5 - since, |act, ctx| {
-                    act.drain_check_set = false;
-                    act.commit_if_drained(ctx);
-                });
-            }
-            _ => self.commit(ctx, None),
+        let since = self.last_commit.elapsed();
+        if since < self.commit_interval / 5 {
+            self.drain_check_set = true;
+            ctx.run_later(self.commit_interval / 5 - since, |act, ctx| {
+                act.drain_check_set = false;
+                act.commit_if_drained(ctx);
+            });
+        } else {
+            self.commit(ctx, None);
         }
     }
 
