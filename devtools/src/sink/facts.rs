@@ -121,9 +121,7 @@ pub(super) fn store_facts(shared: &Shared, table: &str, rows: &[Facts]) {
     let (at, now) = (Instant::now(), SystemTime::now());
     let mut inner = shared.lock();
     let inner = &mut *inner;
-    for id in rows.iter().filter_map(|f| f.id) {
-        *inner.ids.entry(id).or_default() += 1;
-    }
+    inner.ids.extend(rows.iter().filter_map(|f| f.id));
     record_latencies(
         &mut inner.latency,
         rows.iter().filter_map(|f| {
@@ -189,5 +187,24 @@ mod tests {
         assert!(fields
             .read(&bytes[..bytes.len() - 1], &mut Vec::new())
             .is_err());
+    }
+
+    #[test]
+    fn id_stats_count_distinct_ids_and_repeats_across_calls() {
+        let sink = super::super::Sink::start(Default::default()).unwrap();
+        let facts = |ids: &[u64]| -> Vec<Facts> {
+            ids.iter()
+                .map(|&id| Facts {
+                    id: Some(id),
+                    micros: None,
+                })
+                .collect()
+        };
+        store_facts(&sink.shared, "t", &facts(&[7, 3, 7, 9]));
+        assert_eq!(sink.id_stats(), (3, 1));
+        // Sorted by the first call; rows stored since are counted as well.
+        store_facts(&sink.shared, "t", &facts(&[1, 9, 9]));
+        assert_eq!(sink.id_stats(), (4, 3));
+        assert_eq!(sink.table_counts()["t"], 7);
     }
 }
