@@ -231,6 +231,19 @@ mod tests {
         Position::new(&p.origin.tp, offset)
     }
 
+    /// Sends rows to dedup, as one chunk.
+    async fn chunk(dedup: &Addr<DedupActor>, rows: Vec<Row>) {
+        let span = tracing::Span::none();
+        dedup.send(Dedup { rows, span }).await.unwrap();
+    }
+
+    /// Tells dedup how the row with `key` at `at` ended, then lets everyone take what followed.
+    async fn settled(dedup: &Addr<DedupActor>, key: u64, at: Position, how: SettledAs) {
+        let keys = vec![(key, at)];
+        dedup.send(Settled { keys, how }).await.unwrap();
+        settle_down().await;
+    }
+
     /// Lets the fake writer and partition consumers take what was sent to them.
     async fn settle_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -241,12 +254,8 @@ mod tests {
         let written = Written::default();
         let dedup = dedup_with(&written);
         let (p0, p1) = (partition(0), partition(1));
-        let dedup_msg = |rows| Dedup {
-            rows,
-            span: tracing::Span::none(),
-        };
-        dedup.send(dedup_msg(vec![row(&p0, 5, 42)])).await.unwrap();
-        dedup.send(dedup_msg(vec![row(&p1, 9, 42)])).await.unwrap();
+        chunk(&dedup, vec![row(&p0, 5, 42)]).await;
+        chunk(&dedup, vec![row(&p1, 9, 42)]).await;
         settle_down().await;
         assert_eq!(
             *written.lock().unwrap(),
@@ -258,14 +267,7 @@ mod tests {
             "the duplicate was acknowledged while its first copy was unwritten: {:?}",
             p1.acks.lock().unwrap()
         );
-        dedup
-            .send(Settled {
-                keys: vec![(42, at(&p0, 5))],
-                how: SettledAs::Written,
-            })
-            .await
-            .unwrap();
-        settle_down().await;
+        settled(&dedup, 42, at(&p0, 5), SettledAs::Written).await;
         assert_eq!(*p1.acks.lock().unwrap(), vec![(vec![9], HandledKind::Done)]);
         assert_eq!(
             *written.lock().unwrap(),
@@ -283,23 +285,9 @@ mod tests {
         let written = Written::default();
         let dedup = dedup_with(&written);
         let (p0, p1) = (partition(0), partition(1));
-        let dedup_msg = |rows| Dedup {
-            rows,
-            span: tracing::Span::none(),
-        };
-        dedup.send(dedup_msg(vec![row(&p0, 5, 42)])).await.unwrap();
-        dedup
-            .send(dedup_msg(vec![row(&p1, 9, 42), row(&p1, 10, 42)]))
-            .await
-            .unwrap();
-        dedup
-            .send(Settled {
-                keys: vec![(42, at(&p0, 5))],
-                how: SettledAs::Abandoned,
-            })
-            .await
-            .unwrap();
-        settle_down().await;
+        chunk(&dedup, vec![row(&p0, 5, 42)]).await;
+        chunk(&dedup, vec![row(&p1, 9, 42), row(&p1, 10, 42)]).await;
+        settled(&dedup, 42, at(&p0, 5), SettledAs::Abandoned).await;
         assert_eq!(
             *written.lock().unwrap(),
             vec![(0, 5), (1, 9)],
@@ -310,14 +298,7 @@ mod tests {
             "nothing acknowledged while no copy is written: {:?}",
             p1.acks.lock().unwrap()
         );
-        dedup
-            .send(Settled {
-                keys: vec![(42, at(&p1, 9))],
-                how: SettledAs::Written,
-            })
-            .await
-            .unwrap();
-        settle_down().await;
+        settled(&dedup, 42, at(&p1, 9), SettledAs::Written).await;
         assert_eq!(
             *p1.acks.lock().unwrap(),
             vec![(vec![10], HandledKind::Done)]
@@ -333,23 +314,10 @@ mod tests {
         let written = Written::default();
         let dedup = dedup_with(&written);
         let (p0, p1) = (partition(0), partition(1));
-        let dedup_msg = |rows| Dedup {
-            rows,
-            span: tracing::Span::none(),
-        };
         // Key 7 is written (settled); key 42 has a pending claim from partition 0.
-        dedup
-            .send(dedup_msg(vec![row(&p0, 1, 7), row(&p0, 5, 42)]))
-            .await
-            .unwrap();
-        dedup
-            .send(Settled {
-                keys: vec![(7, at(&p0, 1))],
-                how: SettledAs::Written,
-            })
-            .await
-            .unwrap();
-        let chunk = vec![
+        chunk(&dedup, vec![row(&p0, 1, 7), row(&p0, 5, 42)]).await;
+        settled(&dedup, 7, at(&p0, 1), SettledAs::Written).await;
+        let chunk_rows = vec![
             row(&p1, 1, 42),
             row(&p1, 2, 42),
             row(&p1, 3, 1),
@@ -357,7 +325,7 @@ mod tests {
             row(&p1, 5, 7),
             row(&p1, 6, 3),
         ];
-        dedup.send(dedup_msg(chunk)).await.unwrap();
+        chunk(&dedup, chunk_rows).await;
         settle_down().await;
         assert_eq!(
             written.lock().unwrap()[2..],
@@ -366,23 +334,9 @@ mod tests {
         );
         assert_eq!(*p1.acks.lock().unwrap(), vec![(vec![5], HandledKind::Done)]);
         // The claim's copy is lost: the held copies come back in arrival order (1 before 2).
-        dedup
-            .send(Settled {
-                keys: vec![(42, at(&p0, 5))],
-                how: SettledAs::Abandoned,
-            })
-            .await
-            .unwrap();
-        settle_down().await;
+        settled(&dedup, 42, at(&p0, 5), SettledAs::Abandoned).await;
         assert_eq!(written.lock().unwrap()[5..], [(1, 1)]);
-        dedup
-            .send(Settled {
-                keys: vec![(42, at(&p1, 1))],
-                how: SettledAs::Written,
-            })
-            .await
-            .unwrap();
-        settle_down().await;
+        settled(&dedup, 42, at(&p1, 1), SettledAs::Written).await;
         assert_eq!(
             *p1.acks.lock().unwrap(),
             vec![(vec![5], HandledKind::Done), (vec![2], HandledKind::Done)]
