@@ -247,6 +247,12 @@ fn dedup_key_choices() {
         .dedup_hash;
     assert_eq!(a, b);
     assert_ne!(a, c);
+    // The key is the string's text: written with an escape, it is the same key.
+    let escaped = run(&mut t, "t", &record(4, r#"{"event_id":"e\u0031","x":3}"#))
+        .unwrap()
+        .0
+        .dedup_hash;
+    assert_eq!(a, escaped);
 }
 
 #[test]
