@@ -114,10 +114,13 @@ impl Handler<Dedup> for DedupActor {
                 match (fate, row.dedup_hash) {
                     (Decision::Hold, Some(hash)) => {
                         let at = at(&row);
-                        self.claims.hold(hash, at, row);
-                        held += 1;
+                        match self.claims.hold(hash, at, row) {
+                            None => held += 1,
+                            Some(row) => rows.push(row),
+                        }
                     }
-                    _ => dups.push(row),
+                    (Decision::Duplicate, _) => dups.push(row),
+                    (_, _) => rows.push(row),
                 }
             }
         }

@@ -112,10 +112,10 @@ impl<T> Claims<T> {
         match self.decide(key, at) {
             Decision::Pass => Admission::Pass(item),
             Decision::Duplicate => Admission::Duplicate(item),
-            Decision::Hold => {
-                self.hold(key, at, item);
-                Admission::Held
-            }
+            Decision::Hold => match self.hold(key, at, item) {
+                None => Admission::Held,
+                Some(item) => Admission::Pass(item),
+            },
         }
     }
 
@@ -149,11 +149,18 @@ impl<T> Claims<T> {
         }
     }
 
-    /// Keeps `item` behind the pending claim on `key` that [`Claims::decide`] held it for.
-    pub fn hold(&mut self, key: u64, at: Position, item: T) {
-        if let Some(claim) = self.pending.get_mut(&key) {
-            claim.held.push((at, item));
-            self.held += 1;
+    /// Keeps `item` behind the pending claim on `key` that [`Claims::decide`] held it for. Should
+    /// that claim be gone (the caller broke the contract), the item is given back, to pass on
+    /// rather than be dropped unacknowledged.
+    #[must_use]
+    pub fn hold(&mut self, key: u64, at: Position, item: T) -> Option<T> {
+        match self.pending.get_mut(&key) {
+            Some(claim) => {
+                claim.held.push((at, item));
+                self.held += 1;
+                None
+            }
+            None => Some(item),
         }
     }
 
