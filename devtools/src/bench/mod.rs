@@ -7,7 +7,7 @@
 //!
 //! Throughput mode (the default) consumes a backlog at full speed. The mock cluster keeps only the
 //! newest 5 MiB per partition (about 60,000 of these events with lz4), so larger runs go in rounds:
-//! the worker pauses its partitions, a round of at most 40,000 records per partition is produced (the
+//! the worker pauses its partitions, a round of at most 42,000 records per partition is produced (the
 //! watermarks prove the cluster kept all of it), a bare `BaseConsumer` reads the round and drops it
 //! (librdkafka's own rate on the same data), then the worker resumes and consumes the round. Rates
 //! are records over the summed time from the first record read to the last row written.
@@ -45,8 +45,18 @@ pub use worker::WorkerReport;
 
 pub(crate) const TABLE: &str = "member_events";
 pub(crate) const GROUP: &str = "bqsink-bench";
-/// Records per partition in one round: about 3.3 MB of lz4 batches, well under the mock's 5 MiB.
-const ROUND_PER_PARTITION: u64 = 40_000;
+/// Records per partition in one round, at most: about 3.5 MB of lz4 batches, well under the mock's
+/// 5 MiB. A run is split into rounds of equal size (2,000,000 records on 16 partitions: three of
+/// 666,667), because each round pays the pipeline's start and end once: a small last round
+/// measured those more than the rate.
+const ROUND_PER_PARTITION: u64 = 42_000;
+
+/// The records of each round: as few rounds as [`ROUND_PER_PARTITION`] allows, of equal size.
+fn round_size(records: u64, partitions: u64) -> u64 {
+    let most = ROUND_PER_PARTITION * partitions.max(1);
+    let rounds = records.div_ceil(most).max(1);
+    records.div_ceil(rounds)
+}
 /// Records produced before latencies are counted (they wait for the consumer group to form).
 const WARMUP: u64 = 1_000;
 /// `fetch.wait.max.ms` of the worker and the raw consumer (librdkafka: 500).
@@ -213,7 +223,7 @@ fn throughput(
     dir: &Path,
     events: &mut Events,
 ) -> anyhow::Result<(Produced, Rate, Rate, Rate, Worker)> {
-    let round = ROUND_PER_PARTITION * opts.partitions as u64;
+    let round = round_size(opts.records, opts.partitions as u64);
     let (mut produced, mut raw, mut piped, mut handled) = (
         Produced::default(),
         Rate::default(),
@@ -557,4 +567,27 @@ fn run_path(opts: &BenchOptions, path: WritePath) -> anyhow::Result<Summary> {
         println!("worker log     {}", dir.join("worker.log").display());
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_split_into_the_fewest_rounds_of_equal_size() {
+        assert_eq!(
+            round_size(2_000_000, 16),
+            666_667,
+            "three rounds, not 640,000 x 3 + 80,000"
+        );
+        assert_eq!(round_size(672_000, 16), 672_000, "exactly one full round");
+        assert_eq!(round_size(672_001, 16), 336_001);
+        assert_eq!(round_size(1_000, 16), 1_000);
+        assert_eq!(round_size(100_000, 1), 33_334);
+        for (records, partitions) in [(2_000_000, 16), (5_000_001, 4), (7, 3)] {
+            let round = round_size(records, partitions);
+            assert!(round <= ROUND_PER_PARTITION * partitions);
+            assert!(round * records.div_ceil(round) >= records);
+        }
+    }
 }
