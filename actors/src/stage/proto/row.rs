@@ -163,6 +163,8 @@ pub struct RowWriter<'f> {
     seen: u64,
     /// The column after the last one written (members mostly come in the table's order).
     next: usize,
+    /// No value given to this writer has a `\\` (see [`RowFormat::writer_of`]).
+    unescaped: bool,
 }
 
 impl RowFormat {
@@ -173,6 +175,18 @@ impl RowFormat {
             path: &Path::Root,
             seen: 0,
             next: 0,
+            unescaped: false,
+        }
+    }
+
+    /// [`RowFormat::writer`] for the members of the JSON text `text`: when it has no `\\`, none of
+    /// its strings has an escape, and a STRING column's string is copied from between its quotes
+    /// without looking for one. Every string value given to the writer must then be a part of
+    /// `text` (or have no escape).
+    pub fn writer_of(&self, text: &[u8]) -> RowWriter<'_> {
+        RowWriter {
+            unescaped: memchr::memchr(b'\\', text).is_none(),
+            ..self.writer()
         }
     }
 }
@@ -199,6 +213,16 @@ impl RowWriter<'_> {
     pub fn member(&mut self, name: &str, value: &str, out: &mut Vec<u8>) -> Result<(), FieldError> {
         let index = self.column(name)?;
         let column = &self.message.columns[index];
+        if let (Kind::String, Mode::Nullable | Mode::Required) = (&column.kind, column.mode) {
+            // The common case, a string for a STRING column, copied as it is: what
+            // `value::scalar` writes for it, without its checks for other types.
+            let inner = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+            if let Some(inner) = inner.filter(|i| self.unescaped || !i.contains('\\')) {
+                put_bytes(out, column.number, inner.as_bytes());
+                self.mark(index, true);
+                return Ok(());
+            }
+        }
         let path = Path::Field(self.path, &column.name);
         let single = column.mode != Mode::Repeated;
         let record = matches!(column.kind, Kind::Record(_));
@@ -217,6 +241,7 @@ impl RowWriter<'_> {
                 path: &path,
                 seen: 0,
                 next: 0,
+                unescaped: self.unescaped,
             };
             for member in valid_object_members(value) {
                 let (key, member) = member.map_err(|_| FieldError {

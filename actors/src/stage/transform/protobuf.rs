@@ -68,7 +68,7 @@ impl Transformer {
                 .ok_or_else(|| bad("a member outside the record".into()))
         };
         let mut out = Vec::with_capacity(text.len() + 64);
-        let mut row = format.writer();
+        let mut row = format.writer_of(text.as_bytes());
         for (m, name) in members.iter().zip(&self.names) {
             let value = span(m.value)?;
             match *name {
