@@ -146,10 +146,13 @@ pub struct PipelineConfig {
     /// Records read from Kafka and passed between actors as one message, at most. Default 1000.
     pub chunk_records: usize,
     /// Records read but not yet handled, per partition, before the partition is paused (it resumes
-    /// below half), so that one partition cannot hold the whole total. Default 10000.
+    /// below half), so that one partition cannot hold the whole total. Default 20000: half the
+    /// total, and above what one fetch of a partition brings (1 MiB of compressed batches can hold
+    /// more than 10,000 small records). A pause costs more than the wait: librdkafka throws away
+    /// what it prefetched for the partition and fetches it again after the resume.
     pub max_inflight_records: usize,
     /// Payload bytes read but not yet handled, per partition, before the partition is paused.
-    /// Default 4194304 (4 MiB).
+    /// Default 8388608 (8 MiB, half the total).
     pub max_inflight_bytes: usize,
     /// Records read but not yet handled, all partitions together, before the consumer stops taking
     /// records from librdkafka (which then stops fetching once `queued.max.messages.kbytes` is
@@ -169,8 +172,8 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
             chunk_records: 1_000,
-            max_inflight_records: 10_000,
-            max_inflight_bytes: 4 * 1024 * 1024,
+            max_inflight_records: 20_000,
+            max_inflight_bytes: 8 * 1024 * 1024,
             max_total_inflight_records: 40_000,
             max_total_inflight_bytes: 16 * 1024 * 1024,
             workers: 0,
