@@ -69,6 +69,25 @@ impl Member {
     }
 }
 
+/// The text between the quotes of `raw`, a JSON string value of a validated text, escapes as
+/// written; `None` when `raw` is not a string.
+#[inline]
+pub fn string_text(raw: &str) -> Option<&str> {
+    raw.strip_prefix('"')?.strip_suffix('"')
+}
+
+/// The characters of `raw`, a JSON string value of a validated text: borrowed from between its
+/// quotes when it has no escapes (no parser), unescaped otherwise; `None` when `raw` is not a
+/// string.
+#[inline]
+pub fn string_value(raw: &str) -> Option<Cow<'_, str>> {
+    let text = string_text(raw)?;
+    if !text.contains('\\') {
+        return Some(Cow::Borrowed(text));
+    }
+    serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
+}
+
 /// What a JSON text is when it is not an object: its kind, or why it is not JSON.
 #[derive(Debug)]
 pub enum NotAnObject {

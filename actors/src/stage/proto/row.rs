@@ -21,7 +21,7 @@ use serde::de::DeserializeSeed;
 use super::value::{self, Kind, Mode, ValueSeed};
 use super::{put_bytes, put_key, put_varint, FieldError, Message, Path, RowFormat};
 use crate::model::TableRef;
-use crate::stage::json::valid_object_members;
+use crate::stage::json::{string_text, valid_object_members};
 
 /// A row encoded as protobuf for `format`.
 #[derive(Debug, Clone)]
@@ -216,8 +216,8 @@ impl RowWriter<'_> {
         if let (Kind::String, Mode::Nullable | Mode::Required) = (&column.kind, column.mode) {
             // The common case, a string for a STRING column, copied as it is: what
             // `value::scalar` writes for it, without its checks for other types.
-            let inner = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
-            if let Some(inner) = inner.filter(|i| self.unescaped || !i.contains('\\')) {
+            let text = string_text(value);
+            if let Some(inner) = text.filter(|t| self.unescaped || !t.contains('\\')) {
                 put_bytes(out, column.number, inner.as_bytes());
                 self.mark(index, true);
                 return Ok(());

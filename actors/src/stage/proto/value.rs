@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use super::number::{integral_float, is_decimal};
 use super::{put_bytes, put_key, put_varint, FieldError, Message, MessageSeed, Path};
+use crate::stage::json::string_value;
 
 /// A column's mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -398,17 +399,6 @@ fn excerpt(text: &str) -> String {
     }
 }
 
-/// The text of a JSON string value (unescaped), or `None` when `raw` is not a string.
-fn string_of(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    if !inner.contains('\\') {
-        return Some(std::borrow::Cow::Borrowed(inner));
-    }
-    serde_json::from_str::<String>(raw)
-        .ok()
-        .map(std::borrow::Cow::Owned)
-}
-
 /// Whether `raw` is a JSON number (not a string, object, array, boolean).
 fn is_number(raw: &str) -> bool {
     raw.starts_with(|c: char| c == '-' || c.is_ascii_digit())
@@ -416,7 +406,7 @@ fn is_number(raw: &str) -> bool {
 
 /// Writes a non-null scalar `raw` (JSON text) as field `number` of type `kind`.
 fn write_scalar(kind: &Kind, number: u32, raw: &str, out: &mut Vec<u8>) -> Result<(), String> {
-    let string = string_of(raw);
+    let string = string_value(raw);
     match kind {
         Kind::String | Kind::Geography => match (&string, raw) {
             (Some(s), _) => put_bytes(out, number, s.as_bytes()),

@@ -11,7 +11,7 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use crate::config::DedupKey;
 use crate::model::TableRef;
-use crate::stage::json::{lookup, Member};
+use crate::stage::json::{lookup, string_value, Member};
 
 use super::Source;
 
@@ -47,11 +47,9 @@ pub(super) fn dedup_key<'a>(
             None => payload_hash(),
         }),
         DedupKey::Pointer(_) => Some(match pointer_value(pointer, text, members) {
-            Some(raw) if raw.starts_with('"') => match plain_string(raw) {
-                Some(s) => Cow::Borrowed(s),
-                // With escapes, the string cannot be borrowed.
-                None => Cow::Owned(serde_json::from_str::<String>(raw).unwrap_or_default()),
-            },
+            // Borrowed without a parser when it has no escapes (callgrind: 50 instructions less
+            // per record than `serde_json`).
+            Some(raw) if raw.starts_with('"') => string_value(raw).unwrap_or_default(),
             Some("null") | None => payload_hash(),
             // Numbers, booleans, objects, arrays: their compact JSON text.
             Some(raw) => match serde_json::from_str::<Value>(raw) {
@@ -60,13 +58,6 @@ pub(super) fn dedup_key<'a>(
             },
         }),
     }
-}
-
-/// The text of `raw`, a JSON string of the validated record, when it has no escapes: what is
-/// between its quotes, without a parser (callgrind: 50 instructions less per record).
-fn plain_string(raw: &str) -> Option<&str> {
-    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('\\')).then_some(inner)
 }
 
 /// The raw JSON text at the dedup pointer (first token, rest), if the record has it.
