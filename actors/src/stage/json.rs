@@ -10,6 +10,7 @@ use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, V
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+mod quick;
 mod scan;
 pub use scan::{valid_object_members, NotValid, ValidMembers};
 
@@ -107,7 +108,11 @@ pub fn object_members(text: &[u8]) -> Result<Vec<Member>, NotAnObject> {
     // Checking UTF-8 once up front is cheaper than serde_json checking each string and value; text
     // that is not UTF-8 goes through the byte parser for its precise error.
     let members = match std::str::from_utf8(text) {
-        Ok(s) => parse_members(&mut serde_json::Deserializer::from_str(s), text),
+        Ok(s) => match quick::members(s) {
+            // The common record, read and validated in one pass (see `quick`).
+            Some(members) => return Ok(members),
+            None => parse_members(&mut serde_json::Deserializer::from_str(s), text),
+        },
         Err(_) => parse_members(&mut serde_json::Deserializer::from_slice(text), text),
     };
     members

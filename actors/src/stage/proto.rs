@@ -75,6 +75,32 @@ impl FieldError {
     }
 }
 
+/// Whether two names are the same bytes. Column names are mostly 4 to 16 bytes: those are compared
+/// as two overlapping words each, without a call to `memcmp` (a tenth of the row encoding's
+/// instructions when every member compared through it).
+#[inline]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let half = |s: &[u8], at: usize| {
+        let mut w = [0; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_le_bytes(w)
+    };
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => a == b,
+    }
+}
+
 /// A schema the encoder cannot describe (an unknown column type).
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 #[error("column {path} has type {field_type}, which the Storage Write API encoding does not know")]
@@ -98,7 +124,7 @@ impl Message {
     /// rows mostly list their members in the table's order.
     fn find(&self, key: &str, next: usize) -> Option<usize> {
         match self.columns.get(next) {
-            Some(c) if c.name == key => Some(next),
+            Some(c) if same_name(c.name.as_bytes(), key.as_bytes()) => Some(next),
             _ => self
                 .by_name
                 .get(key)

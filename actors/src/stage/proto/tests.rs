@@ -370,3 +370,20 @@ fn a_rows_json_encodes_back_to_the_same_bytes() {
     }
     assert_eq!(good, 6, "the good rows all went round");
 }
+
+/// Names of every length up to 20 against themselves and against each one-byte change of them.
+#[test]
+fn names_compare_as_bytes_at_every_length() {
+    let base = b"_kafka_timestamp_xyz";
+    let copy = base.to_vec();
+    for n in 0..=base.len() {
+        let a = &base[..n];
+        assert!(super::same_name(a, &copy[..n]), "{n}");
+        for i in 0..n {
+            let mut b = a.to_vec();
+            b[i] ^= 0x20;
+            assert!(!super::same_name(a, &b), "{n} {i}");
+        }
+        assert!(!super::same_name(a, &base[..n.saturating_sub(1)]) || n == 0);
+    }
+}
