@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use super::encode::write_timestamp;
 use std::borrow::Cow;
 
@@ -20,6 +22,10 @@ pub(super) struct KnownFormats {
     generation: u64,
     /// By the table's `Arc` address (the `Arc` is kept, so the address is not reused).
     by_table: HashMap<usize, (Arc<TableRef>, Option<Arc<RowFormat>>)>,
+    /// Where rows are written, reused: each row then gets an allocation of its own size. (Written
+    /// straight into a row-sized guess, a row kept about 130 bytes more than it used while in flight,
+    /// about 5 MiB of peak RSS at the default in-flight limits.)
+    out: Vec<u8>,
 }
 
 impl KnownFormats {
@@ -28,6 +34,7 @@ impl KnownFormats {
             formats,
             generation: u64::MAX,
             by_table: HashMap::new(),
+            out: Vec::new(),
         }
     }
 
@@ -48,8 +55,9 @@ impl KnownFormats {
 }
 
 impl Transformer {
-    /// Writes the row's protobuf message for `format`: the members under their names in the row,
-    /// then the metadata columns, as [`Transformer::write_entry`] writes them in JSON.
+    /// Writes the row's protobuf message for `format` to `out` (cleared first): the members under
+    /// their names in the row, then the metadata columns, as [`Transformer::write_entry`] writes
+    /// them in JSON.
     pub(super) fn write_proto(
         &mut self,
         format: &RowFormat,
@@ -57,7 +65,8 @@ impl Transformer {
         source: Source<'_>,
         text: &[u8],
         members: &[Member],
-    ) -> Result<Vec<u8>, FieldError> {
+        out: &mut Vec<u8>,
+    ) -> Result<(), FieldError> {
         let bad = |message: String| FieldError {
             path: String::new(),
             message,
@@ -67,26 +76,26 @@ impl Transformer {
             text.get(s.start as usize..s.end as usize)
                 .ok_or_else(|| bad("a member outside the record".into()))
         };
-        let mut out = Vec::with_capacity(text.len() + 64);
+        out.clear();
         let mut row = format.writer_of(text.as_bytes());
         for (m, name) in members.iter().zip(&self.names) {
             let value = span(m.value)?;
             match *name {
                 Name::Gone => {}
-                Name::Own if !m.escaped => row.member(span(m.key)?, value, &mut out)?,
-                Name::Own => row.member(&m.name(text.as_bytes()), value, &mut out)?,
-                Name::Renamed(r) => row.member(&self.renames[r].1, value, &mut out)?,
+                Name::Own if !m.escaped => row.member(span(m.key)?, value, out)?,
+                Name::Own => row.member(&m.name(text.as_bytes()), value, out)?,
+                Name::Renamed(r) => row.member(&self.renames[r].1, value, out)?,
             }
         }
         let meta = &self.cfg.metadata;
         if meta.topic {
-            row.string(META_TOPIC, &tp.topic, &mut out)?;
+            row.string(META_TOPIC, &tp.topic, out)?;
         }
         if meta.partition {
-            row.integer(META_PARTITION, i64::from(tp.partition), &mut out)?;
+            row.integer(META_PARTITION, i64::from(tp.partition), out)?;
         }
         if meta.offset {
-            row.integer(META_OFFSET, source.offset, &mut out)?;
+            row.integer(META_OFFSET, source.offset, out)?;
         }
         if meta.timestamp {
             match source.timestamp_ms.filter(|ms| *ms >= 0) {
@@ -97,19 +106,18 @@ impl Transformer {
                         write_timestamp(&mut t, ms as u64, second);
                         t
                     };
-                    row.timestamp_ms(META_TIMESTAMP, ms, text, &mut out)?
+                    row.timestamp_ms(META_TIMESTAMP, ms, text, out)?
                 }
-                None => row.member(META_TIMESTAMP, "null", &mut out)?,
+                None => row.member(META_TIMESTAMP, "null", out)?,
             }
         }
         if meta.key {
             match source.key {
-                Some(k) => row.string(META_KEY, &String::from_utf8_lossy(k), &mut out)?,
-                None => row.member(META_KEY, "null", &mut out)?,
+                Some(k) => row.string(META_KEY, &String::from_utf8_lossy(k), out)?,
+                None => row.member(META_KEY, "null", out)?,
             }
         }
-        row.finish()?;
-        Ok(out)
+        row.finish()
     }
 
     /// Writes the row: its protobuf message when the table's format is known and the row fits it,
@@ -126,22 +134,35 @@ impl Transformer {
         dedup_hash: Option<u64>,
         key: Option<Cow<'_, str>>,
     ) -> Result<Transformed, TransformError> {
-        if let Some(format) = self.formats.as_mut().and_then(|f| f.get(&table)) {
-            if let Ok(bytes) = self.write_proto(&format, tp, source, text, members) {
-                if bytes.len() > self.max_row_bytes {
-                    return Err(TransformError::Oversize {
-                        size: bytes.len(),
-                        limit: self.max_row_bytes,
-                    });
+        if let Some((format, mut out)) = self
+            .formats
+            .as_mut()
+            .and_then(|f| Some((f.get(&table)?, std::mem::take(&mut f.out))))
+        {
+            // The row fits its format: copied out at its size (`Ok`), or too large (`Err(size)`).
+            let row = match self.write_proto(&format, tp, source, text, members, &mut out) {
+                Ok(()) if out.len() <= self.max_row_bytes => Some(Ok(Bytes::copy_from_slice(&out))),
+                Ok(()) => Some(Err(out.len())),
+                Err(_) => None,
+            };
+            if let Some(f) = self.formats.as_mut() {
+                f.out = out;
+            }
+            match row {
+                Some(Ok(bytes)) => {
+                    return Ok(Transformed {
+                        table,
+                        dedup_hash,
+                        body: RowBody::Proto(ProtoRow { format, bytes }),
+                    })
                 }
-                return Ok(Transformed {
-                    table,
-                    dedup_hash,
-                    body: RowBody::Proto(ProtoRow {
-                        format,
-                        bytes: bytes.into(),
-                    }),
-                });
+                Some(Err(size)) => {
+                    return Err(TransformError::Oversize {
+                        size,
+                        limit: self.max_row_bytes,
+                    })
+                }
+                None => {}
             }
         }
         self.write_entry(tp, source, text, members, table, dedup_hash, key)
