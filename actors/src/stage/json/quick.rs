@@ -19,6 +19,7 @@
 //! strings; no trailing commas; nothing but whitespace after the object. Containers nested deeper
 //! than 64 are left to `serde_json`.
 
+use super::scan::{below_0x20, skip_words, zero_bytes, ONES};
 use super::{Member, Span};
 
 /// The members of the object `text`, or `None` to read it with `serde_json` (see the module).
@@ -92,23 +93,11 @@ fn ws(b: &[u8], mut pos: usize) -> usize {
 /// The index of the `"` that closes the string whose characters start at `i`; `None` at a control
 /// character or the end of the text. (There is no `\` in the text.)
 #[inline]
-fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Eight bytes at a time: a byte is flagged if it is `"` or below 0x20. The lowest flag is
-    // exact (borrows only run upwards from a flagged byte); the byte loop below decides anyway.
-    while let Some(chunk) = b.get(i..i + 8) {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let flags = (quote.wrapping_sub(ONES) & !quote | x.wrapping_sub(ONES * 0x20) & !x) & HIGH;
-        if flags != 0 {
-            i += (flags.trailing_zeros() / 8) as usize;
-            break;
-        }
-        i += 8;
-    }
+fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    // Eight bytes at a time past those that are neither `"` nor below 0x20.
+    let mut i = skip_words(b, i, |x| {
+        zero_bytes(x ^ (ONES * u64::from(b'"'))) | below_0x20(x)
+    });
     while let Some(&c) = b.get(i) {
         if c == b'"' {
             return Some(i);

@@ -103,12 +103,50 @@ fn skip_ws(b: &[u8], mut pos: usize) -> usize {
     pos
 }
 
+/// `0x01` in every byte of a word.
+pub(super) const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Bytes of `x` (a little-endian word of text) that are zero, flagged by their high bit. The lowest
+/// flag is exact (borrows run only upwards from a flagged byte); higher ones may not be.
+#[inline]
+pub(super) fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGH
+}
+
+/// Bytes of `x` below 0x20 (control characters), flagged as [`zero_bytes`] flags them.
+#[inline]
+pub(super) fn below_0x20(x: u64) -> u64 {
+    x.wrapping_sub(ONES * 0x20) & !x & HIGH
+}
+
+/// From `i`, skips eight bytes at a time while `flags` flags none of them: the index of the first
+/// flagged byte, or of the last few bytes (fewer than eight), for the caller's byte loop to decide.
+#[inline]
+pub(super) fn skip_words(b: &[u8], mut i: usize, flags: impl Fn(u64) -> u64) -> usize {
+    while let Some(chunk) = b.get(i..i + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let found = flags(u64::from_le_bytes(word));
+        if found != 0 {
+            return i + (found.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i
+}
+
 /// The end (after the closing quote) of the string starting at `pos`, and whether it has escapes.
 fn string_end(b: &[u8], pos: usize) -> Option<(usize, bool)> {
     let mut i = pos + 1;
     let mut escaped = false;
+    let stops = |x: u64| {
+        zero_bytes(x ^ (ONES * u64::from(b'"'))) | zero_bytes(x ^ (ONES * u64::from(b'\\')))
+    };
     while i < b.len() {
-        match b[i] {
+        i = skip_words(b, i, stops);
+        let Some(&c) = b.get(i) else { break };
+        match c {
             b'"' => return Some((i + 1, escaped)),
             b'\\' => {
                 escaped = true;
