@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::stage::json::{object_members, Member, NotAnObject};
+use crate::stage::json::{object_members_and_inner, InnerMembers, Member, NotAnObject};
 
 /// Why a payload is not a JSON object.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,9 @@ pub fn convert(payload: Option<&[u8]>) -> Result<Map<String, Value>, ConvertErro
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JsonObject {
     pub members: Vec<Member>,
+    /// The members of the objects among the members' values, when the reader found them (see
+    /// [`InnerMembers`]): the protobuf row writes a RECORD from them instead of reading it again.
+    pub inner: InnerMembers,
     /// The object's text when it is not the record's payload (a registry topic's value decoded to
     /// JSON, [`crate::stage::registered`]); `members` are spans of it then. The payload stays the original
     /// bytes, for the error destinations.
@@ -61,9 +64,10 @@ pub struct JsonObject {
 /// Checks that a payload is a JSON object and finds its members, without building values.
 pub fn parse_object(payload: Option<&[u8]>) -> Result<JsonObject, ConvertError> {
     let bytes = payload.ok_or(ConvertError::Tombstone)?;
-    match object_members(bytes) {
-        Ok(members) => Ok(JsonObject {
+    match object_members_and_inner(bytes) {
+        Ok((members, inner)) => Ok(JsonObject {
             members,
+            inner,
             text: None,
             key: None,
         }),

@@ -100,6 +100,16 @@ pub enum NotAnObject {
 /// once keeps only its last member, as `serde_json` does. Everything is validated (syntax, escapes,
 /// UTF-8), so the spans can be copied into other JSON as they are.
 pub fn object_members(text: &[u8]) -> Result<Vec<Member>, NotAnObject> {
+    object_members_and_inner(text).map(|(members, _)| members)
+}
+
+/// The members of the objects among an object's values, tagged with the offset of their object's
+/// `{` in the text, in order, repeated keys kept (as [`valid_object_members`] reads them). Found
+/// while reading the text when it has no escapes; empty otherwise (read them from the text then).
+pub type InnerMembers = Vec<(u32, Member)>;
+
+/// [`object_members`], and the [`InnerMembers`] found on the way.
+pub fn object_members_and_inner(text: &[u8]) -> Result<(Vec<Member>, InnerMembers), NotAnObject> {
     if u32::try_from(text.len()).is_err() {
         return Err(NotAnObject::Invalid(serde_json::Error::custom(
             "value larger than 4 GiB",
@@ -110,14 +120,15 @@ pub fn object_members(text: &[u8]) -> Result<Vec<Member>, NotAnObject> {
     let members = match std::str::from_utf8(text) {
         Ok(s) => match quick::members(s) {
             // The common record, read and validated in one pass (see `quick`).
-            Some(members) => return Ok(members),
+            Some(read) => return Ok(read),
             None => parse_members(&mut serde_json::Deserializer::from_str(s), text),
         },
         Err(_) => parse_members(&mut serde_json::Deserializer::from_slice(text), text),
     };
-    members
+    let members = members
         .map_err(NotAnObject::Invalid)?
-        .map_err(NotAnObject::Kind)
+        .map_err(NotAnObject::Kind)?;
+    Ok((members, Vec::new()))
 }
 
 fn parse_members<'de, R: serde_json::de::Read<'de>>(

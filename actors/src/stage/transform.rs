@@ -397,6 +397,11 @@ impl Transformer {
         self.names.clear();
         self.names.resize(members.len(), Name::Own);
         self.mark_metadata_clashes(&sanitized, &members);
+        // The converter's inner members are spans of the record's text, not of this one.
+        let source = Source {
+            inner: &[],
+            ..source
+        };
         self.write_row(tp, source, &sanitized, &members, table, dedup_hash, key)
     }
 

@@ -20,10 +20,12 @@
 //! than 64 are left to `serde_json`.
 
 use super::scan::{below_0x20, skip_words, zero_bytes, ONES};
-use super::{Member, Span};
+use super::{InnerMembers, Member, Span};
 
-/// The members of the object `text`, or `None` to read it with `serde_json` (see the module).
-pub(super) fn members(text: &str) -> Option<Vec<Member>> {
+/// The members of the object `text`, and the members of the objects among their values (each
+/// tagged with the offset of its object's `{`, duplicates kept, as [`super::valid_object_members`]
+/// gives them); or `None` to read the text with `serde_json` (see the module).
+pub(super) fn members(text: &str) -> Option<(Vec<Member>, InnerMembers)> {
     let b = text.as_bytes();
     if memchr::memchr(b'\\', b).is_some() {
         return None;
@@ -34,23 +36,18 @@ pub(super) fn members(text: &str) -> Option<Vec<Member>> {
     }
     pos = ws(b, pos + 1);
     let mut members: Vec<Member> = Vec::with_capacity(8);
+    let mut inner = Vec::new();
     // Bit `n`: a key of length `n` (modulo 64) was read.
     let mut lengths = 0u64;
     if b.get(pos) == Some(&b'}') {
         pos += 1;
     } else {
         loop {
-            if b.get(pos) != Some(&b'"') {
-                return None;
-            }
-            let key_end = string_end(b, pos + 1)?;
-            let key = Span::new(pos + 1, key_end);
-            pos = ws(b, key_end + 1);
-            if b.get(pos) != Some(&b':') {
-                return None;
-            }
-            let start = ws(b, pos + 1);
-            pos = value_end(b, start)?;
+            let (key, start) = key(b, pos)?;
+            pos = match b.get(start) {
+                Some(b'{') => inner_object(b, start, &mut inner)?,
+                _ => value_end(b, start)?,
+            };
             // A repeated key is looked for only among keys of its length (modulo 64): most records
             // have few keys of each length, so most keys are known new without a comparison.
             let (name, len) = (key.of(b), key.end - key.start);
@@ -67,18 +64,69 @@ pub(super) fn members(text: &str) -> Option<Vec<Member>> {
                 escaped: false,
                 value: Span::new(start, pos),
             });
-            pos = ws(b, pos);
-            match b.get(pos) {
-                Some(b',') => pos = ws(b, pos + 1),
-                Some(b'}') => {
-                    pos += 1;
+            match after_member(b, pos)? {
+                Ok(next) => pos = next,
+                Err(end) => {
+                    pos = end;
                     break;
                 }
-                _ => return None,
             }
         }
     }
-    (ws(b, pos) == b.len()).then_some(members)
+    (ws(b, pos) == b.len()).then_some((members, inner))
+}
+
+/// Reads the object whose `{` is at `pos`, a member's value, with its members into `inner` (tagged
+/// with `pos`); the end of the object.
+fn inner_object(b: &[u8], pos: usize, inner: &mut InnerMembers) -> Option<usize> {
+    let tag = pos as u32;
+    let mut pos = ws(b, pos + 1);
+    if b.get(pos) == Some(&b'}') {
+        return Some(pos + 1);
+    }
+    loop {
+        let (key, start) = key(b, pos)?;
+        pos = value_end(b, start)?;
+        let value = Span::new(start, pos);
+        inner.push((
+            tag,
+            Member {
+                key,
+                escaped: false,
+                value,
+            },
+        ));
+        match after_member(b, pos)? {
+            Ok(next) => pos = next,
+            Err(end) => return Some(end),
+        }
+    }
+}
+
+/// At a member's opening `"`: its key, and where its value starts (past the `:`).
+#[inline]
+fn key(b: &[u8], pos: usize) -> Option<(Span, usize)> {
+    if b.get(pos) != Some(&b'"') {
+        return None;
+    }
+    let key_end = string_end(b, pos + 1)?;
+    let colon = ws(b, key_end + 1);
+    if b.get(colon) != Some(&b':') {
+        return None;
+    }
+    Some((Span::new(pos + 1, key_end), ws(b, colon + 1)))
+}
+
+/// After an object member's value: `Ok` with the next member's position after a `,`, or `Err` with
+/// the object's end after its `}`.
+#[inline]
+fn after_member(b: &[u8], pos: usize) -> Option<Result<usize, usize>> {
+    let pos = ws(b, pos);
+    match b.get(pos) {
+        Some(b',') => Some(Ok(ws(b, pos + 1))),
+        Some(b'}') => Some(Err(pos + 1)),
+        _ => None,
+    }
 }
 
 /// The first byte at or after `pos` that is not whitespace.
@@ -170,16 +218,6 @@ fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
     Some(i)
 }
 
-/// After a `"` that opens an object's key at `pos`: the key, `:` and the whitespace after it; the
-/// position of the member's value.
-fn past_key(b: &[u8], pos: usize) -> Option<usize> {
-    if b.get(pos) != Some(&b'"') {
-        return None;
-    }
-    let pos = ws(b, string_end(b, pos + 1)? + 1);
-    (b.get(pos) == Some(&b':')).then(|| ws(b, pos + 1))
-}
-
 /// The end of the object or array that starts at `pos`, walked without recursion: bit `i` of
 /// `objects` says whether the container `i` levels up from the current one is an object.
 fn container_end(b: &[u8], mut pos: usize) -> Option<usize> {
@@ -199,7 +237,7 @@ fn container_end(b: &[u8], mut pos: usize) -> Option<usize> {
                 let close = if object { b'}' } else { b']' };
                 if b.get(pos) != Some(&close) {
                     if object {
-                        pos = past_key(b, pos)?;
+                        pos = key(b, pos)?.1;
                     }
                     continue;
                 }
@@ -216,7 +254,7 @@ fn container_end(b: &[u8], mut pos: usize) -> Option<usize> {
                 b',' => {
                     pos = ws(b, pos + 1);
                     if object {
-                        pos = past_key(b, pos)?;
+                        pos = key(b, pos)?.1;
                     }
                     break;
                 }
@@ -236,7 +274,7 @@ fn container_end(b: &[u8], mut pos: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{parse_members, Member};
+    use super::super::{parse_members, valid_object_members, Member};
     use super::*;
 
     /// What `serde_json` makes of the text (through the reader `object_members` falls back to).
@@ -245,12 +283,42 @@ mod tests {
         parse_members(&mut de, text.as_bytes()).ok()?.ok()
     }
 
+    /// The members of each object among the values of a valid object's members (all of them, the
+    /// repeated ones included), as the validated-text scan finds them, tagged with their offset.
+    fn by_scan(text: &str) -> Vec<(u32, Member)> {
+        let base = text.as_ptr() as usize;
+        let offset = |s: &str| (s.as_ptr() as usize - base) as u32;
+        let mut inner = Vec::new();
+        for member in valid_object_members(text) {
+            let (_, value) = member.expect("valid");
+            if !value.starts_with('{') {
+                continue;
+            }
+            for m in valid_object_members(value) {
+                let (key, v) = m.expect("valid");
+                // No escapes here: the key is the text between the quotes.
+                let key_start = offset(&key) as usize;
+                let key_span = Span::new(key_start, key_start + key.len());
+                inner.push((
+                    offset(value),
+                    Member {
+                        key: key_span,
+                        escaped: false,
+                        value: Span::new(offset(v) as usize, (offset(v) as usize) + v.len()),
+                    },
+                ));
+            }
+        }
+        inner
+    }
+
     /// Asserts the invariant for one text; true when this reader took it.
     fn agrees(text: &str) -> bool {
         match members(text) {
             None => false,
-            Some(quick) => {
+            Some((quick, inner)) => {
                 assert_eq!(Some(quick), by_serde(text), "{text:?}");
+                assert_eq!(inner, by_scan(text), "{text:?}");
                 true
             }
         }

@@ -21,7 +21,7 @@ use serde::de::DeserializeSeed;
 use super::value::{self, Kind, Mode, ValueSeed};
 use super::{put_bytes, put_key, put_varint, FieldError, Message, Path, RowFormat};
 use crate::model::TableRef;
-use crate::stage::json::{string_text, valid_object_members};
+use crate::stage::json::{string_text, valid_object_members, Member, Span};
 
 /// A row encoded as protobuf for `format`.
 #[derive(Debug, Clone)]
@@ -165,6 +165,10 @@ pub struct RowWriter<'f> {
     next: usize,
     /// No value given to this writer has a `\\` (see [`RowFormat::writer_of`]).
     unescaped: bool,
+    /// The record's text and the members of the objects among its members' values, found by the
+    /// converter (see [`RowWriter::with_inner`]).
+    text: &'f str,
+    inner: &'f [(u32, Member)],
 }
 
 impl RowFormat {
@@ -176,6 +180,8 @@ impl RowFormat {
             seen: 0,
             next: 0,
             unescaped: false,
+            text: "",
+            inner: &[],
         }
     }
 
@@ -191,7 +197,34 @@ impl RowFormat {
     }
 }
 
-impl RowWriter<'_> {
+impl<'f> RowWriter<'f> {
+    /// Takes a RECORD's members from `inner` (see [`crate::stage::json::InnerMembers`]: spans of
+    /// `text`) when its value is the object of `text` they were found in, instead of reading the
+    /// object again.
+    pub fn with_inner(self, text: &'f str, inner: &'f [(u32, Member)]) -> Self {
+        RowWriter {
+            text,
+            inner,
+            ..self
+        }
+    }
+
+    /// The members `inner` has for `value`, an object's text: only if `value` lies in `text` (so
+    /// that its offset names it).
+    fn inner_of(&self, value: &str) -> Option<&'f [(u32, Member)]> {
+        let at = (value.as_ptr() as usize).checked_sub(self.text.as_ptr() as usize)?;
+        if at + value.len() > self.text.len() {
+            return None;
+        }
+        let at = u32::try_from(at).ok()?;
+        let start = self.inner.iter().position(|(o, _)| *o == at)?;
+        let count = self.inner[start..]
+            .iter()
+            .take_while(|(o, _)| *o == at)
+            .count();
+        Some(&self.inner[start..start + count])
+    }
+
     /// The column `name` names, or BigQuery's `no such field` error.
     fn column(&mut self, name: &str) -> Result<usize, FieldError> {
         let index = self
@@ -242,13 +275,30 @@ impl RowWriter<'_> {
                 seen: 0,
                 next: 0,
                 unescaped: self.unescaped,
+                text: "",
+                inner: &[],
             };
-            for member in valid_object_members(value) {
-                let (key, member) = member.map_err(|_| FieldError {
-                    path: path.to_string(),
-                    message: "the value is not a JSON object".into(),
-                })?;
-                record.member(&key, member, &mut bytes)?;
+            let not_object = || FieldError {
+                path: path.to_string(),
+                message: "the value is not a JSON object".into(),
+            };
+            match self.inner_of(value) {
+                Some(members) => {
+                    let text = self.text;
+                    let span = |s: Span| text.get(s.start as usize..s.end as usize);
+                    for (_, m) in members {
+                        let (Some(key), Some(member)) = (span(m.key), span(m.value)) else {
+                            return Err(not_object());
+                        };
+                        record.member(key, member, &mut bytes)?;
+                    }
+                }
+                None => {
+                    for member in valid_object_members(value) {
+                        let (key, member) = member.map_err(|_| not_object())?;
+                        record.member(&key, member, &mut bytes)?;
+                    }
+                }
             }
             record.finish()?;
             put_bytes(out, column.number, &bytes);

@@ -151,6 +151,7 @@ pub fn decode(id: u32, schema: &AvroSchema, framed: &[u8]) -> Result<JsonObject,
     }
     let (text, members) = decode_any(id, schema, framed)?;
     Ok(JsonObject {
+        inner: Vec::new(),
         members,
         text: Some(text),
         key: None,

@@ -145,6 +145,7 @@ pub fn decode(id: u32, schema: &JsonSchema, framed: &[u8]) -> Result<JsonObject,
     })?;
     validate(id, schema, body)?;
     Ok(JsonObject {
+        inner: Vec::new(),
         members,
         text: Some(body.to_vec()),
         key: None,

@@ -191,6 +191,7 @@ pub fn decode(id: u32, schema: &ProtoSchema, framed: &[u8]) -> Result<JsonObject
         mismatch(&name, e.to_string())
     })?;
     Ok(JsonObject {
+        inner: Vec::new(),
         members,
         text: Some(out),
         key: None,

@@ -77,7 +77,9 @@ impl Transformer {
                 .ok_or_else(|| bad("a member outside the record".into()))
         };
         out.clear();
-        let mut row = format.writer_of(text.as_bytes());
+        let mut row = format
+            .writer_of(text.as_bytes())
+            .with_inner(text, source.inner);
         for (m, name) in members.iter().zip(&self.names) {
             let value = span(m.value)?;
             match *name {

@@ -3,6 +3,7 @@
 
 use crate::messages::RawRecord;
 use crate::stage::convert::JsonObject;
+use crate::stage::json::Member;
 
 /// A record as the transform reads it.
 #[derive(Clone, Copy, Debug)]
@@ -14,6 +15,9 @@ pub(super) struct Source<'a> {
     pub key: Option<&'a [u8]>,
     /// The value's original bytes (what `payload_hash` hashes, whatever the format).
     pub payload: Option<&'a [u8]>,
+    /// The members of the objects among the value's members, as the converter found them in the
+    /// text the members are spans of (empty: read them from the text).
+    pub inner: &'a [(u32, Member)],
 }
 
 impl<'a> Source<'a> {
@@ -24,6 +28,7 @@ impl<'a> Source<'a> {
             timestamp_ms: record.timestamp_ms,
             key: decoded.or(record.key.as_deref()),
             payload: record.payload.as_deref(),
+            inner: object.map_or(&[], |o| &o.inner[..]),
         }
     }
 }

@@ -287,14 +287,18 @@ fn rows_of_a_table_with_a_known_format_are_protobuf_as_their_entry_would_encode(
     use crate::stage::proto::RowFormat;
     use crate::stage::schema::FieldSchema;
 
-    let mut c = config();
-    c.transform.metadata.key = true;
     let tp = Tp::new("member.events", 2);
-    for timestamp_type in ["TIMESTAMP", "STRING"] {
-        let schema = [
+    // Sanitized names make the row from another text than the record's.
+    for (timestamp_type, sanitize) in [("TIMESTAMP", false), ("STRING", false), ("TIMESTAMP", true)]
+    {
+        let mut c = config();
+        c.transform.metadata.key = true;
+        c.bigquery.sanitize_field_names = sanitize;
+        let mut schema = [
             ("event_id", "STRING", "REQUIRED"),
             ("v", "INTEGER", "NULLABLE"),
             ("tags", "STRING", "REPEATED"),
+            ("attributes", "RECORD", "NULLABLE"),
             ("_kafka_topic", "STRING", "NULLABLE"),
             ("_kafka_partition", "INTEGER", "NULLABLE"),
             ("_kafka_offset", "INTEGER", "NULLABLE"),
@@ -302,6 +306,10 @@ fn rows_of_a_table_with_a_known_format_are_protobuf_as_their_entry_would_encode(
             ("_kafka_key", "STRING", "NULLABLE"),
         ]
         .map(|(name, t, mode)| FieldSchema::new(name, t, mode));
+        schema[3].fields = vec![
+            FieldSchema::new("ip", "STRING", "REQUIRED"),
+            FieldSchema::new("n", "INTEGER", "NULLABLE"),
+        ];
         let format = Arc::new(RowFormat::new(&schema).unwrap());
         let mut plain = Transformer::new(&c);
         let table = plain.table_for(&tp.topic);
@@ -316,6 +324,17 @@ fn rows_of_a_table_with_a_known_format_are_protobuf_as_their_entry_would_encode(
         for (offset, payload) in [
             (1, r#"{"event_id":"e1","v":1,"tags":["a","b"]}"#),
             (2, r#"{"v":"7","event_id":"e\u0032","tags":null}"#),
+            // RECORDs from the members the converter found (no escapes), one of them empty.
+            (
+                5,
+                r#"{"event_id":"e5","tags":["x"],"attributes":{"n":2,"ip":"10.0.0.1"}}"#,
+            ),
+            (
+                6,
+                r#"{"attributes":{},"v":3,"event_id":"e6","attributes":{"ip":"b","n":4}}"#,
+            ),
+            // Sanitized, its RECORD starts where it does in the record, with its members sorted.
+            (7, r#"{"attributes":{"n":2,"ip":"x"},"event_id":"e7"}"#),
         ] {
             let entry = row(&mut plain, offset, payload).into_json();
             let RowBody::Proto(p) = row(&mut proto, offset, payload) else {
