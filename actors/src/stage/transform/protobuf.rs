@@ -22,6 +22,8 @@ pub(super) struct KnownFormats {
     generation: u64,
     /// By the table's `Arc` address (the `Arc` is kept, so the address is not reused).
     by_table: HashMap<usize, (Arc<TableRef>, Option<Arc<RowFormat>>)>,
+    /// The table asked for last (an address `by_table` holds) and its format.
+    last: Option<(usize, Option<Arc<RowFormat>>)>,
     /// Where rows are written, reused: each row then gets an allocation of its own size. (Written
     /// straight into a row-sized guess, a row kept about 130 bytes more than it used while in flight,
     /// about 5 MiB of peak RSS at the default in-flight limits.)
@@ -34,6 +36,7 @@ impl KnownFormats {
             formats,
             generation: u64::MAX,
             by_table: HashMap::new(),
+            last: None,
             out: Vec::new(),
         }
     }
@@ -44,12 +47,21 @@ impl KnownFormats {
         if self.generation != generation {
             self.generation = generation;
             self.by_table.clear();
+            self.last = None;
+        }
+        let address = Arc::as_ptr(table) as usize;
+        // Records come in chunks of one partition, mostly of one table: no lookup for those.
+        if let Some((last, format)) = &self.last {
+            if *last == address {
+                return format.clone();
+            }
         }
         let formats = &self.formats;
         let (_, format) = self
             .by_table
-            .entry(Arc::as_ptr(table) as usize)
+            .entry(address)
             .or_insert_with(|| (Arc::clone(table), formats.get(table)));
+        self.last = Some((address, format.clone()));
         format.clone()
     }
 }
