@@ -12,7 +12,7 @@
 //!   [`TableRef`](model::TableRef); imports nothing from the crate. [`config`]: the configuration
 //!   tree, one file per group of sections, and [`Config::validate`](config::Config::validate).
 //! - **Pure stage logic** ([`stage`]), no actors, no I/O: [`json`](stage::json) (members as spans
-//!   of the text), [`convert`](stage::convert) (bytes → object), [`transform`](stage::transform)
+//!   of the text, read in one validating pass when the text has no escapes), [`convert`](stage::convert) (bytes → object), [`transform`](stage::transform)
 //!   (`[transform]`, routing, dedup key, row encoding), [`dedup`](stage::dedup) (the key memory and
 //!   its claims), [`batch`](stage::batch) (rows → insertAll bodies), [`offsets`](stage::offsets)
 //!   (the handled watermark), [`flow`](stage::flow) (in-flight bounds), [`schema`](stage::schema)
