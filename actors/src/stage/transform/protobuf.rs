@@ -25,8 +25,8 @@ pub(super) struct KnownFormats {
     /// The table asked for last (an address `by_table` holds) and its format.
     last: Option<(usize, Option<Arc<RowFormat>>)>,
     /// Where rows are written, reused: each row then gets an allocation of its own size. (Written
-    /// straight into a row-sized guess, a row kept about 130 bytes more than it used while in flight,
-    /// about 5 MiB of peak RSS at the default in-flight limits.)
+    /// straight into a guess of the text's size, a row kept about 130 bytes unused while in flight:
+    /// peak RSS of `bqsink bench` 142.6–148.3 MiB against 132.5–135.9 in alternating pairs.)
     out: Vec<u8>,
 }
 
