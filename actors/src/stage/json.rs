@@ -100,7 +100,7 @@ pub enum NotAnObject {
 /// once keeps only its last member, as `serde_json` does. Everything is validated (syntax, escapes,
 /// UTF-8), so the spans can be copied into other JSON as they are.
 pub fn object_members(text: &[u8]) -> Result<Vec<Member>, NotAnObject> {
-    object_members_and_inner(text).map(|(members, _)| members)
+    read_object(text, false).map(|(members, _)| members)
 }
 
 /// The members of the objects among an object's values, tagged with the offset of their object's
@@ -110,6 +110,11 @@ pub type InnerMembers = Vec<(u32, Member)>;
 
 /// [`object_members`], and the [`InnerMembers`] found on the way.
 pub fn object_members_and_inner(text: &[u8]) -> Result<(Vec<Member>, InnerMembers), NotAnObject> {
+    read_object(text, true)
+}
+
+/// [`object_members_and_inner`], the inner members looked for only if `inner`.
+fn read_object(text: &[u8], inner: bool) -> Result<(Vec<Member>, InnerMembers), NotAnObject> {
     if u32::try_from(text.len()).is_err() {
         return Err(NotAnObject::Invalid(serde_json::Error::custom(
             "value larger than 4 GiB",
@@ -118,7 +123,7 @@ pub fn object_members_and_inner(text: &[u8]) -> Result<(Vec<Member>, InnerMember
     // Checking UTF-8 once up front is cheaper than serde_json checking each string and value; text
     // that is not UTF-8 goes through the byte parser for its precise error.
     let members = match std::str::from_utf8(text) {
-        Ok(s) => match quick::members(s) {
+        Ok(s) => match quick::members(s, inner) {
             // The common record, read and validated in one pass (see `quick`).
             Some(read) => return Ok(read),
             None => parse_members(&mut serde_json::Deserializer::from_str(s), text),

@@ -19,24 +19,25 @@
 //! strings; no trailing commas; nothing but whitespace after the object. Containers nested deeper
 //! than 64 are left to `serde_json`.
 
-use super::scan::{below_0x20, skip_words, zero_bytes, ONES};
+use super::scan::{below_0x20, skip_words, skip_ws, zero_bytes, ONES};
 use super::{InnerMembers, Member, Span};
 
-/// The members of the object `text`, and the members of the objects among their values (each
-/// tagged with the offset of its object's `{`, duplicates kept, as [`super::valid_object_members`]
-/// gives them); or `None` to read the text with `serde_json` (see the module).
-pub(super) fn members(text: &str) -> Option<(Vec<Member>, InnerMembers)> {
+/// The members of the object `text`, and with `inner` the members of the objects among their values
+/// (each tagged with the offset of its object's `{`, duplicates kept, as
+/// [`super::valid_object_members`] gives them); or `None` to read the text with `serde_json` (see
+/// the module).
+pub(super) fn members(text: &str, inner: bool) -> Option<(Vec<Member>, InnerMembers)> {
     let b = text.as_bytes();
     if memchr::memchr(b'\\', b).is_some() {
         return None;
     }
-    let mut pos = ws(b, 0);
+    let mut pos = skip_ws(b, 0);
     if b.get(pos) != Some(&b'{') {
         return None;
     }
-    pos = ws(b, pos + 1);
+    pos = skip_ws(b, pos + 1);
     let mut members: Vec<Member> = Vec::with_capacity(8);
-    let mut inner = Vec::new();
+    let (capture, mut inner) = (inner, Vec::new());
     // Bit `n`: a key of length `n` (modulo 64) was read.
     let mut lengths = 0u64;
     if b.get(pos) == Some(&b'}') {
@@ -45,7 +46,7 @@ pub(super) fn members(text: &str) -> Option<(Vec<Member>, InnerMembers)> {
         loop {
             let (key, start) = key(b, pos)?;
             pos = match b.get(start) {
-                Some(b'{') => inner_object(b, start, &mut inner)?,
+                Some(b'{') if capture => inner_object(b, start, &mut inner)?,
                 _ => value_end(b, start)?,
             };
             // A repeated key is looked for only among keys of its length (modulo 64): most records
@@ -73,14 +74,14 @@ pub(super) fn members(text: &str) -> Option<(Vec<Member>, InnerMembers)> {
             }
         }
     }
-    (ws(b, pos) == b.len()).then_some((members, inner))
+    (skip_ws(b, pos) == b.len()).then_some((members, inner))
 }
 
 /// Reads the object whose `{` is at `pos`, a member's value, with its members into `inner` (tagged
 /// with `pos`); the end of the object.
 fn inner_object(b: &[u8], pos: usize, inner: &mut InnerMembers) -> Option<usize> {
     let tag = pos as u32;
-    let mut pos = ws(b, pos + 1);
+    let mut pos = skip_ws(b, pos + 1);
     if b.get(pos) == Some(&b'}') {
         return Some(pos + 1);
     }
@@ -110,32 +111,23 @@ fn key(b: &[u8], pos: usize) -> Option<(Span, usize)> {
         return None;
     }
     let key_end = string_end(b, pos + 1)?;
-    let colon = ws(b, key_end + 1);
+    let colon = skip_ws(b, key_end + 1);
     if b.get(colon) != Some(&b':') {
         return None;
     }
-    Some((Span::new(pos + 1, key_end), ws(b, colon + 1)))
+    Some((Span::new(pos + 1, key_end), skip_ws(b, colon + 1)))
 }
 
 /// After an object member's value: `Ok` with the next member's position after a `,`, or `Err` with
 /// the object's end after its `}`.
 #[inline]
 fn after_member(b: &[u8], pos: usize) -> Option<Result<usize, usize>> {
-    let pos = ws(b, pos);
+    let pos = skip_ws(b, pos);
     match b.get(pos) {
-        Some(b',') => Some(Ok(ws(b, pos + 1))),
+        Some(b',') => Some(Ok(skip_ws(b, pos + 1))),
         Some(b'}') => Some(Err(pos + 1)),
         _ => None,
     }
-}
-
-/// The first byte at or after `pos` that is not whitespace.
-#[inline]
-fn ws(b: &[u8], mut pos: usize) -> usize {
-    while matches!(b.get(pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-        pos += 1;
-    }
-    pos
 }
 
 /// The index of the `"` that closes the string whose characters start at `i`; `None` at a control
@@ -233,7 +225,7 @@ fn container_end(b: &[u8], mut pos: usize) -> Option<usize> {
                 let object = open == b'{';
                 objects = objects << 1 | u64::from(object);
                 depth += 1;
-                pos = ws(b, pos + 1);
+                pos = skip_ws(b, pos + 1);
                 let close = if object { b'}' } else { b']' };
                 if b.get(pos) != Some(&close) {
                     if object {
@@ -248,11 +240,11 @@ fn container_end(b: &[u8], mut pos: usize) -> Option<usize> {
         }
         // After a value (or at an empty container's close): a comma and the next one, or closes.
         loop {
-            pos = ws(b, pos);
+            pos = skip_ws(b, pos);
             let object = objects & 1 == 1;
             match b.get(pos)? {
                 b',' => {
-                    pos = ws(b, pos + 1);
+                    pos = skip_ws(b, pos + 1);
                     if object {
                         pos = key(b, pos)?.1;
                     }
@@ -314,7 +306,11 @@ mod tests {
 
     /// Asserts the invariant for one text; true when this reader took it.
     fn agrees(text: &str) -> bool {
-        match members(text) {
+        assert_eq!(
+            members(text, false).map(|(m, _)| m),
+            members(text, true).map(|(m, _)| m)
+        );
+        match members(text, true) {
             None => false,
             Some((quick, inner)) => {
                 assert_eq!(Some(quick), by_serde(text), "{text:?}");

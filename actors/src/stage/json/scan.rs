@@ -96,7 +96,9 @@ impl<'a> ValidMembers<'a> {
     }
 }
 
-fn skip_ws(b: &[u8], mut pos: usize) -> usize {
+/// The first byte at or after `pos` that is not JSON whitespace.
+#[inline]
+pub(super) fn skip_ws(b: &[u8], mut pos: usize) -> usize {
     while matches!(b.get(pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
         pos += 1;
     }
