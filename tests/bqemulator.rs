@@ -29,27 +29,45 @@ impl Emulator {
         if let Ok(url) = std::env::var("BQSINK_BQEMULATOR_URL") {
             return Emulator { url, pidfile: None };
         }
-        let port = {
-            let l = TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let dir = tempfile::tempdir().unwrap();
+        // It binds two ports, REST and gRPC 10 above: both are checked free, and a start that lost
+        // one to another process in between (tests start emulators side by side) is tried again.
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/bqemulator.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .args(["start", &port.to_string()])
-            .env("BQEMU_PIDFILE", dir.path().join("pid"))
-            .output()
-            .expect("running tools/bqemulator.sh");
-        assert!(
-            out.status.success(),
-            "bqemulator did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-        Emulator {
-            url,
-            pidfile: Some(dir),
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            let port = free_port_pair();
+            let dir = tempfile::tempdir().unwrap();
+            let out = Command::new("bash")
+                .arg(&script)
+                .args(["start", &port.to_string()])
+                .env("BQEMU_PIDFILE", dir.path().join("pid"))
+                .output()
+                .expect("running tools/bqemulator.sh");
+            if out.status.success() {
+                let url = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+                return Emulator {
+                    url,
+                    pidfile: Some(dir),
+                };
+            }
+            failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+            // One that started but never answered is not left running.
+            let _ = Command::new("bash")
+                .arg(&script)
+                .arg("stop")
+                .env("BQEMU_PIDFILE", dir.path().join("pid"))
+                .status();
+        }
+        panic!("bqemulator did not start: {failures:?}");
+    }
+}
+
+/// A port that is free, with the port 10 above it free too.
+fn free_port_pair() -> u16 {
+    loop {
+        let rest = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = rest.local_addr().unwrap().port();
+        if port < u16::MAX - 10 && TcpListener::bind(("127.0.0.1", port + 10)).is_ok() {
+            return port;
         }
     }
 }
